@@ -1,12 +1,101 @@
+// Command stepfort is an on-prem certificate authority for device identity:
+// upstream step-ca plus a TPM Attestation CA, device inventory, dynamic SCEP,
+// endpoint billing and HA revocation. `stepfort <ca.json>` is a drop-in for
+// `step-ca <ca.json>`.
 package main
 
 import (
-	_ "github.com/smallstep/certificates/ca"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli"
+
+	"github.com/smallstep/certificates/authority"
+	"github.com/smallstep/cli-utils/ui"
+	"go.step.sm/crypto/pemutil"
+
+	// KMS drivers registered by upstream's cmd/step-ca that build without
+	// cgo. pkcs11 and yubikey need cgo (a smart-card library) and are left
+	// out of the CGO_ENABLED=0 build; see docs/install.md.
+	_ "go.step.sm/crypto/kms/awskms"
+	_ "go.step.sm/crypto/kms/azurekms"
+	_ "go.step.sm/crypto/kms/cloudkms"
+	_ "go.step.sm/crypto/kms/softkms"
+	_ "go.step.sm/crypto/kms/sshagentkms"
+	_ "go.step.sm/crypto/kms/tpmkms"
+
+	// CAS drivers registered by upstream's cmd/step-ca.
+	_ "github.com/smallstep/certificates/cas/cloudcas"
+	_ "github.com/smallstep/certificates/cas/softcas"
 	_ "github.com/smallstep/certificates/cas/stepcas"
-	_ "github.com/urfave/cli"
-	_ "github.com/prometheus/client_golang/prometheus"
-	_ "go.etcd.io/bbolt"
-	_ "golang.org/x/crypto/ocsp"
+	_ "github.com/smallstep/certificates/cas/vaultcas"
+
+	// Plugins available to ca.json.
+	_ "github.com/stepfort/stepfort/auditlog"
 )
 
-func main() {}
+// Version and BuildTime are set by the Makefile with -ldflags.
+var (
+	Version   = "dev"
+	BuildTime = "N/A"
+)
+
+func init() {
+	authority.GlobalVersion.Version = Version
+	pemutil.PromptPassword = func(msg string) ([]byte, error) { return ui.PromptPassword(msg) }
+}
+
+func main() {
+	app := cli.NewApp()
+	app.Name = "stepfort"
+	app.HelpName = "stepfort"
+	app.Usage = "on-prem certificate authority for device identity, built on step-ca"
+	app.UsageText = "stepfort <ca.json> [step-ca flags]   (same as: stepfort serve <ca.json>)\n   stepfort <command> [arguments]"
+	app.Version = fmt.Sprintf("%s (built %s)", Version, BuildTime)
+	app.Writer = os.Stdout
+	app.ErrWriter = os.Stderr
+	app.Flags = serveFlags()
+	app.Commands = []cli.Command{
+		serveCommand(),
+		initCommand(),
+		quickstartCommand(),
+		configCommand(),
+		tokensCommand(),
+	}
+	// `stepfort ca.json --password-file F` must behave like step-ca: urfave
+	// stops parsing app flags at the first argument, so run the serve
+	// command on the whole argument list (it reorders flags after args).
+	app.Action = func(c *cli.Context) error {
+		if c.NArg() == 0 && c.NumFlags() == 0 {
+			return cli.ShowAppHelp(c)
+		}
+		set := flag.NewFlagSet(app.Name, flag.ContinueOnError)
+		_ = set.Parse(os.Args)
+		return serveCommand().Run(cli.NewContext(app, set, nil))
+	}
+	if err := app.Run(os.Args); err != nil {
+		var exit *exitError
+		if errors.As(err, &exit) {
+			fmt.Fprintln(os.Stderr, "stepfort: "+oneLine(exit.err.Error()))
+			os.Exit(exit.code)
+		}
+		fmt.Fprintln(os.Stderr, "stepfort: "+oneLine(err.Error()))
+		os.Exit(1)
+	}
+}
+
+// exitError carries an exit code other than 1.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+// oneLine folds upstream's multi-line errors so every failure is one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+}

@@ -1,0 +1,417 @@
+// Package authority assembles upstream step-ca (smallstep/certificates
+// v0.30.2) into the stepfort daemon: it builds the authority with stepfort's
+// options, wraps the database so certificate stores become events, mounts
+// upstream's routes next to plugin routes and the admin API, and runs the
+// HTTPS, HTTP and metrics listeners with graceful shutdown and reload.
+//
+// Upstream's ca.New exposes no mux, handler or authority, so this package
+// builds the server from upstream's exported pieces. Every place that mirrors
+// ca/ca.go says so, to keep an upgrade a readable diff.
+package authority
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	upstream "github.com/smallstep/certificates/authority"
+	"github.com/smallstep/certificates/authority/provisioner"
+	"github.com/smallstep/certificates/db"
+	"github.com/smallstep/nosql"
+
+	"github.com/stepfort/stepfort/admintoken"
+	"github.com/stepfort/stepfort/config"
+	"github.com/stepfort/stepfort/events"
+	"github.com/stepfort/stepfort/metrics"
+	"github.com/stepfort/stepfort/plugins"
+)
+
+// ShutdownTimeout bounds how long in-flight requests may take to finish on
+// SIGINT/SIGTERM.
+const ShutdownTimeout = 60 * time.Second
+
+// Options are the daemon's run-time inputs besides ca.json.
+type Options struct {
+	Password        []byte
+	SSHHostPassword []byte
+	SSHUserPassword []byte
+	IssuerPassword  []byte
+	Quiet           bool
+	// Plugins are extra plugin instances built in code (tests, embedders),
+	// started after those configured in ca.json.
+	Plugins []plugins.Plugin
+	Logger  *slog.Logger
+}
+
+// Daemon is a running stepfort CA.
+type Daemon struct {
+	file    *config.File
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics.Registry
+
+	db      *events.DB
+	store   nosql.DB // nil without a persistent database
+	outbox  *events.Outbox
+	tokens  *admintoken.Store
+	plugins []plugins.Plugin
+
+	gen atomic.Pointer[generation] // what serves requests now
+
+	httpsSrv, httpSrv, metricsSrv *http.Server
+	listeners                     []net.Listener
+
+	cancel   context.CancelFunc
+	bg       sync.WaitGroup
+	stopOnce sync.Once
+}
+
+// New builds the daemon: plugins, database, authority and handlers. Nothing
+// listens until Run.
+func New(file *config.File, opts Options) (*Daemon, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	d := &Daemon{file: file, opts: opts, log: log, metrics: metrics.New()}
+	if file.CA.AuthorityConfig != nil && file.CA.AuthorityConfig.DeploymentType == "linked" {
+		return nil, errors.New("linked CA deployments are not supported: Certificate Manager would bypass stepfort's certificate events")
+	}
+
+	for _, pc := range file.Plugins {
+		p, err := pc.Factory.New(pc.Config)
+		if err != nil {
+			return nil, fmt.Errorf("plugin %s: %w", pc.Name, err)
+		}
+		d.plugins = append(d.plugins, p)
+	}
+	d.plugins = append(d.plugins, opts.Plugins...)
+
+	if err := d.openDB(); err != nil {
+		return nil, err
+	}
+	gen, err := d.build(file)
+	if err != nil {
+		_ = d.db.Shutdown()
+		return nil, err
+	}
+	d.gen.Store(gen)
+	return d, nil
+}
+
+// openDB opens upstream's database once; it outlives reloads, as in
+// upstream's (*CA).Reload which passes WithDatabase(ca.auth.GetDatabase()).
+func (d *Daemon) openDB() error {
+	cfg := d.file.CA
+	if cfg.DB == nil {
+		d.log.Warn("no database configured: certificates, tokens and events are not persisted; ACME and the admin API are disabled")
+		return nil
+	}
+	base, err := db.New(cfg.DB)
+	if err != nil {
+		return fmt.Errorf("open database (%s): %w", cfg.DB.Type, err)
+	}
+	nosqlDB, ok := base.(*db.DB)
+	if !ok {
+		return fmt.Errorf("database type %q is not supported", cfg.DB.Type)
+	}
+	d.store = nosqlDB
+	var observers []events.Observer
+	for _, p := range d.plugins {
+		if o, ok := p.(plugins.CertificateObserver); ok {
+			observers = append(observers, events.Observer{Name: p.Name(), CertificateObserver: o})
+		}
+	}
+	host, _ := os.Hostname()
+	d.outbox = events.NewOutbox(nosqlDB, observers, events.OutboxOptions{
+		Replica:       fmt.Sprintf("%s/%d/%s", host, os.Getpid(), events.NewID(time.Now())[21:]),
+		ClaimTTL:      d.file.Stepfort.Events.ClaimTTL.Duration,
+		RetryInterval: d.file.Stepfort.Events.RetryInterval.Duration,
+		Logger:        d.log.With("component", "events"),
+		Stats:         d.metrics,
+	})
+	if d.db, err = events.NewDB(nosqlDB, d.outbox); err != nil {
+		return err
+	}
+	if d.file.Stepfort.Admin.IsEnabled() {
+		if d.tokens, err = admintoken.NewStore(nosqlDB, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Authority returns the current upstream authority.
+func (d *Daemon) Authority() *upstream.Authority { return d.gen.Load().auth }
+
+// DB returns the shared database, or nil when none is configured.
+func (d *Daemon) DB() nosql.DB { return d.store }
+
+// Metrics returns the daemon's metrics registry.
+func (d *Daemon) Metrics() *metrics.Registry { return d.metrics }
+
+// Listen binds every configured address. It is separate from Serve so a port
+// already in use is reported before anything is served.
+func (d *Daemon) Listen() error {
+	cfg := d.file.CA
+	gen := d.gen.Load()
+	bind := func(addr, what string) (net.Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, l := range d.listeners {
+				_ = l.Close()
+			}
+			d.listeners = nil
+			return nil, fmt.Errorf("%s listener on %s: %w", what, addr, unwrapListenError(err))
+		}
+		d.listeners = append(d.listeners, ln)
+		return ln, nil
+	}
+	ln, err := bind(cfg.Address, "HTTPS")
+	if err != nil {
+		return err
+	}
+	d.httpsSrv = newHTTPServer(http.HandlerFunc(d.serveHTTPS), &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// The generation's TLS config changes on reload (new roots, options).
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return d.gen.Load().tls, nil },
+	})
+	tlsLn := tls.NewListener(ln, d.httpsSrv.TLSConfig)
+	d.listeners[len(d.listeners)-1] = tlsLn
+	if cfg.InsecureAddress != "" && gen.servesInsecure {
+		if _, err := bind(cfg.InsecureAddress, "HTTP"); err != nil {
+			return err
+		}
+		d.httpSrv = newHTTPServer(http.HandlerFunc(d.serveHTTP), nil)
+	}
+	if cfg.MetricsAddress != "" {
+		if _, err := bind(cfg.MetricsAddress, "metrics"); err != nil {
+			return err
+		}
+		d.metricsSrv = newHTTPServer(d.metrics.Handler(), nil)
+	}
+	return nil
+}
+
+func unwrapListenError(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		if errors.Is(op.Err, errAddrInUse) || isAddrInUse(op.Err) {
+			return errors.New("address already in use")
+		}
+		return op.Err
+	}
+	return err
+}
+
+var errAddrInUse = errors.New("address already in use")
+
+func isAddrInUse(err error) bool {
+	var se *os.SyscallError
+	if errors.As(err, &se) {
+		return se.Err.Error() == "address already in use"
+	}
+	return false
+}
+
+func newHTTPServer(h http.Handler, tlsCfg *tls.Config) *http.Server {
+	// Same timeouts as upstream's server.New.
+	return &http.Server{
+		Handler:           h,
+		TLSConfig:         tlsCfg,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		ReadHeaderTimeout: 15 * time.Second,
+		IdleTimeout:       15 * time.Second,
+		ErrorLog:          slog.NewLogLogger(slog.Default().Handler(), slog.LevelDebug),
+	}
+}
+
+// Run starts the plugins and background jobs, then serves until Stop. It
+// returns nil after a graceful stop.
+func (d *Daemon) Run() error {
+	if d.listeners == nil {
+		if err := d.Listen(); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	for _, p := range d.plugins {
+		if err := p.Start(ctx, &host{d: d, name: p.Name()}); err != nil {
+			cancel()
+			d.closeListeners()
+			return fmt.Errorf("start plugin %s: %w", p.Name(), err)
+		}
+	}
+	if d.outbox != nil {
+		d.bg.Add(1)
+		go func() { defer d.bg.Done(); d.outbox.Run(ctx) }()
+	}
+	d.logStart()
+
+	errc := make(chan error, 3)
+	serve := func(srv *http.Server, ln net.Listener) {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+			return
+		}
+		errc <- nil
+	}
+	i := 0
+	servers := []*http.Server{d.httpsSrv, d.httpSrv, d.metricsSrv}
+	n := 0
+	for _, srv := range servers {
+		if srv == nil {
+			continue
+		}
+		go serve(srv, d.listeners[i])
+		i++
+		n++
+	}
+	var firstErr error
+	for range n {
+		if err := <-errc; err != nil && firstErr == nil {
+			firstErr = err
+			go func() { _ = d.Stop() }()
+		}
+	}
+	return firstErr
+}
+
+func (d *Daemon) closeListeners() {
+	for _, l := range d.listeners {
+		_ = l.Close()
+	}
+}
+
+func (d *Daemon) logStart() {
+	cfg := d.file.CA
+	info := d.Authority().GetInfo()
+	attrs := []any{"config", d.file.Path, "address", cfg.Address, "dnsNames", info.DNSNames}
+	if d.httpSrv != nil {
+		attrs = append(attrs, "insecureAddress", cfg.InsecureAddress)
+	}
+	if d.metricsSrv != nil {
+		attrs = append(attrs, "metricsAddress", cfg.MetricsAddress)
+	}
+	names := make([]string, 0, len(d.plugins))
+	for _, p := range d.plugins {
+		names = append(names, p.Name())
+	}
+	attrs = append(attrs, "plugins", names)
+	if cfg.DB != nil {
+		attrs = append(attrs, "db", cfg.DB.Type)
+	}
+	for _, crt := range info.RootX509Certs {
+		attrs = append(attrs, "rootFingerprint", fingerprint(crt.Raw))
+	}
+	d.log.Info("stepfort serving", attrs...)
+}
+
+// Stop shuts down gracefully: listeners stop accepting, in-flight requests
+// finish (up to ShutdownTimeout), then plugins, background jobs and the
+// database are closed.
+func (d *Daemon) Stop() error {
+	var err error
+	d.stopOnce.Do(func() {
+		d.log.Info("shutting down")
+		ctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+		defer cancel()
+		var wg sync.WaitGroup
+		for _, srv := range []*http.Server{d.httpsSrv, d.httpSrv, d.metricsSrv} {
+			if srv == nil {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if e := srv.Shutdown(ctx); e != nil {
+					d.log.Error("server shutdown", "error", e)
+				}
+			}()
+		}
+		wg.Wait()
+		if d.cancel != nil {
+			d.cancel()
+		}
+		for i := len(d.plugins) - 1; i >= 0; i-- {
+			if e := d.plugins[i].Stop(ctx); e != nil {
+				d.log.Error("stop plugin", "plugin", d.plugins[i].Name(), "error", e)
+			}
+		}
+		d.bg.Wait()
+		gen := d.gen.Load()
+		gen.renewer.Stop()
+		err = gen.auth.Shutdown() // also closes the database
+	})
+	return err
+}
+
+// Reload re-reads ca.json and swaps in a new authority and handlers, like
+// upstream's (*CA).Reload: provisioners, templates, claims, policies, TLS
+// options and roots change; the database and listen addresses do not.
+// In-flight requests finish on the old generation. The "stepfort" block is
+// not reloaded (plugins keep running with their start-up settings); a change
+// to it is logged and needs a restart.
+func (d *Daemon) Reload() error {
+	file, err := config.Load(d.file.Path)
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	old := d.gen.Load()
+	if !reflect.DeepEqual(old.cfg.DB, file.CA.DB) {
+		return errors.New("reload: the database configuration cannot change; restart instead")
+	}
+	if old.cfg.Address != file.CA.Address || old.cfg.InsecureAddress != file.CA.InsecureAddress || old.cfg.MetricsAddress != file.CA.MetricsAddress {
+		return errors.New("reload: listen addresses cannot change; restart instead")
+	}
+	if !jsonEqual(d.file.Raw, file.Raw) {
+		d.log.Warn("reload: the stepfort block changed; plugin and admin settings take effect on restart")
+	}
+	gen, err := d.build(file)
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	d.gen.Store(gen)
+	// Let requests that hold the old generation finish before closing it.
+	go func() {
+		time.Sleep(ShutdownTimeout)
+		old.renewer.Stop()
+		old.auth.CloseForReload()
+	}()
+	d.log.Info("reloaded", "config", d.file.Path)
+	return nil
+}
+
+// authorizeRenew runs every plugin's RenewAuthorizer, then upstream's
+// default checks (renewal disabled, expiry).
+func (d *Daemon) authorizeRenew(ctx context.Context, p *provisioner.Controller, cert *x509Certificate) error {
+	for _, pl := range d.plugins {
+		if ra, ok := pl.(plugins.RenewAuthorizer); ok {
+			if err := ra.AuthorizeRenew(ctx, p, cert); err != nil {
+				d.log.Info("renewal denied by plugin", "plugin", pl.Name(), "serial", cert.SerialNumber.String(), "reason", err.Error())
+				return renewDenied(err)
+			}
+		}
+	}
+	return provisioner.DefaultAuthorizeRenew(ctx, p, cert)
+}
+
+// Servers returns the listen addresses actually bound (useful with ":0").
+func (d *Daemon) Servers() []string {
+	out := make([]string, 0, len(d.listeners))
+	for _, l := range d.listeners {
+		out = append(out, l.Addr().String())
+	}
+	return out
+}

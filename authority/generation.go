@@ -1,0 +1,319 @@
+package authority
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"runtime/debug"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/smallstep/certificates/acme"
+	acmeAPI "github.com/smallstep/certificates/acme/api"
+	acmeNoSQL "github.com/smallstep/certificates/acme/db/nosql"
+	"github.com/smallstep/certificates/api"
+	upstream "github.com/smallstep/certificates/authority"
+	"github.com/smallstep/certificates/authority/admin"
+	adminAPI "github.com/smallstep/certificates/authority/admin/api"
+	upconfig "github.com/smallstep/certificates/authority/config"
+	"github.com/smallstep/certificates/authority/provisioner"
+	"github.com/smallstep/certificates/ca"
+	"github.com/smallstep/certificates/db"
+	"github.com/smallstep/certificates/errs"
+	"github.com/smallstep/certificates/logging"
+	"github.com/smallstep/certificates/middleware/requestid"
+	"github.com/smallstep/certificates/monitoring"
+	"github.com/smallstep/certificates/scep"
+	scepAPI "github.com/smallstep/certificates/scep/api"
+
+	"github.com/stepfort/stepfort/adminapi"
+	"github.com/stepfort/stepfort/config"
+	"github.com/stepfort/stepfort/plugins"
+)
+
+type x509Certificate = x509.Certificate
+
+// generation is everything rebuilt on reload: the authority, its TLS
+// configuration and the handlers. The daemon swaps it atomically.
+type generation struct {
+	cfg            *upconfig.Config
+	auth           *upstream.Authority
+	tls            *tls.Config
+	renewer        *ca.TLSRenewer
+	https, http    http.Handler
+	servesInsecure bool
+}
+
+// build assembles one generation. Mirrors ca/ca.go (*CA).Init of v0.30.2,
+// with stepfort's authority options, plugin routes and the admin API added.
+func (d *Daemon) build(file *config.File) (*generation, error) {
+	cfg := file.CA
+	var signAuthorizers []plugins.SignAuthorizer
+	var renewAuthorizers bool
+	for _, p := range d.plugins {
+		if m, ok := p.(plugins.ConfigMutator); ok {
+			if err := m.MutateConfig(cfg); err != nil {
+				return nil, fmt.Errorf("plugin %s: %w", p.Name(), err)
+			}
+		}
+		if a, ok := p.(plugins.SignAuthorizer); ok {
+			signAuthorizers = append(signAuthorizers, a)
+		}
+		if _, ok := p.(plugins.RenewAuthorizer); ok {
+			renewAuthorizers = true
+		}
+	}
+	if err := injectSignWebhooks(cfg, signAuthorizers); err != nil {
+		return nil, err
+	}
+
+	external := &http.Client{Transport: newExternalTransport()}
+	webhooks := &webhookClient{internal: signAuthorizerHandler(signAuthorizers, d.log.With("component", "sign-authorizer")), external: external}
+	opts := []upstream.Option{
+		upstream.WithPassword(d.opts.Password),
+		upstream.WithSSHHostPassword(d.opts.SSHHostPassword),
+		upstream.WithSSHUserPassword(d.opts.SSHUserPassword),
+		upstream.WithIssuerPassword(d.opts.IssuerPassword),
+		upstream.WithWebhookClient(webhooks),
+		upstream.WithMeter(d.metrics),
+	}
+	if d.db != nil {
+		opts = append(opts, upstream.WithDatabase(d.db))
+	}
+	if d.opts.Quiet {
+		opts = append(opts, upstream.WithQuietInit())
+	}
+	if renewAuthorizers {
+		opts = append(opts, upstream.WithAuthorizeRenewFunc(func(ctx context.Context, p *provisioner.Controller, cert *x509.Certificate) error {
+			return d.authorizeRenew(ctx, p, cert)
+		}))
+	}
+	auth, err := upstream.New(cfg, opts...)
+	if err != nil {
+		return nil, err
+	}
+	gen := &generation{cfg: cfg, auth: auth}
+	var clientTLS *tls.Config
+	if gen.tls, clientTLS, gen.renewer, err = tlsConfigs(auth, cfg); err != nil {
+		return nil, err
+	}
+	gen.renewer.Run()
+	external.Transport.(*http.Transport).TLSClientConfig = clientTLS
+
+	mux := chi.NewRouter()
+	insecureMux := chi.NewRouter()
+	mux.Use(middleware.GetHead)
+	insecureMux.Use(middleware.GetHead)
+
+	api.Route(mux)
+	mux.Route("/1.0", func(r chi.Router) { api.Route(r) })
+	insecureMux.Get("/crl", api.CRL)
+	insecureMux.Get("/1.0/crl", api.CRL)
+
+	var acmeDB acme.DB
+	var linker acme.Linker
+	if cfg.DB != nil && d.db != nil {
+		// upstream asserts nosql.DB here; events.DB embeds *db.DB so it is one.
+		if acmeDB, err = acmeNoSQL.New(d.db); err != nil {
+			return nil, fmt.Errorf("configure ACME database: %w", err)
+		}
+		for _, p := range d.plugins {
+			if w, ok := p.(plugins.ACMEDBWrapper); ok {
+				acmeDB = w.WrapACMEDB(acmeDB)
+			}
+		}
+		dns := cfg.DNSNames[0]
+		u, err := url.Parse("https://" + cfg.Address)
+		if err != nil {
+			return nil, fmt.Errorf("address %q: %w", cfg.Address, err)
+		}
+		if port := u.Port(); port != "" && port != "443" {
+			dns = dns + ":" + port
+		}
+		linker = acme.NewLinker(dns, "acme")
+		mux.Route("/acme", func(r chi.Router) { acmeAPI.Route(r) })
+		mux.Route("/2.0/acme", func(r chi.Router) { acmeAPI.Route(r) })
+	} else if auth.HasACMEProvisioner() {
+		d.log.Warn("no database is configured: ACME provisioners are disabled")
+	}
+
+	if cfg.AuthorityConfig.EnableAdmin && auth.GetAdminDatabase() != nil {
+		mux.Route("/admin", func(r chi.Router) {
+			adminAPI.Route(r,
+				adminAPI.WithACMEResponder(adminAPI.NewACMEAdminResponder()),
+				adminAPI.WithPolicyResponder(adminAPI.NewPolicyAdminResponder()),
+				adminAPI.WithWebhookResponder(adminAPI.NewWebhookAdminResponder()))
+		})
+	}
+
+	scepAuthority := auth.GetSCEP()
+	if scepAuthority != nil {
+		// RFC 8894 runs SCEP over HTTP; upstream also serves it over HTTPS.
+		insecureMux.Route("/scep", func(r chi.Router) { scepAPI.Route(r) })
+		mux.Route("/scep", func(r chi.Router) { scepAPI.Route(r) })
+	}
+
+	var adminRoutes []plugins.AdminRoute
+	insecurePlugins := false
+	for _, p := range d.plugins {
+		if rp, ok := p.(plugins.RouteProvider); ok {
+			rp.Routes(mux)
+		}
+		if rp, ok := p.(plugins.InsecureRouteProvider); ok {
+			rp.InsecureRoutes(insecureMux)
+			insecurePlugins = true
+		}
+		if ap, ok := p.(plugins.AdminRouteProvider); ok {
+			adminRoutes = append(adminRoutes, ap.AdminRoutes()...)
+		}
+	}
+	if d.tokens != nil {
+		(&adminapi.Server{
+			Tokens:      d.tokens,
+			MaxTokenTTL: d.file.Stepfort.Admin.MaxTokenTTL.Duration,
+			Log:         d.log.With("component", "admin-api"),
+			Metrics:     d.metrics,
+		}).Mount(mux, adminRoutes)
+	}
+	gen.servesInsecure = scepAuthority != nil || cfg.CRL.IsEnabled() || insecurePlugins
+
+	https, insecure := http.Handler(mux), http.Handler(insecureMux)
+	if len(cfg.Monitoring) > 0 {
+		m, err := monitoring.New(cfg.Monitoring)
+		if err != nil {
+			return nil, err
+		}
+		https, insecure = m.Middleware(https), m.Middleware(insecure)
+	}
+	var traceHeader string
+	if len(cfg.Logger) > 0 {
+		logger, err := logging.New("ca", cfg.Logger)
+		if err != nil {
+			return nil, err
+		}
+		traceHeader = logger.GetTraceHeader()
+		https, insecure = logger.Middleware(https), logger.Middleware(insecure)
+	}
+	base := baseContext(auth, scepAuthority, acmeDB, linker)
+	https = d.common(https, base, "https")
+	insecure = d.common(insecure, base, "http")
+	gen.https = requestid.New(traceHeader).Middleware(https)
+	gen.http = requestid.New(traceHeader).Middleware(insecure)
+	return gen, nil
+}
+
+// baseContext mirrors ca/ca.go buildContext: upstream handlers find the
+// authority, databases, SCEP authority and ACME linker in the request context.
+func baseContext(a *upstream.Authority, scepAuthority *scep.Authority, acmeDB acme.DB, linker acme.Linker) context.Context {
+	ctx := upstream.NewContext(context.Background(), a)
+	if authDB := a.GetDatabase(); authDB != nil {
+		ctx = db.NewContext(ctx, authDB)
+	}
+	if adminDB := a.GetAdminDatabase(); adminDB != nil {
+		ctx = admin.NewContext(ctx, adminDB)
+	}
+	if scepAuthority != nil {
+		ctx = scep.NewContext(ctx, scepAuthority)
+	}
+	if acmeDB != nil {
+		ctx = acme.NewContext(ctx, acmeDB, acme.NewClient(), linker, nil)
+	}
+	return ctx
+}
+
+// common adds what every request needs: the generation's context values
+// (upstream sets them as the server's BaseContext; ours changes on reload),
+// panic recovery and request metrics.
+func (d *Daemon) common(next http.Handler, base context.Context, listener string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := mergedContext{Context: r.Context(), values: base}
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		defer func() {
+			if rec := recover(); rec != nil {
+				if rec == http.ErrAbortHandler {
+					panic(rec)
+				}
+				d.log.Error("handler panic", "path", r.URL.Path, "panic", fmt.Sprint(rec), "stack", string(debug.Stack()))
+				if !sw.wrote {
+					adminapi.WriteError(sw, http.StatusInternalServerError, "internal error")
+				}
+			}
+			d.metrics.HTTPRequest(listener, sw.status)
+		}()
+		next.ServeHTTP(sw, r.WithContext(ctx))
+	})
+}
+
+// mergedContext is the request context, falling back to the generation's
+// base context for values (authority, databases, ACME linker).
+type mergedContext struct {
+	context.Context
+	values context.Context
+}
+
+func (c mergedContext) Value(key any) any {
+	if v := c.Context.Value(key); v != nil {
+		return v
+	}
+	return c.values.Value(key)
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	wrote  bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wrote {
+		w.status, w.wrote = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	w.wrote = true
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (d *Daemon) serveHTTPS(w http.ResponseWriter, r *http.Request) { d.gen.Load().https.ServeHTTP(w, r) }
+func (d *Daemon) serveHTTP(w http.ResponseWriter, r *http.Request)  { d.gen.Load().http.ServeHTTP(w, r) }
+
+func fingerprint(der []byte) string {
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
+func jsonEqual(a, b json.RawMessage) bool {
+	var x, y any
+	if len(bytes.TrimSpace(a)) == 0 && len(bytes.TrimSpace(b)) == 0 {
+		return true
+	}
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return false
+	}
+	xb, _ := json.Marshal(x)
+	yb, _ := json.Marshal(y)
+	return bytes.Equal(xb, yb)
+}
+
+// renewDenied turns a plugin's renewal veto into an upstream HTTP error
+// (401) unless the plugin already chose a status.
+func renewDenied(err error) error {
+	var se interface{ StatusCode() int }
+	if errors.As(err, &se) {
+		return err
+	}
+	return errs.Unauthorized("renewal refused: %s", err)
+}

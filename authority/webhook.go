@@ -1,0 +1,206 @@
+package authority
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/smallstep/certificates/authority/config"
+	"github.com/smallstep/certificates/authority/provisioner"
+	"github.com/smallstep/certificates/webhook"
+
+	"github.com/stepfort/stepfort/plugins"
+)
+
+// internalHost is the host name of webhooks answered inside this process.
+// Requests to it never reach the network: webhookClient routes them to a
+// handler. The name is under .internal, which no public DNS resolves.
+const internalHost = "stepfort.internal"
+
+// signWebhookName is the name of the AUTHORIZING webhook the daemon adds to
+// provisioners gated by SignAuthorizer plugins.
+const signWebhookName = "stepfort-sign-authorizer"
+
+// webhookClient is upstream's webhook HTTP client with in-process routing
+// for internalHost. It implements provisioner.HTTPClient.
+type webhookClient struct {
+	internal http.Handler
+	external *http.Client
+}
+
+func (c *webhookClient) Get(u string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	return c.Do(req)
+}
+
+func (c *webhookClient) Do(req *http.Request) (*http.Response, error) {
+	if req.URL.Host != internalHost {
+		return c.external.Do(req)
+	}
+	rec := httptest.NewRecorder()
+	c.internal.ServeHTTP(rec, req)
+	return rec.Result(), nil
+}
+
+// injectSignWebhooks adds the in-process AUTHORIZING webhook to every
+// provisioner that a SignAuthorizer gates. The provisioner name travels in the
+// URL because upstream's AUTHORIZING body does not carry it.
+func injectSignWebhooks(cfg *config.Config, authorizers []plugins.SignAuthorizer) error {
+	if len(authorizers) == 0 || cfg.AuthorityConfig == nil {
+		return nil
+	}
+	for _, p := range cfg.AuthorityConfig.Provisioners {
+		if !gated(p.GetName(), authorizers) {
+			continue
+		}
+		opts, err := provisionerOptions(p)
+		if err != nil {
+			return err
+		}
+		if slices.ContainsFunc(opts.Webhooks, func(w *provisioner.Webhook) bool { return w.Name == signWebhookName }) {
+			continue
+		}
+		opts.Webhooks = append(opts.Webhooks, &provisioner.Webhook{
+			ID:       signWebhookName,
+			Name:     signWebhookName,
+			URL:      "https://" + internalHost + "/sign-authorizer/" + urlPathEscape(p.GetName()),
+			Kind:     "AUTHORIZING",
+			CertType: "X509",
+		})
+	}
+	return nil
+}
+
+func gated(name string, authorizers []plugins.SignAuthorizer) bool {
+	for _, a := range authorizers {
+		for _, n := range a.SignProvisioners() {
+			if n == "*" || n == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// provisionerOptions returns the provisioner's *Options, creating it when
+// nil. Every upstream provisioner type has an exported Options field, but no
+// interface exposes it, hence reflection.
+func provisionerOptions(p provisioner.Interface) (*provisioner.Options, error) {
+	v := reflect.ValueOf(p)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return nil, fmt.Errorf("provisioner %q: unexpected type %T", p.GetName(), p)
+	}
+	f := v.Elem().FieldByName("Options")
+	if !f.IsValid() || f.Type() != reflect.TypeFor[*provisioner.Options]() {
+		return nil, fmt.Errorf("provisioner %q (%T) has no options to add a webhook to", p.GetName(), p)
+	}
+	if f.IsNil() {
+		f.Set(reflect.ValueOf(&provisioner.Options{}))
+	}
+	return f.Interface().(*provisioner.Options), nil
+}
+
+func urlPathEscape(s string) string {
+	return strings.NewReplacer("/", "%2F", "?", "%3F", "#", "%23", " ", "%20").Replace(s)
+}
+
+// signAuthorizerHandler answers the in-process AUTHORIZING webhook. It fails
+// closed: anything it cannot parse or decide is a denial, answered with 200
+// and allow=false so upstream does not retry.
+func signAuthorizerHandler(authorizers []plugins.SignAuthorizer, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		deny := func(code, msg string) {
+			writeWebhookResponse(w, &webhook.ResponseBody{Allow: false, Error: &webhook.Error{Code: code, Message: msg}})
+		}
+		prov, ok := strings.CutPrefix(r.URL.EscapedPath(), "/sign-authorizer/")
+		if !ok {
+			deny("internalError", "unknown internal webhook")
+			return
+		}
+		prov = strings.NewReplacer("%2F", "/", "%3F", "?", "%23", "#", "%20", " ").Replace(prov)
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err != nil {
+			deny("internalError", "read webhook request")
+			return
+		}
+		var req webhook.RequestBody
+		if err := json.Unmarshal(body, &req); err != nil {
+			deny("internalError", "decode webhook request")
+			return
+		}
+		sr := plugins.SignRequest{Provisioner: prov}
+		if req.AttestationData != nil {
+			sr.PermanentIdentifier = req.AttestationData.PermanentIdentifier
+		}
+		if xc := req.X509Certificate; xc != nil && xc.Certificate != nil {
+			// Upstream sends the final template (not a signed certificate).
+			c := xc.GetCertificate()
+			c.NotBefore, c.NotAfter = xc.NotBefore, xc.NotAfter
+			if pub, err := x509.ParsePKIXPublicKey(xc.PublicKey); err == nil {
+				c.PublicKey = pub
+			}
+			sr.Certificate = c
+		}
+		for _, a := range authorizers {
+			if !gated(prov, []plugins.SignAuthorizer{a}) {
+				continue
+			}
+			if err := callAuthorizer(r.Context(), a, sr); err != nil {
+				code := "unauthorized"
+				var coded interface{ Code() string }
+				if errors.As(err, &coded) {
+					code = coded.Code()
+				}
+				log.Info("issuance denied by plugin", "provisioner", prov, "permanentIdentifier", sr.PermanentIdentifier, "reason", err.Error())
+				deny(code, err.Error())
+				return
+			}
+		}
+		writeWebhookResponse(w, &webhook.ResponseBody{Allow: true})
+	})
+}
+
+func callAuthorizer(ctx context.Context, a plugins.SignAuthorizer, sr plugins.SignRequest) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("sign authorizer failed: %v", r)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(ctx, 8*time.Second)
+	defer cancel()
+	return a.AuthorizeSign(ctx, sr)
+}
+
+func writeWebhookResponse(w http.ResponseWriter, body *webhook.ResponseBody) {
+	b, _ := json.Marshal(body)
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = io.Copy(w, bytes.NewReader(b))
+}
+
+// newExternalTransport mirrors upstream's internal/httptransport.New.
+func newExternalTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          100,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+}

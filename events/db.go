@@ -1,0 +1,213 @@
+// Package events turns upstream step-ca's certificate stores into durable
+// certificate events and delivers them to plugins.
+//
+// Guarantee: an event is written in the same database transaction as the
+// certificate or revocation it describes (see DB), so a certificate that a
+// client received always has its event. The Outbox delivers events at least
+// once, across crashes and replicas, and deletes an event only after every
+// observer has accepted it. docs/design/events.md has the full argument.
+package events
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/smallstep/certificates/authority/provisioner"
+	"github.com/smallstep/certificates/db"
+	"github.com/smallstep/nosql/database"
+
+	"github.com/stepfort/stepfort/plugins"
+)
+
+// Table holds pending events, keyed by event ID (which sorts by time).
+var Table = []byte("stepfort_events")
+
+// Upstream's table names (unexported in smallstep/certificates/db). They must
+// match db/db.go of the pinned version; TestUpstreamTables checks them.
+var (
+	certsTable        = []byte("x509_certs")
+	certsDataTable    = []byte("x509_certs_data")
+	revokedCertsTable = []byte("revoked_x509_certs")
+)
+
+// DB is upstream's database with certificate events. It embeds *db.DB, which
+// upstream needs (the authority and ACME type-assert nosql.DB), and overrides
+// the three storers the authority type-asserts on after signing and on
+// revocation. These run after the CA has signed, so they record; they never
+// authorize.
+type DB struct {
+	*db.DB
+	outbox *Outbox // nil: no observers, write no events
+	now    func() time.Time
+}
+
+// NewDB wraps base. With a nil outbox it behaves exactly like upstream.
+func NewDB(base *db.DB, outbox *Outbox) (*DB, error) {
+	d := &DB{DB: base, outbox: outbox, now: time.Now}
+	if outbox != nil {
+		if err := base.CreateTable(Table); err != nil {
+			return nil, fmt.Errorf("create table %s: %w", Table, err)
+		}
+	}
+	return d, nil
+}
+
+type attested interface {
+	AttestationData() *provisioner.AttestationData
+}
+
+type raProvisioner interface {
+	RAInfo() *provisioner.RAInfo
+}
+
+// StoreCertificateChain stores what upstream stores (x509_certs and
+// x509_certs_data) and the issued event, in one transaction.
+func (d *DB) StoreCertificateChain(p provisioner.Interface, chain ...*x509.Certificate) error {
+	leaf := chain[0]
+	serial := leaf.SerialNumber.String()
+	data := &db.CertificateData{}
+	ev := d.newEvent(plugins.EventIssued, serial)
+	ev.CertificateDER = leaf.Raw
+	if p != nil {
+		data.Provisioner = &db.ProvisionerData{ID: p.GetID(), Name: p.GetName(), Type: p.GetType().String()}
+		if ra, ok := p.(raProvisioner); ok {
+			data.RaInfo = ra.RAInfo()
+		}
+		ev.Provisioner = &plugins.ProvisionerRef{ID: data.Provisioner.ID, Name: data.Provisioner.Name, Type: data.Provisioner.Type}
+		if at, ok := p.(attested); ok && at.AttestationData() != nil {
+			ev.PermanentIdentifier = at.AttestationData().PermanentIdentifier
+		}
+	}
+	b, err := json.Marshal(data)
+	if err != nil {
+		return fmt.Errorf("marshal certificate data: %w", err)
+	}
+	tx := new(database.Tx)
+	tx.Set(certsTable, []byte(serial), leaf.Raw)
+	tx.Set(certsDataTable, []byte(serial), b)
+	if err := d.addEvent(tx, ev); err != nil {
+		return err
+	}
+	if err := d.Update(tx); err != nil {
+		return fmt.Errorf("store certificate %s: %w", serial, err)
+	}
+	d.notify(ev)
+	return nil
+}
+
+// StoreRenewedCertificate stores the renewed certificate with its parent's
+// certificate data, as upstream does, and the renewed event, in one
+// transaction.
+func (d *DB) StoreRenewedCertificate(parent *x509.Certificate, chain ...*x509.Certificate) error {
+	leaf := chain[0]
+	serial := leaf.SerialNumber.String()
+	var dataJSON []byte
+	data, err := d.GetCertificateData(parent.SerialNumber.String())
+	if err == nil {
+		dataJSON, _ = json.Marshal(data)
+	}
+	ev := d.newEvent(plugins.EventRenewed, serial)
+	ev.CertificateDER = leaf.Raw
+	ev.ParentSerial = parent.SerialNumber.String()
+	ev.Rekey = !publicKeysEqual(parent, leaf)
+	if data != nil && data.Provisioner != nil {
+		ev.Provisioner = &plugins.ProvisionerRef{ID: data.Provisioner.ID, Name: data.Provisioner.Name, Type: data.Provisioner.Type}
+	}
+	tx := new(database.Tx)
+	tx.Set(certsTable, []byte(serial), leaf.Raw)
+	if dataJSON != nil {
+		tx.Set(certsDataTable, []byte(serial), dataJSON)
+	}
+	if err := d.addEvent(tx, ev); err != nil {
+		return err
+	}
+	if err := d.Update(tx); err != nil {
+		return fmt.Errorf("store renewed certificate %s: %w", serial, err)
+	}
+	d.notify(ev)
+	return nil
+}
+
+// Revoke records the revocation as upstream does (a compare-and-swap that
+// fails with db.ErrAlreadyExists when the serial is already revoked) and the
+// revoked event, in one transaction. Neither backend rolls a transaction back
+// when its compare-and-swap does not swap, so an already-revoked serial leaves
+// a spurious event; it is deleted here, and the Outbox also drops any revoked
+// event that does not match the stored revocation (in case of a crash before
+// the delete).
+func (d *DB) Revoke(rci *db.RevokedCertificateInfo) error {
+	if d.outbox == nil {
+		return d.DB.Revoke(rci)
+	}
+	rcib, err := json.Marshal(rci)
+	if err != nil {
+		return fmt.Errorf("marshal revocation: %w", err)
+	}
+	ev := d.newEvent(plugins.EventRevoked, rci.Serial)
+	ev.Revocation = &plugins.Revocation{
+		ReasonCode: rci.ReasonCode, Reason: rci.Reason, RevokedAt: rci.RevokedAt, MTLS: rci.MTLS, ACME: rci.ACME,
+	}
+	if crt, err := d.GetCertificate(rci.Serial); err == nil {
+		ev.CertificateDER = crt.Raw
+		if data, err := d.GetCertificateData(rci.Serial); err == nil && data.Provisioner != nil {
+			ev.Provisioner = &plugins.ProvisionerRef{ID: data.Provisioner.ID, Name: data.Provisioner.Name, Type: data.Provisioner.Type}
+		}
+	}
+	tx := new(database.Tx)
+	tx.Cas(revokedCertsTable, []byte(rci.Serial), rcib) // compares with absent
+	if err := d.addEvent(tx, ev); err != nil {
+		return err
+	}
+	if err := d.Update(tx); err != nil {
+		return fmt.Errorf("revoke %s: %w", rci.Serial, err)
+	}
+	if !tx.Operations[0].Swapped {
+		_ = d.Del(Table, []byte(ev.ID))
+		return db.ErrAlreadyExists
+	}
+	d.notify(ev)
+	return nil
+}
+
+func (d *DB) newEvent(kind plugins.EventKind, serial string) *plugins.CertificateEvent {
+	now := d.now().UTC()
+	return &plugins.CertificateEvent{ID: NewID(now), Kind: kind, Serial: serial, OccurredAt: now}
+}
+
+func (d *DB) addEvent(tx *database.Tx, ev *plugins.CertificateEvent) error {
+	if d.outbox == nil {
+		return nil
+	}
+	b, err := json.Marshal(&record{Event: *ev})
+	if err != nil {
+		return fmt.Errorf("marshal event: %w", err)
+	}
+	tx.Set(Table, []byte(ev.ID), b)
+	return nil
+}
+
+func (d *DB) notify(ev *plugins.CertificateEvent) {
+	if d.outbox != nil {
+		d.outbox.Notify(ev.ID)
+	}
+}
+
+// NewID returns an event ID that sorts by time across replicas: zero-padded
+// Unix nanoseconds, then random bits so two replicas never collide.
+func NewID(t time.Time) string {
+	var r [6]byte
+	_, _ = rand.Read(r[:])
+	return fmt.Sprintf("%020d-%s", t.UnixNano(), hex.EncodeToString(r[:]))
+}
+
+func publicKeysEqual(a, b *x509.Certificate) bool {
+	if k, ok := a.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); ok {
+		return k.Equal(b.PublicKey)
+	}
+	return false
+}

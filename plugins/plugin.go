@@ -1,0 +1,120 @@
+// Package plugins defines the contract between the stepfort daemon and the
+// features it adds to upstream step-ca.
+//
+// A plugin implements the small Plugin interface and opts into capabilities by
+// implementing the optional interfaces below; the daemon discovers them with
+// type assertions, the way step-ca discovers optional capabilities of a
+// CertificateAuthorityService (cas/apiv1).
+package plugins
+
+import (
+	"context"
+	"crypto/x509"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/smallstep/certificates/acme"
+	"github.com/smallstep/certificates/authority"
+	"github.com/smallstep/certificates/authority/config"
+	"github.com/smallstep/certificates/authority/provisioner"
+	"github.com/smallstep/nosql"
+)
+
+// Plugin is the lifecycle every plugin has. Start runs after the authority is
+// built and before any listener accepts connections; Stop runs after the
+// listeners have drained.
+type Plugin interface {
+	// Name is the plugin's key under "stepfort.plugins" in ca.json.
+	Name() string
+	Start(ctx context.Context, host Host) error
+	Stop(ctx context.Context) error
+}
+
+// Host is what the daemon offers a running plugin.
+type Host interface {
+	// Authority returns the current upstream authority. It changes on SIGHUP
+	// reload, so call it per request instead of keeping the result.
+	Authority() *authority.Authority
+	// DB is the shared database (bbolt or PostgreSQL). Plugin tables are
+	// prefixed "stepfort_" and must be created with CreateTable before use.
+	DB() nosql.DB
+	// Logger is a structured logger tagged with the plugin name.
+	Logger() *slog.Logger
+	// Now is the daemon clock; tests inject their own.
+	Now() time.Time
+}
+
+// RouteProvider mounts routes on the HTTPS listener.
+type RouteProvider interface {
+	Routes(r chi.Router)
+}
+
+// InsecureRouteProvider mounts routes on the plain HTTP listener
+// (insecureAddress), for protocols that must work without TLS: OCSP, CRL,
+// SCEP, NDES.
+type InsecureRouteProvider interface {
+	InsecureRoutes(r chi.Router)
+}
+
+// AdminRoute is one admin API endpoint under /api/v1. Scope is the token
+// scope it requires; the daemon authenticates and authorizes before the
+// handler runs.
+type AdminRoute struct {
+	Method  string
+	Pattern string // relative to /api/v1, e.g. "/devices/{id}"
+	Scope   string
+	Handler http.HandlerFunc
+}
+
+// AdminRouteProvider adds endpoints to the admin API.
+type AdminRouteProvider interface {
+	AdminRoutes() []AdminRoute
+}
+
+// ConfigMutator may change the upstream configuration after it is loaded and
+// before the authority is built, for example to add provisioner options.
+// It runs again on every reload with the freshly loaded configuration.
+type ConfigMutator interface {
+	MutateConfig(cfg *config.Config) error
+}
+
+// SignRequest is what a SignAuthorizer sees of an X.509 issuance that is about
+// to happen (the certificate is the final template, not yet signed).
+type SignRequest struct {
+	Provisioner         string
+	PermanentIdentifier string // from ACME device-attest-01 attestation, if any
+	Certificate         *x509.Certificate
+}
+
+// SignAuthorizer vetoes X.509 issuance before signing. It is called through an
+// in-process AUTHORIZING webhook that the daemon adds to the provisioners
+// named by SignProvisioners, so it runs for every flow that signs through
+// those provisioners (/sign, ACME finalize, SCEP). It does not run on /renew
+// or /rekey: implement RenewAuthorizer for those.
+type SignAuthorizer interface {
+	// SignProvisioners names the provisioners to gate; "*" means all.
+	SignProvisioners() []string
+	AuthorizeSign(ctx context.Context, req SignRequest) error
+}
+
+// RenewAuthorizer vetoes /renew and /rekey. The daemon calls every
+// RenewAuthorizer, then upstream's default renewal checks.
+type RenewAuthorizer interface {
+	AuthorizeRenew(ctx context.Context, p *provisioner.Controller, cert *x509.Certificate) error
+}
+
+// ACMEDBWrapper wraps upstream's ACME database, the earliest point at which a
+// challenge (device-attest-01 included) can be rejected.
+type ACMEDBWrapper interface {
+	WrapACMEDB(db acme.DB) acme.DB
+}
+
+// CertificateObserver receives certificate events. Delivery is at least once
+// and survives crashes (see docs/design/events.md): the observer must be
+// idempotent, keyed by Event.ID or by serial and kind. Returning an error
+// makes the daemon retry the event later.
+type CertificateObserver interface {
+	ObserveCertificate(ctx context.Context, ev CertificateEvent) error
+}
