@@ -287,8 +287,10 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController reach the real writer.
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-func (d *Daemon) serveHTTPS(w http.ResponseWriter, r *http.Request) { d.gen.Load().https.ServeHTTP(w, r) }
-func (d *Daemon) serveHTTP(w http.ResponseWriter, r *http.Request)  { d.gen.Load().http.ServeHTTP(w, r) }
+func (d *Daemon) serveHTTPS(w http.ResponseWriter, r *http.Request) {
+	d.gen.Load().https.ServeHTTP(w, r)
+}
+func (d *Daemon) serveHTTP(w http.ResponseWriter, r *http.Request) { d.gen.Load().http.ServeHTTP(w, r) }
 
 func fingerprint(der []byte) string {
 	sum := sha256.Sum256(der)

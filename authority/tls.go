@@ -5,9 +5,9 @@ import (
 	"crypto/x509"
 	"fmt"
 
-	"github.com/smallstep/certificates/ca"
 	upstream "github.com/smallstep/certificates/authority"
 	"github.com/smallstep/certificates/authority/config"
+	"github.com/smallstep/certificates/ca"
 )
 
 // tlsConfigs builds the server and webhook-client TLS configurations with a

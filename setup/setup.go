@@ -130,16 +130,16 @@ func Init(o Options) (*Result, error) {
 	}
 	httpPort := portOf(o.InsecureAddress)
 	caJSON := map[string]any{
-		"root":             r.RootFile,
-		"federatedRoots":   nil,
-		"crt":              interCert,
-		"key":              interKeyFile,
-		"address":          o.Address,
-		"insecureAddress":  o.InsecureAddress,
-		"dnsNames":         o.DNSNames,
-		"logger":           map[string]any{"format": "json"},
-		"db":               dbCfg,
-		"crl":              map[string]any{"enabled": true, "generateOnRevoke": true, "idpURL": "http://" + hostPort(o.DNSNames[0], httpPort) + "/1.0/crl"},
+		"root":            r.RootFile,
+		"federatedRoots":  nil,
+		"crt":             interCert,
+		"key":             interKeyFile,
+		"address":         o.Address,
+		"insecureAddress": o.InsecureAddress,
+		"dnsNames":        o.DNSNames,
+		"logger":          map[string]any{"format": "json"},
+		"db":              dbCfg,
+		"crl":             map[string]any{"enabled": true, "generateOnRevoke": true, "idpURL": "http://" + hostPort(o.DNSNames[0], httpPort) + "/1.0/crl"},
 		"authority": map[string]any{
 			"provisioners": []any{
 				map[string]any{"type": "JWK", "name": o.Provisioner, "key": jwk, "encryptedKey": encryptedKey},
