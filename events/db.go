@@ -28,7 +28,8 @@ import (
 var Table = []byte("stepfort_events")
 
 // Upstream's table names (unexported in smallstep/certificates/db). They must
-// match db/db.go of the pinned version; TestUpstreamTables checks them.
+// match db/db.go of the pinned version; the events tests read them back
+// through upstream's own getters.
 var (
 	certsTable        = []byte("x509_certs")
 	certsDataTable    = []byte("x509_certs_data")
