@@ -105,4 +105,3 @@ func TestUpstreamStepCAInitConfigRunsUnchanged(t *testing.T) {
 		t.Fatalf("config check of an upstream config: %v %s", err, out)
 	}
 }
-
