@@ -73,6 +73,7 @@ type Daemon struct {
 	cancel   context.CancelFunc
 	bg       sync.WaitGroup
 	stopOnce sync.Once
+	stopped  chan struct{} // closed when Stop has finished
 }
 
 // New builds the daemon: plugins, database, authority and handlers. Nothing
@@ -82,7 +83,7 @@ func New(file *config.File, opts Options) (*Daemon, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Daemon{file: file, opts: opts, log: log, metrics: metrics.New()}
+	d := &Daemon{file: file, opts: opts, log: log, metrics: metrics.New(), stopped: make(chan struct{})}
 	if file.CA.AuthorityConfig != nil && file.CA.AuthorityConfig.DeploymentType == "linked" {
 		return nil, errors.New("linked CA deployments are not supported: Certificate Manager would bypass stepfort's certificate events")
 	}
@@ -285,6 +286,8 @@ func (d *Daemon) Run() error {
 			go func() { _ = d.Stop() }()
 		}
 	}
+	// Serve returns as soon as Shutdown starts; wait for the drain.
+	<-d.stopped
 	return firstErr
 }
 
@@ -324,6 +327,7 @@ func (d *Daemon) logStart() {
 func (d *Daemon) Stop() error {
 	var err error
 	d.stopOnce.Do(func() {
+		defer close(d.stopped)
 		d.log.Info("shutting down")
 		ctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
 		defer cancel()

@@ -125,6 +125,13 @@ func Init(o Options) (*Result, error) {
 	}
 
 	dbCfg := &db.Config{Type: "bbolt", DataSource: filepath.Join(o.Dir, "db", "stepfort.db")}
+	if o.DB == "bbolt" {
+		// A forced re-init makes a new PKI: the old database would hold
+		// certificates of a CA that no longer exists.
+		if err := os.Remove(dbCfg.DataSource); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+	}
 	if o.DB == "postgresql" {
 		dbCfg = &db.Config{Type: "postgresql", DataSource: o.DBDSN, Database: o.DBName}
 	}
