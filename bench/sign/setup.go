@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/stepfort/stepfort/internal/testenv"
+)
+
+// upstreamVersion is the step-ca release stepfort is built on.
+const upstreamVersion = "0.30.2"
+
+// buildStepfort builds ./cmd/stepfort into dir with CGO_ENABLED=0 and the
+// same flags scripts/install-tools.sh uses for step-ca, so that neither
+// binary has an advantage from how it was built. With pprof, the build adds
+// overlay/pprof.go.in to the command (see there) without touching the
+// source tree.
+func buildStepfort(ctx context.Context, root, dir string, pprof bool) (string, error) {
+	out := filepath.Join(dir, "stepfort")
+	args := []string{"build", "-trimpath", "-ldflags", "-s -w", "-o", out}
+	if pprof {
+		overlay, err := json.Marshal(map[string]any{"Replace": map[string]string{
+			filepath.Join(root, "cmd", "stepfort", "zz_bench_pprof.go"): filepath.Join(root, "bench", "sign", "overlay", "pprof.go.in"),
+		}})
+		if err != nil {
+			return "", err
+		}
+		file := filepath.Join(dir, "overlay.json")
+		if err := os.WriteFile(file, overlay, 0o644); err != nil {
+			return "", err
+		}
+		args = append(args, "-overlay", file)
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, "./cmd/stepfort")...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build stepfort: %w\n%s", err, b)
+	}
+	return out, nil
+}
+
+// findStepCA returns the upstream step-ca binary and checks its version.
+func findStepCA(path string) (string, error) {
+	if path == "" {
+		p, err := testenv.Tool("step-ca")
+		if err != nil {
+			return "", err
+		}
+		path = p
+	}
+	b, err := exec.Command(path, "version").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("%s version: %w: %s", path, err, b)
+	}
+	if !strings.Contains(string(b), "/"+upstreamVersion+" ") {
+		return "", fmt.Errorf("%s is not step-ca %s (it says %q); run scripts/install-tools.sh", path, upstreamVersion, strings.TrimSpace(string(b)))
+	}
+	return path, nil
+}
+
+// ca is one installation written by `stepfort init`: every run of a database
+// type starts from its ca.json and a copy of its freshly initialised
+// database.
+type ca struct {
+	dir      string         // the init directory
+	cfg      map[string]any // ca.json as written
+	password string         // contents of secrets/password
+	rootPEM  []byte
+	dbType   string
+	pg       *testenv.Postgres // postgresql only
+}
+
+// initCA runs `stepfort init` for dbType in dir. For PostgreSQL the database
+// it initialises serves as the template of each run's database.
+func initCA(ctx context.Context, stepfort, dir, dbType string, pg *testenv.Postgres) (*ca, error) {
+	args := []string{"init", "--dir", dir, "--address", "127.0.0.1:9000", "--insecure-address", "127.0.0.1:9080"}
+	if dbType == "postgresql" {
+		args = append(args, "--db", "postgresql", "--db-dsn", pg.DSN(), "--db-name", pgTemplateDB)
+	}
+	if b, err := exec.CommandContext(ctx, stepfort, args...).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("stepfort init (%s): %w\n%s", dbType, err, b)
+	}
+	c := &ca{dir: dir, dbType: dbType, pg: pg}
+	b, err := os.ReadFile(filepath.Join(dir, "config", "ca.json"))
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(b, &c.cfg); err != nil {
+		return nil, fmt.Errorf("parse ca.json: %w", err)
+	}
+	pw, err := os.ReadFile(filepath.Join(dir, "secrets", "password"))
+	if err != nil {
+		return nil, err
+	}
+	c.password = strings.TrimSpace(string(pw))
+	if c.rootPEM, err = os.ReadFile(filepath.Join(dir, "certs", "root_ca.crt")); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// pgTemplateDB is the database `stepfort init` writes for PostgreSQL runs.
+const pgTemplateDB = "bench_template"
+
+// runConfig writes the ca.json of one run into dir: the init configuration
+// with the given listen ports and a fresh copy of the initialised database.
+// With idlePlugins every plugin block under "stepfort" gets "enabled":
+// false. It returns the path of the ca.json.
+func (c *ca) runConfig(ctx context.Context, dir, name string, port, insecurePort int, idlePlugins bool) (string, error) {
+	var cfg map[string]any
+	b, _ := json.Marshal(c.cfg)
+	_ = json.Unmarshal(b, &cfg) // deep copy
+	cfg["address"] = fmt.Sprintf("127.0.0.1:%d", port)
+	cfg["insecureAddress"] = fmt.Sprintf("127.0.0.1:%d", insecurePort)
+	if crl, ok := cfg["crl"].(map[string]any); ok {
+		crl["idpURL"] = fmt.Sprintf("http://localhost:%d/1.0/crl", insecurePort)
+	}
+	db, ok := cfg["db"].(map[string]any)
+	if !ok {
+		return "", fmt.Errorf("ca.json of %s has no db block", c.dir)
+	}
+	switch c.dbType {
+	case "bbolt":
+		dst := filepath.Join(dir, "stepfort.db")
+		if err := copyFile(filepath.Join(c.dir, "db", "stepfort.db"), dst); err != nil {
+			return "", err
+		}
+		db["dataSource"] = dst
+	case "postgresql":
+		dbName := pgDBName(name)
+		if err := c.cloneDB(ctx, dbName); err != nil {
+			return "", err
+		}
+		db["database"] = dbName
+	}
+	if idlePlugins {
+		sf, _ := cfg["stepfort"].(map[string]any)
+		plugins, _ := sf["plugins"].(map[string]any)
+		for _, block := range plugins {
+			if m, ok := block.(map[string]any); ok {
+				m["enabled"] = false
+			}
+		}
+	}
+	out, err := json.MarshalIndent(cfg, "", "\t")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "ca.json")
+	return path, os.WriteFile(path, out, 0o600)
+}
+
+// cloneDB creates PostgreSQL database name as a copy of the initialised
+// template database.
+func (c *ca) cloneDB(ctx context.Context, name string) error {
+	conn, err := pgx.Connect(ctx, c.pg.DSN())
+	if err != nil {
+		return fmt.Errorf("connect to postgres: %w", err)
+	}
+	defer conn.Close(context.Background())
+	q := fmt.Sprintf("CREATE DATABASE %s TEMPLATE %s",
+		pgx.Identifier{name}.Sanitize(), pgx.Identifier{pgTemplateDB}.Sanitize())
+	if _, err := conn.Exec(ctx, q); err != nil {
+		return fmt.Errorf("create database %s: %w", name, err)
+	}
+	return nil
+}
+
+// pgDBName is the PostgreSQL database of the run called name.
+func pgDBName(name string) string { return "bench_" + strings.ReplaceAll(name, "-", "_") }
+
+// pgSessions returns how many PostgreSQL sessions (connections) were
+// established to the database of the run called name. database/sql keeps
+// only two idle connections by default, so under concurrent load a server
+// keeps opening new ones; this shows how many.
+func (c *ca) pgSessions(ctx context.Context, name string) (int64, error) {
+	conn, err := pgx.Connect(ctx, c.pg.DSN())
+	if err != nil {
+		return 0, fmt.Errorf("connect to postgres: %w", err)
+	}
+	defer conn.Close(context.Background())
+	var n int64
+	err = conn.QueryRow(ctx, "SELECT sessions FROM pg_stat_database WHERE datname = $1", pgDBName(name)).Scan(&n)
+	return n, err
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o600)
+}
