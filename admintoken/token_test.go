@@ -10,7 +10,7 @@ import (
 	"github.com/smallstep/nosql"
 )
 
-func newStore(t *testing.T, now *time.Time) *Store {
+func newStore(t testing.TB, now *time.Time) *Store {
 	t.Helper()
 	db, err := nosql.New("bbolt", filepath.Join(t.TempDir(), "db"))
 	if err != nil {

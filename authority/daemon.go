@@ -102,7 +102,9 @@ func New(file *config.File, opts Options) (*Daemon, error) {
 	}
 	gen, err := d.build(file)
 	if err != nil {
-		_ = d.db.Shutdown()
+		if d.db != nil {
+			_ = d.db.Shutdown()
+		}
 		return nil, err
 	}
 	d.gen.Store(gen)
@@ -258,6 +260,10 @@ func (d *Daemon) Run() error {
 		d.bg.Add(1)
 		go func() { defer d.bg.Done(); d.outbox.Run(ctx) }()
 	}
+	if c, ok := d.compactor(); ok {
+		d.bg.Add(1)
+		go func() { defer d.bg.Done(); runCompaction(ctx, c) }()
+	}
 	d.logStart()
 
 	errc := make(chan error, 3)
@@ -348,12 +354,14 @@ func (d *Daemon) Stop() error {
 		if d.cancel != nil {
 			d.cancel()
 		}
+		// Background jobs (event delivery) call plugins: let them finish
+		// before the plugins stop.
+		d.bg.Wait()
 		for i := len(d.plugins) - 1; i >= 0; i-- {
 			if e := d.plugins[i].Stop(ctx); e != nil {
 				d.log.Error("stop plugin", "plugin", d.plugins[i].Name(), "error", e)
 			}
 		}
-		d.bg.Wait()
 		gen := d.gen.Load()
 		gen.renewer.Stop()
 		err = gen.auth.Shutdown() // also closes the database
@@ -418,4 +426,35 @@ func (d *Daemon) Servers() []string {
 		out = append(out, l.Addr().String())
 	}
 	return out
+}
+
+// compactor returns the database's value-log compactor (badger), if any.
+// Upstream's ca.New runs the same job (ca/ca.go runCompactJob); its type
+// assertion on *db.DB would miss our wrapper, so the daemon runs it.
+func (d *Daemon) compactor() (nosql.Compactor, bool) {
+	if d.db == nil {
+		return nil, false
+	}
+	c, ok := d.db.DB.DB.(nosql.Compactor)
+	return c, ok
+}
+
+// runCompaction compacts at start and every minute, like upstream.
+func runCompaction(ctx context.Context, c nosql.Compactor) {
+	compact := func() {
+		for err := error(nil); err == nil; {
+			err = c.Compact(0.7)
+		}
+	}
+	compact()
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			compact()
+		}
+	}
 }

@@ -111,3 +111,18 @@ func TestLoadUpstreamConfigWithoutStepfortBlock(t *testing.T) {
 		t.Fatalf("unexpected load: %+v", f)
 	}
 }
+
+func TestCheckFindsWhatUpstreamDefersToServe(t *testing.T) {
+	f, err := Load("testdata/upstream-ca.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.CA.Address = "nope"
+	if err := f.Check(); err == nil || !strings.Contains(err.Error(), `address: "nope" is not host:port`) {
+		t.Fatalf("Check = %v", err)
+	}
+	f.CA.Address = ":9000"
+	if err := f.Check(); err == nil || !strings.Contains(err.Error(), "root[0]: open /nonexistent/root_ca.crt") {
+		t.Fatalf("Check = %v", err)
+	}
+}

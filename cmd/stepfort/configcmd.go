@@ -24,6 +24,9 @@ func configCommand() cli.Command {
 				if err != nil {
 					return err
 				}
+				if err := f.Check(); err != nil {
+					return fmt.Errorf("%s: %w", f.Path, err)
+				}
 				names := make([]string, 0, len(f.Plugins))
 				for _, p := range f.Plugins {
 					names = append(names, p.Name)

@@ -51,6 +51,7 @@ func tokensCommand() cli.Command {
 		Name:  "tokens",
 		Usage: "manage admin API tokens",
 		Subcommands: []cli.Command{
+			bootstrapTokenCommand(),
 			{
 				Name:      "create",
 				Usage:     "create a token; its secret is printed once",

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // stepCLIFlows runs the step CLI commands a user runs daily against url:
@@ -96,11 +97,28 @@ func TestUpstreamStepCAInitConfigRunsUnchanged(t *testing.T) {
 	client.must("ca", "certificate", "localhost", acmeCrt, acmeKey, "--provisioner", "acme",
 		"--http-listen", fmt.Sprintf("127.0.0.1:%d", acmePort))
 
+	// The first admin token of a CA not made by stepfort init.
+	p.Signal(os.Interrupt)
+	if err := p.Wait(30 * time.Second); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	out, err := exec.Command(stepfortBin, "tokens", "bootstrap", config, "--name", "ops", "--out", filepath.Join(dir, "token")).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Created token") {
+		t.Fatalf("tokens bootstrap: %v\n%s", err, out)
+	}
+	p = startDropIn(t, []string{config, "--password-file", pw})
+	waitHealthy(t, p, port)
+	tokenBytes, _ := os.ReadFile(filepath.Join(dir, "token"))
+	listOut, err := exec.Command(stepfortBin, "tokens", "list", "--ca-url", url, "--root", c.Root, "--token", strings.TrimSpace(string(tokenBytes))).CombinedOutput()
+	if err != nil || !strings.Contains(string(listOut), "ops") {
+		t.Fatalf("tokens list with the bootstrapped token: %v\n%s", err, listOut)
+	}
+
 	after, _ := os.ReadFile(config)
 	if string(before) != string(after) {
 		t.Fatal("stepfort modified the upstream ca.json")
 	}
-	out, err := exec.Command(stepfortBin, "config", "check", config).CombinedOutput()
+	out, err = exec.Command(stepfortBin, "config", "check", config).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "OK") {
 		t.Fatalf("config check of an upstream config: %v %s", err, out)
 	}

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/smallstep/certificates/db"
+	"github.com/urfave/cli"
+
+	"github.com/stepfort/stepfort/admintoken"
+	"github.com/stepfort/stepfort/config"
+)
+
+// bootstrapTokenCommand writes a token straight into the database named by
+// ca.json. It is how a CA not made by `stepfort init` (for example one made
+// by `step ca init`) gets its first admin token, and how an operator who lost
+// every token recovers. Embedded databases (bbolt, badger) are locked by a
+// running daemon, so stop it first; PostgreSQL works while replicas run.
+func bootstrapTokenCommand() cli.Command {
+	return cli.Command{
+		Name:      "bootstrap",
+		Usage:     "create an admin token directly in the database of ca.json (no running CA needed)",
+		UsageText: "stepfort tokens bootstrap <ca.json> [--name admin] [--scope '*'] [--ttl 720h] [--out FILE]",
+		Flags: []cli.Flag{
+			cli.StringFlag{Name: "name", Value: "bootstrap", Usage: "token name"},
+			cli.StringSliceFlag{Name: "scope", Usage: `scope to grant (repeatable; default "*")`},
+			cli.StringFlag{Name: "ttl", Usage: "lifetime, e.g. 720h (default: no expiry)"},
+			cli.StringFlag{Name: "out", Usage: "write the secret to this file (0600) instead of standard output"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return errors.New("expected one argument, the path of ca.json")
+			}
+			f, err := config.Load(c.Args().First())
+			if err != nil {
+				return err
+			}
+			if f.CA.DB == nil {
+				return fmt.Errorf("%s: no \"db\" configured; admin tokens need a database", f.Path)
+			}
+			scopes := splitList(c.StringSlice("scope"))
+			if len(scopes) == 0 {
+				scopes = []string{admintoken.ScopeAll}
+			}
+			var ttl time.Duration
+			if s := c.String("ttl"); s != "" {
+				if ttl, err = time.ParseDuration(s); err != nil || ttl <= 0 {
+					return fmt.Errorf("--ttl: invalid duration %q", s)
+				}
+			}
+			d, err := db.New(f.CA.DB)
+			if err != nil {
+				if strings.Contains(err.Error(), "timeout") {
+					return fmt.Errorf("open database %s: it is locked, probably by a running stepfort; stop it or create the token through the admin API", f.CA.DB.DataSource)
+				}
+				return fmt.Errorf("open database: %w", err)
+			}
+			defer d.Shutdown()
+			nosqlDB, ok := d.(*db.DB)
+			if !ok {
+				return fmt.Errorf("database type %q is not supported", f.CA.DB.Type)
+			}
+			store, err := admintoken.NewStore(nosqlDB, nil)
+			if err != nil {
+				return err
+			}
+			t, secret, err := store.Create(c.String("name"), scopes, ttl)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "Created token %s (%s) with scopes %s.\n", t.ID, t.Name, strings.Join(t.Scopes, ","))
+			if out := c.String("out"); out != "" {
+				return os.WriteFile(out, []byte(secret+"\n"), 0o600)
+			}
+			fmt.Println(secret)
+			return nil
+		},
+	}
+}
