@@ -1,0 +1,281 @@
+package authority
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/smallstep/certificates/acme"
+	upconfig "github.com/smallstep/certificates/authority/config"
+	"github.com/smallstep/certificates/authority/provisioner"
+
+	"github.com/stepfort/stepfort/adminapi"
+	_ "github.com/stepfort/stepfort/auditlog" // init enables it
+	"github.com/stepfort/stepfort/config"
+	"github.com/stepfort/stepfort/internal/testenv"
+	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/setup"
+)
+
+// contractPlugin implements every optional capability and records calls.
+type contractPlugin struct {
+	mu        sync.Mutex
+	started   bool
+	stopped   bool
+	signs     []plugins.SignRequest
+	renewals  []string
+	events    []plugins.CertificateEvent
+	nonces    int
+	acmeWraps int
+}
+
+func (p *contractPlugin) Name() string { return "contract" }
+func (p *contractPlugin) Start(_ context.Context, h plugins.Host) error {
+	if h.Authority() == nil || h.DB() == nil || h.Logger() == nil {
+		return errors.New("incomplete host")
+	}
+	p.started = true
+	return nil
+}
+func (p *contractPlugin) Stop(context.Context) error { p.stopped = true; return nil }
+
+func (p *contractPlugin) Routes(r chi.Router) {
+	r.Get("/contract/ping", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "https-pong") })
+}
+
+func (p *contractPlugin) InsecureRoutes(r chi.Router) {
+	r.Get("/contract/ping", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "http-pong") })
+}
+
+func (p *contractPlugin) AdminRoutes() []plugins.AdminRoute {
+	return []plugins.AdminRoute{{Method: http.MethodGet, Pattern: "/contract", Scope: "contract:read",
+		Handler: func(w http.ResponseWriter, r *http.Request) {
+			adminapi.WriteJSON(w, http.StatusOK, map[string]string{"token": adminapi.TokenFrom(r).Name})
+		}}}
+}
+
+func (p *contractPlugin) MutateConfig(cfg *upconfig.Config) error {
+	cfg.AuthorityConfig.Provisioners = append(cfg.AuthorityConfig.Provisioners, &provisioner.ACME{Type: "ACME", Name: "added-by-plugin"})
+	return nil
+}
+
+func (p *contractPlugin) SignProvisioners() []string { return []string{"admin"} }
+
+func (p *contractPlugin) AuthorizeSign(_ context.Context, req plugins.SignRequest) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.signs = append(p.signs, req)
+	if req.Certificate != nil && req.Certificate.Subject.CommonName == "forbidden.example" {
+		return errors.New("device is not registered")
+	}
+	return nil
+}
+
+func (p *contractPlugin) AuthorizeRenew(_ context.Context, _ *provisioner.Controller, cert *x509.Certificate) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.renewals = append(p.renewals, cert.Subject.CommonName)
+	if cert.Subject.CommonName == "norenew.example" {
+		return errors.New("device disabled")
+	}
+	return nil
+}
+
+type countingACMEDB struct {
+	acme.DB
+	p *contractPlugin
+}
+
+func (c countingACMEDB) CreateNonce(ctx context.Context) (acme.Nonce, error) {
+	c.p.mu.Lock()
+	c.p.nonces++
+	c.p.mu.Unlock()
+	return c.DB.CreateNonce(ctx)
+}
+
+func (p *contractPlugin) WrapACMEDB(db acme.DB) acme.DB {
+	p.acmeWraps++
+	return countingACMEDB{DB: db, p: p}
+}
+
+func (p *contractPlugin) ObserveCertificate(_ context.Context, ev plugins.CertificateEvent) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.events = append(p.events, ev)
+	return nil
+}
+
+// TestPluginContract mounts a plugin with every capability into a real
+// daemon and drives it with the real step CLI.
+func TestPluginContract(t *testing.T) {
+	port, httpPort := mustPort(t), mustPort(t)
+	res, err := setup.Init(setup.Options{Dir: filepath.Join(t.TempDir(), "ca"),
+		Address: fmt.Sprintf("127.0.0.1:%d", port), InsecureAddress: fmt.Sprintf("127.0.0.1:%d", httpPort)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, err := config.Load(res.ConfigFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw, _ := os.ReadFile(res.PasswordFile)
+	p := &contractPlugin{}
+	d, err := New(file, Options{Password: []byte(strings.TrimSpace(string(pw))), Quiet: true, Plugins: []plugins.Plugin{p}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- d.Run() }()
+	base := fmt.Sprintf("https://localhost:%d", port)
+	if err := testenv.WaitHTTPS(base+"/health", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if !p.started || p.acmeWraps == 0 {
+		t.Fatalf("started=%v acmeWraps=%d", p.started, p.acmeWraps)
+	}
+
+	hc := rootClient(t, res.RootFile)
+	get := func(url, token string) (int, string) {
+		req, _ := http.NewRequest("GET", url, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get(base+"/contract/ping", ""); code != 200 || body != "https-pong" {
+		t.Fatalf("HTTPS route: %d %q", code, body)
+	}
+	if code, body := get(fmt.Sprintf("http://127.0.0.1:%d/contract/ping", httpPort), ""); code != 200 || body != "http-pong" {
+		t.Fatalf("HTTP route: %d %q", code, body)
+	}
+	adminToken, _ := os.ReadFile(res.AdminTokenFile)
+	if code, body := get(base+"/api/v1/contract", strings.TrimSpace(string(adminToken))); code != 200 || !strings.Contains(body, `"init"`) {
+		t.Fatalf("admin route: %d %s", code, body)
+	}
+	if code, _ := get(base+"/api/v1/contract", ""); code != 401 {
+		t.Fatalf("admin route without token: %d", code)
+	}
+	if code, body := get(base+"/provisioners", ""); code != 200 || !strings.Contains(body, "added-by-plugin") {
+		t.Fatalf("ConfigMutator provisioner missing: %s", body)
+	}
+	if code, _ := get(base+"/acme/acme/new-nonce", ""); code != http.StatusNoContent {
+		t.Fatalf("new-nonce: %d", code)
+	}
+
+	step := stepCLI(t, res)
+	dir := t.TempDir()
+	crt, key := filepath.Join(dir, "ok.crt"), filepath.Join(dir, "ok.key")
+	step("ca", "certificate", "allowed.example", crt, key, "--provisioner", "admin", "--provisioner-password-file", res.PasswordFile)
+	if out, err := stepErr(t, res, "ca", "certificate", "forbidden.example", filepath.Join(dir, "f.crt"), filepath.Join(dir, "f.key"),
+		"--provisioner", "admin", "--provisioner-password-file", res.PasswordFile); err == nil {
+		t.Fatalf("SignAuthorizer denial ignored:\n%s", out)
+	}
+	step("ca", "renew", "--force", crt, key)
+	nr, nk := filepath.Join(dir, "nr.crt"), filepath.Join(dir, "nr.key")
+	step("ca", "certificate", "norenew.example", nr, nk, "--provisioner", "admin", "--provisioner-password-file", res.PasswordFile)
+	if out, err := stepErr(t, res, "ca", "renew", "--force", nr, nk); err == nil {
+		t.Fatalf("RenewAuthorizer denial ignored:\n%s", out)
+	}
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		p.mu.Lock()
+		n := len(p.events)
+		p.mu.Unlock()
+		if n >= 3 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-runErr; err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.stopped || p.nonces == 0 {
+		t.Fatalf("stopped=%v nonces=%d", p.stopped, p.nonces)
+	}
+	var cns []string
+	for _, s := range p.signs {
+		if s.Provisioner != "admin" || s.Certificate == nil {
+			t.Fatalf("sign request %+v", s)
+		}
+		cns = append(cns, s.Certificate.Subject.CommonName)
+	}
+	if strings.Join(cns, ",") != "allowed.example,forbidden.example,norenew.example" {
+		t.Fatalf("SignAuthorizer saw %v", cns)
+	}
+	if strings.Join(p.renewals, ",") != "allowed.example,norenew.example" {
+		t.Fatalf("RenewAuthorizer saw %v", p.renewals)
+	}
+	kinds := map[plugins.EventKind]int{}
+	for _, ev := range p.events {
+		kinds[ev.Kind]++
+	}
+	if kinds[plugins.EventIssued] != 2 || kinds[plugins.EventRenewed] != 1 {
+		t.Fatalf("observer events %v", kinds)
+	}
+}
+
+func mustPort(t *testing.T) int {
+	p, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func rootClient(t *testing.T, rootFile string) *http.Client {
+	b, err := os.ReadFile(rootFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(b)
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
+func stepErr(t *testing.T, res *setup.Result, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(testenv.MustTool(t, "step"), args...)
+	cmd.Env = append(os.Environ(), "STEPPATH="+res.Dir)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// stepCLI returns a runner that uses the init directory as STEPPATH (init
+// writes config/defaults.json for the step CLI there).
+func stepCLI(t *testing.T, res *setup.Result) func(args ...string) string {
+	return func(args ...string) string {
+		t.Helper()
+		out, err := stepErr(t, res, args...)
+		if err != nil {
+			t.Fatalf("step %v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+}
