@@ -17,15 +17,18 @@ import (
 	"github.com/smallstep/cli-utils/ui"
 	"go.step.sm/crypto/pemutil"
 
-	// KMS drivers registered by upstream's cmd/step-ca that build without
-	// cgo. pkcs11 and yubikey need cgo (a smart-card library) and are left
-	// out of the CGO_ENABLED=0 build; see docs/install.md.
+	// KMS drivers registered by upstream's cmd/step-ca. pkcs11 and yubikey
+	// need cgo (a smart-card library); in the CGO_ENABLED=0 build their
+	// packages register a stub that answers with a clear "not supported
+	// without cgo" error, exactly as an upstream step-ca built without cgo.
 	_ "go.step.sm/crypto/kms/awskms"
 	_ "go.step.sm/crypto/kms/azurekms"
 	_ "go.step.sm/crypto/kms/cloudkms"
+	_ "go.step.sm/crypto/kms/pkcs11"
 	_ "go.step.sm/crypto/kms/softkms"
 	_ "go.step.sm/crypto/kms/sshagentkms"
 	_ "go.step.sm/crypto/kms/tpmkms"
+	_ "go.step.sm/crypto/kms/yubikey"
 
 	// CAS drivers registered by upstream's cmd/step-ca.
 	_ "github.com/smallstep/certificates/cas/cloudcas"
