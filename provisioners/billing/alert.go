@@ -1,0 +1,308 @@
+package billing
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/smallstep/nosql/database"
+)
+
+// alertLease names the lease of the expiry alert job.
+const alertLease = "expiry-alerts"
+
+// Lease is a time-limited claim on a singleton job, stored in
+// stepfort_billing_leases under the job name.
+//
+// Contract: Acquire succeeds only if the row is absent, expired at the
+// caller's clock, or already held by the caller, and it writes the new row
+// with compare-and-swap against the exact bytes it read, so of several
+// replicas racing only one wins. A holder renews by acquiring again before
+// Until. A holder must stop work it cannot finish before Until: after that
+// another replica may take over. Replica clocks must agree to well within
+// the TTL. Release sets Until to the past if the caller still holds it.
+type Lease struct {
+	Holder string    `json:"holder"`
+	Until  time.Time `json:"until"`
+}
+
+// AcquireLease takes or renews the named lease for holder until now+ttl.
+func (s *Store) AcquireLease(name, holder string, now time.Time, ttl time.Duration) (bool, error) {
+	old, err := s.db.Get(leasesTable, []byte(name))
+	switch {
+	case database.IsErrNotFound(err):
+		old = nil
+	case err != nil:
+		return false, fmt.Errorf("read lease %s: %w", name, err)
+	}
+	if old != nil {
+		var l Lease
+		if err := json.Unmarshal(old, &l); err != nil {
+			return false, fmt.Errorf("decode lease %s: %w", name, err)
+		}
+		if l.Holder != holder && now.Before(l.Until) {
+			return false, nil
+		}
+	}
+	b, _ := json.Marshal(Lease{Holder: holder, Until: now.Add(ttl).UTC()})
+	_, swapped, err := s.db.CmpAndSwap(leasesTable, []byte(name), old, b)
+	if err != nil {
+		return false, fmt.Errorf("write lease %s: %w", name, err)
+	}
+	return swapped, nil
+}
+
+// ReleaseLease gives the lease up if holder holds it.
+func (s *Store) ReleaseLease(name, holder string, now time.Time) error {
+	old, err := s.db.Get(leasesTable, []byte(name))
+	if database.IsErrNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read lease %s: %w", name, err)
+	}
+	var l Lease
+	if err := json.Unmarshal(old, &l); err != nil || l.Holder != holder {
+		return nil
+	}
+	b, _ := json.Marshal(Lease{Holder: holder, Until: now.Add(-time.Second).UTC()})
+	if _, _, err := s.db.CmpAndSwap(leasesTable, []byte(name), old, b); err != nil {
+		return fmt.Errorf("release lease %s: %w", name, err)
+	}
+	return nil
+}
+
+// metrics are the plugin's Prometheus collectors.
+type metrics struct {
+	expiring prometheus.Gauge
+	active   prometheus.Gauge
+	alerts   *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		expiring: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "stepfort", Subsystem: "billing", Name: "endpoints_expiring",
+			Help: "Active Endpoints whose last certificate expires within the alert window, as of the last alert job run"}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "stepfort", Subsystem: "billing", Name: "endpoints_active",
+			Help: "Active Endpoints, as of the last alert job run"}),
+		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stepfort", Subsystem: "billing", Name: "alert_webhook_total",
+			Help: "Alert webhook deliveries by outcome"}, []string{"outcome"}),
+	}
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.expiring, m.active, m.alerts}
+}
+
+// AlertPayload is the JSON body POSTed to the webhook.
+type AlertPayload struct {
+	Type        string    `json:"type"` // "endpoint.expiring"
+	AlertID     string    `json:"alertId"`
+	EndpointID  string    `json:"endpointId"`
+	Provisioner string    `json:"provisioner"`
+	SubjectKey  string    `json:"subjectKey"`
+	Serial      string    `json:"serial"`
+	ExpiresAt   time.Time `json:"expiresAt"`
+	RaisedAt    time.Time `json:"raisedAt"`
+}
+
+// SignatureHeader carries "sha256=" + hex HMAC-SHA256(secret, body).
+const SignatureHeader = "X-Stepfort-Signature"
+
+// Sign returns the SignatureHeader value for body.
+func Sign(secret, body []byte) string {
+	m := hmac.New(sha256.New, secret)
+	m.Write(body)
+	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+}
+
+// alerter is the expiry alert job.
+type alerter struct {
+	store   *Store
+	cfg     AlertConfig
+	secret  []byte
+	now     func() time.Time
+	log     *slog.Logger
+	metrics *metrics
+	holder  string
+	client  *http.Client
+}
+
+func newAlerter(s *Store, cfg AlertConfig, secret []byte, now func() time.Time, log *slog.Logger, m *metrics) *alerter {
+	host, _ := os.Hostname()
+	rnd := make([]byte, 6)
+	_, _ = rand.Read(rnd)
+	a := &alerter{store: s, cfg: cfg, secret: secret, now: now, log: log, metrics: m,
+		holder: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(rnd))}
+	if cfg.Webhook != nil {
+		a.client = &http.Client{Timeout: cfg.Webhook.Timeout.Duration}
+	}
+	return a
+}
+
+func (a *alerter) loop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.Interval.Duration)
+	defer t.Stop()
+	for {
+		if err := a.run(ctx); err != nil && ctx.Err() == nil {
+			a.log.Error("expiry alert job failed", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *alerter) release() error {
+	return a.store.ReleaseLease(alertLease, a.holder, a.now())
+}
+
+// run is one pass of the job. Every replica refreshes its gauges; only the
+// lease holder raises and delivers alerts.
+func (a *alerter) run(ctx context.Context) error {
+	now := a.now()
+	leader, err := a.store.AcquireLease(alertLease, a.holder, now, a.cfg.LeaseTTL.Duration)
+	if err != nil {
+		return err
+	}
+	deadline := now.Add(a.cfg.LeaseTTL.Duration)
+	var active, expiring int
+	var work []string
+	err = a.store.Endpoints(func(e *Endpoint) error {
+		if e.State(now) != StateActive {
+			return nil
+		}
+		active++
+		if e.EndsAt.Sub(now) <= a.cfg.Window.Duration {
+			expiring++
+			if e.Alert == nil || e.Alert.Serial != e.LastSerial {
+				work = append(work, e.ID)
+			}
+		}
+		if e.Alert != nil && !e.Alert.Delivered && a.client != nil && !now.Before(e.Alert.NextAttempt) && e.Alert.Attempts < a.cfg.Webhook.MaxAttempts {
+			work = append(work, e.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	a.metrics.active.Set(float64(active))
+	a.metrics.expiring.Set(float64(expiring))
+	if !leader {
+		return nil
+	}
+	for _, id := range work {
+		// Stop before the lease may pass to another replica.
+		if ctx.Err() != nil || !a.now().Before(deadline) {
+			return ctx.Err()
+		}
+		if err := a.handle(ctx, id, now); err != nil {
+			a.log.Error("expiry alert failed", "endpoint", id, "error", err)
+		}
+	}
+	return nil
+}
+
+// handle raises the alert of one Endpoint if due, then delivers any pending
+// webhook.
+func (a *alerter) handle(ctx context.Context, id string, now time.Time) error {
+	var raised *Alert
+	var ep Endpoint
+	err := a.store.updateEndpoint(id, func(e *Endpoint) (bool, error) {
+		raised = nil
+		ep = *e
+		if e.ID == "" || e.State(now) != StateActive || e.EndsAt.Sub(now) > a.cfg.Window.Duration {
+			return false, nil
+		}
+		if e.Alert != nil && e.Alert.Serial == e.LastSerial {
+			return false, nil
+		}
+		e.Alert = &Alert{ID: e.ID + ":" + e.LastSerial, Serial: e.LastSerial, ExpiresAt: e.EndsAt, RaisedAt: now.UTC(), Delivered: a.client == nil}
+		raised = e.Alert
+		ep = *e
+		return true, nil
+	})
+	if err != nil {
+		return err
+	}
+	if raised != nil {
+		// The swap that set Alert.Serial is the one-time step: exactly one
+		// replica logs each alert.
+		a.log.Warn("endpoint expiring", "alert", raised.ID, "endpoint", ep.ID, "provisioner", ep.Provisioner.Name,
+			"subject", ep.SubjectKey, "serial", raised.Serial, "expiresAt", raised.ExpiresAt, "expiresIn", raised.ExpiresAt.Sub(now).Round(time.Second).String())
+	}
+	if a.client == nil || ep.Alert == nil || ep.Alert.Delivered || now.Before(ep.Alert.NextAttempt) || ep.Alert.Attempts >= a.cfg.Webhook.MaxAttempts {
+		return nil
+	}
+	return a.deliver(ctx, &ep, now)
+}
+
+// deliver POSTs the Endpoint's pending alert once and records the outcome.
+// Delivery is at least once: a replica that dies after the POST and before
+// recording it leaves the alert to be sent again; receivers deduplicate by
+// alertId.
+func (a *alerter) deliver(ctx context.Context, e *Endpoint, now time.Time) error {
+	al := e.Alert
+	body, err := json.Marshal(AlertPayload{Type: "endpoint.expiring", AlertID: al.ID, EndpointID: e.ID, Provisioner: e.Provisioner.Name,
+		SubjectKey: e.SubjectKey, Serial: al.Serial, ExpiresAt: al.ExpiresAt, RaisedAt: al.RaisedAt})
+	if err != nil {
+		return err
+	}
+	postErr := a.post(ctx, body)
+	outcome := "ok"
+	if postErr != nil {
+		outcome = "error"
+	}
+	a.metrics.alerts.WithLabelValues(outcome).Inc()
+	err = a.store.updateEndpoint(e.ID, func(cur *Endpoint) (bool, error) {
+		if cur.Alert == nil || cur.Alert.ID != al.ID || cur.Alert.Delivered {
+			return false, nil
+		}
+		cur.Alert.Attempts++
+		if postErr == nil {
+			cur.Alert.Delivered, cur.Alert.LastError = true, ""
+			return true, nil
+		}
+		cur.Alert.LastError = postErr.Error()
+		backoff := a.cfg.Webhook.Backoff.Duration << min(cur.Alert.Attempts-1, 20)
+		cur.Alert.NextAttempt = now.Add(min(backoff, time.Hour)).UTC()
+		return true, nil
+	})
+	if postErr != nil {
+		a.log.Warn("alert webhook failed; will retry", "alert", al.ID, "attempt", al.Attempts+1, "error", postErr)
+	}
+	return err
+}
+
+func (a *alerter) post(ctx context.Context, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.cfg.Webhook.URL, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(SignatureHeader, Sign(a.secret, body))
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("post alert: %w", err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("post alert: HTTP %d", resp.StatusCode)
+	}
+	return nil
+}
