@@ -115,6 +115,13 @@ func Init(o Options) (*Result, error) {
 		return nil, err
 	}
 
+	// The TPM Attestation CA has its own root, trusted only where an ACME
+	// provisioner's attestationRoots names it.
+	att, err := writeAttestationCA(o, password)
+	if err != nil {
+		return nil, err
+	}
+
 	jwk, jwe, err := jose.GenerateDefaultKeyPair([]byte(password))
 	if err != nil {
 		return nil, fmt.Errorf("generate provisioner key: %w", err)
@@ -151,12 +158,16 @@ func Init(o Options) (*Result, error) {
 			"provisioners": []any{
 				map[string]any{"type": "JWK", "name": o.Provisioner, "key": jwk, "encryptedKey": encryptedKey},
 				map[string]any{"type": "ACME", "name": "acme"},
+				map[string]any{"type": "ACME", "name": "agents", "challenges": []string{"device-attest-01"},
+					"attestationFormats": []string{"tpm"}, "attestationRoots": att.rootPEM},
 			},
 		},
 		"stepfort": map[string]any{
 			"admin": map[string]any{},
 			"plugins": map[string]any{
-				"auditLog": map[string]any{"path": filepath.Join(o.Dir, "logs", "certificates.jsonl")},
+				"auditLog":      map[string]any{"path": filepath.Join(o.Dir, "logs", "certificates.jsonl")},
+				"inventory":     map[string]any{},
+				"attestationCA": map[string]any{"certificate": att.cert, "key": att.key, "passwordFile": r.PasswordFile, "root": att.root},
 			},
 		},
 	}
@@ -339,4 +350,42 @@ func caURL(dns, address string) string {
 		return "https://" + dns
 	}
 	return "https://" + net.JoinHostPort(dns, port)
+}
+
+// attestationCA says where writeAttestationCA put the Attestation CA.
+type attestationCA struct {
+	root, cert, key string
+	rootPEM         []byte // base64 in ca.json (upstream's attestationRoots is []byte)
+}
+
+// writeAttestationCA creates the TPM Attestation CA root and intermediate,
+// separate from the issuing CA; keys are encrypted with the CA password.
+func writeAttestationCA(o Options, password string) (*attestationCA, error) {
+	root, rootKey, err := newCA(o.Name+" TPM Attestation Root CA", nil, nil, 1, 10*365*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	inter, interKey, err := newCA(o.Name+" TPM Attestation Intermediate CA", root, rootKey, 0, 10*365*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	a := &attestationCA{
+		root:    filepath.Join(o.Dir, "certs", "attestation_root_ca.crt"),
+		cert:    filepath.Join(o.Dir, "certs", "attestation_intermediate_ca.crt"),
+		key:     filepath.Join(o.Dir, "secrets", "attestation_intermediate_ca_key"),
+		rootPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}),
+	}
+	if err := writeCert(a.root, root); err != nil {
+		return nil, err
+	}
+	if err := writeKey(filepath.Join(o.Dir, "secrets", "attestation_root_ca_key"), rootKey, password); err != nil {
+		return nil, err
+	}
+	if err := writeCert(a.cert, inter); err != nil {
+		return nil, err
+	}
+	if err := writeKey(a.key, interKey, password); err != nil {
+		return nil, err
+	}
+	return a, nil
 }

@@ -38,6 +38,8 @@ import (
 
 	// Plugins available to ca.json.
 	_ "github.com/stepfort/stepfort/auditlog"
+	_ "github.com/stepfort/stepfort/inventory"
+	_ "github.com/stepfort/stepfort/provisioners/attestationca"
 )
 
 // Version and BuildTime are set by the Makefile with -ldflags.
@@ -67,6 +69,8 @@ func main() {
 		quickstartCommand(),
 		configCommand(),
 		tokensCommand(),
+		devicesCommand(),
+		collectionsCommand(),
 	}
 	// `stepfort ca.json --password-file F` must behave like step-ca: urfave
 	// stops parsing app flags at the first argument, so run the serve

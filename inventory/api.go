@@ -1,0 +1,338 @@
+package inventory
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/stepfort/stepfort/adminapi"
+	"github.com/stepfort/stepfort/plugins"
+)
+
+// Admin API scopes.
+const (
+	ScopeRead  = "devices:read"
+	ScopeWrite = "devices:write"
+)
+
+// API serves /api/v1/devices and /api/v1/collections.
+type API struct {
+	Store          func() *Store // nil until the plugin started
+	MaxImportBytes int64
+	MaxImportRows  int
+	Log            func() interface {
+		Info(string, ...any)
+	}
+}
+
+// Routes lists the admin routes.
+func (a *API) Routes() []plugins.AdminRoute {
+	return []plugins.AdminRoute{
+		{Method: http.MethodGet, Pattern: "/devices", Scope: ScopeRead, Handler: a.listDevices},
+		{Method: http.MethodPost, Pattern: "/devices", Scope: ScopeWrite, Handler: a.createDevice},
+		{Method: http.MethodPost, Pattern: "/devices/import", Scope: ScopeWrite, Handler: a.importDevices},
+		{Method: http.MethodGet, Pattern: "/devices/{id}", Scope: ScopeRead, Handler: a.getDevice},
+		{Method: http.MethodPatch, Pattern: "/devices/{id}", Scope: ScopeWrite, Handler: a.updateDevice},
+		{Method: http.MethodDelete, Pattern: "/devices/{id}", Scope: ScopeWrite, Handler: a.deleteDevice},
+		{Method: http.MethodGet, Pattern: "/collections", Scope: ScopeRead, Handler: a.listCollections},
+		{Method: http.MethodPost, Pattern: "/collections", Scope: ScopeWrite, Handler: a.createCollection},
+		{Method: http.MethodGet, Pattern: "/collections/{name}", Scope: ScopeRead, Handler: a.getCollection},
+		{Method: http.MethodPatch, Pattern: "/collections/{name}", Scope: ScopeWrite, Handler: a.updateCollection},
+		{Method: http.MethodDelete, Pattern: "/collections/{name}", Scope: ScopeWrite, Handler: a.deleteCollection},
+	}
+}
+
+func (a *API) store(w http.ResponseWriter) *Store {
+	s := a.Store()
+	if s == nil {
+		adminapi.WriteError(w, http.StatusServiceUnavailable, "inventory is not started")
+	}
+	return s
+}
+
+// writeErr maps store errors to statuses.
+func writeErr(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		adminapi.WriteError(w, http.StatusNotFound, "%v", err)
+	case errors.Is(err, ErrConflict):
+		adminapi.WriteError(w, http.StatusConflict, "%v", err)
+	case errors.Is(err, ErrInvalid):
+		adminapi.WriteError(w, http.StatusBadRequest, "%v", err)
+	default:
+		adminapi.WriteError(w, http.StatusServiceUnavailable, "inventory: %v", err)
+	}
+}
+
+// DeviceList is the answer of GET /devices.
+type DeviceList struct {
+	Devices    []*Device `json:"devices"`
+	NextCursor string    `json:"nextCursor,omitempty"`
+}
+
+func (a *API) listDevices(w http.ResponseWriter, r *http.Request) {
+	s := a.store(w)
+	if s == nil {
+		return
+	}
+	q := r.URL.Query()
+	o := ListOptions{
+		Collection: q.Get("collection"), Status: Status(q.Get("status")), Owner: q.Get("owner"),
+		Type: q.Get("type"), Source: q.Get("source"), Query: q.Get("q"), Cursor: q.Get("cursor"),
+	}
+	if o.Status != "" && !o.Status.Valid() {
+		adminapi.WriteError(w, http.StatusBadRequest, "status: must be active or disabled")
+		return
+	}
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > 1000 {
+			adminapi.WriteError(w, http.StatusBadRequest, "limit: must be 1..1000")
+			return
+		}
+		o.Limit = n
+	}
+	if id := q.Get("identifier"); id != "" {
+		d, err := s.ByIdentifier(id)
+		if errors.Is(err, ErrNotFound) {
+			adminapi.WriteJSON(w, http.StatusOK, DeviceList{Devices: []*Device{}})
+			return
+		}
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		adminapi.WriteJSON(w, http.StatusOK, DeviceList{Devices: []*Device{d}})
+		return
+	}
+	devs, next, err := s.List(o)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if devs == nil {
+		devs = []*Device{}
+	}
+	adminapi.WriteJSON(w, http.StatusOK, DeviceList{Devices: devs, NextCursor: next})
+}
+
+func (a *API) createDevice(w http.ResponseWriter, r *http.Request) {
+	s := a.store(w)
+	if s == nil {
+		return
+	}
+	var in DeviceInput
+	if !adminapi.ReadJSON(w, r, &in) {
+		return
+	}
+	d, err := s.Create(in)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	adminapi.WriteJSON(w, http.StatusCreated, d)
+}
+
+// lookup accepts a device ID or a permanent identifier in {id}.
+// Identifiers with "/" (EK URNs) must be sent percent-encoded; chi then
+// routes on the raw path and hands over the escaped value.
+func lookup(s *Store, key string) (*Device, error) {
+	if k, err := url.PathUnescape(key); err == nil {
+		key = k
+	}
+	if strings.HasPrefix(key, "dev_") {
+		return s.Get(key)
+	}
+	return s.ByIdentifier(key)
+}
+
+func (a *API) getDevice(w http.ResponseWriter, r *http.Request) {
+	s := a.store(w)
+	if s == nil {
+		return
+	}
+	d, err := lookup(s, chi.URLParam(r, "id"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	adminapi.WriteJSON(w, http.StatusOK, d)
+}
+
+func (a *API) updateDevice(w http.ResponseWriter, r *http.Request) {
+	s := a.store(w)
+	if s == nil {
+		return
+	}
+	var p DevicePatch
+	if !adminapi.ReadJSON(w, r, &p) {
+		return
+	}
+	if p.Status != nil && !p.Status.Valid() {
+		adminapi.WriteError(w, http.StatusBadRequest, "status: must be active or disabled")
+		return
+	}
+	d, err := lookup(s, chi.URLParam(r, "id"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if d, err = s.Update(d.ID, p); err != nil {
+		writeErr(w, err)
+		return
+	}
+	adminapi.WriteJSON(w, http.StatusOK, d)
+}
+
+func (a *API) deleteDevice(w http.ResponseWriter, r *http.Request) {
+	s := a.store(w)
+	if s == nil {
+		return
+	}
+	d, err := lookup(s, chi.URLParam(r, "id"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if d, err = s.Delete(d.ID); err != nil {
+		writeErr(w, err)
+		return
+	}
+	adminapi.WriteJSON(w, http.StatusOK, d)
+}
+
+// importDevices takes CSV (text/csv, with ?map=field:Column,...) or JSON
+// (application/json) and answers with a per-row report.
+func (a *API) importDevices(w http.ResponseWriter, r *http.Request) {
+	s := a.store(w)
+	if s == nil {
+		return
+	}
+	q := r.URL.Query()
+	source := "import"
+	if src := strings.TrimSpace(q.Get("source")); src != "" {
+		if len(src) > 64 {
+			adminapi.WriteError(w, http.StatusBadRequest, "source: at most 64 characters")
+			return
+		}
+		source = "import:" + src
+	}
+	body := io.Reader(http.MaxBytesReader(w, r.Body, a.MaxImportBytes))
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	var rows []ImportRow
+	var ignored []string
+	var err error
+	switch ct {
+	case "text/csv", "application/csv", "":
+		var m Mapping
+		if m, err = ParseMapping(q.Get("map")); err != nil {
+			adminapi.WriteError(w, http.StatusBadRequest, "%v", err)
+			return
+		}
+		rows, ignored, err = ParseCSV(body, m, a.MaxImportRows)
+	case "application/json":
+		rows, err = ParseJSONRows(body, a.MaxImportRows)
+	default:
+		adminapi.WriteError(w, http.StatusUnsupportedMediaType, "Content-Type must be text/csv or application/json, got %q", ct)
+		return
+	}
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			adminapi.WriteError(w, http.StatusRequestEntityTooLarge, "import larger than %d bytes", a.MaxImportBytes)
+			return
+		}
+		adminapi.WriteError(w, http.StatusBadRequest, "import: %v", err)
+		return
+	}
+	rep, err := s.Import(rows, source)
+	if err != nil {
+		writeErr(w, fmt.Errorf("import: %w", err))
+		return
+	}
+	rep.IgnoredColumns = ignored
+	if tok := adminapi.TokenFrom(r); tok != nil && a.Log != nil {
+		a.Log().Info("devices imported", "by", tok.ID, "source", source, "total", rep.Total, "accepted", rep.Accepted, "updated", rep.Updated, "unchanged", rep.Unchanged, "rejected", rep.Rejected)
+	}
+	adminapi.WriteJSON(w, http.StatusOK, rep)
+}
+
+func (a *API) listCollections(w http.ResponseWriter, _ *http.Request) {
+	s := a.store(w)
+	if s == nil {
+		return
+	}
+	cs, err := s.ListCollections()
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"collections": cs})
+}
+
+func (a *API) createCollection(w http.ResponseWriter, r *http.Request) {
+	s := a.store(w)
+	if s == nil {
+		return
+	}
+	var c Collection
+	if !adminapi.ReadJSON(w, r, &c) {
+		return
+	}
+	out, err := s.CreateCollection(c)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	adminapi.WriteJSON(w, http.StatusCreated, out)
+}
+
+func (a *API) getCollection(w http.ResponseWriter, r *http.Request) {
+	s := a.store(w)
+	if s == nil {
+		return
+	}
+	c, err := s.GetCollection(chi.URLParam(r, "name"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	adminapi.WriteJSON(w, http.StatusOK, c)
+}
+
+func (a *API) updateCollection(w http.ResponseWriter, r *http.Request) {
+	s := a.store(w)
+	if s == nil {
+		return
+	}
+	var p CollectionPatch
+	if !adminapi.ReadJSON(w, r, &p) {
+		return
+	}
+	c, err := s.UpdateCollection(chi.URLParam(r, "name"), p)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	adminapi.WriteJSON(w, http.StatusOK, c)
+}
+
+func (a *API) deleteCollection(w http.ResponseWriter, r *http.Request) {
+	s := a.store(w)
+	if s == nil {
+		return
+	}
+	name := chi.URLParam(r, "name")
+	if err := s.DeleteCollection(name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	adminapi.WriteJSON(w, http.StatusOK, map[string]string{"deleted": name})
+}

@@ -1,0 +1,87 @@
+package attestationca
+
+import (
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/stepfort/stepfort/config"
+)
+
+// Config is the plugin's ca.json block, under
+// "stepfort": {"plugins": {"attestationCA": {...}}}.
+type Config struct {
+	// BasePath is where /attest and /secret are served on the HTTPS
+	// listener (default "/attestation"); clients use
+	// https://<ca>/attestation as --attestation-ca-url.
+	BasePath string `json:"basePath"`
+	// Certificate is the PEM file of the Attestation CA intermediate (it may
+	// also hold further intermediates, leaf first); Key is its encrypted
+	// private key, opened with the password in PasswordFile.
+	Certificate  string `json:"certificate"`
+	Key          string `json:"key"`
+	PasswordFile string `json:"passwordFile"`
+	// Root is the Attestation CA root (PEM). It is what ACME provisioners
+	// list in attestationRoots; the plugin only checks the chain against it.
+	Root string `json:"root"`
+	// SessionTTL is how long a credential activation challenge may be
+	// answered (default 5m).
+	SessionTTL config.Duration `json:"sessionTTL"`
+	// CertificateLifetime is the validity of AK certificates (default
+	// 8760h). The step CLI does not renew AK certificates by itself.
+	CertificateLifetime config.Duration `json:"certificateLifetime"`
+	// EKRoots are PEM files of TPM manufacturer certificates trusted for EK
+	// certificates; every certificate in them is a trust anchor. When set,
+	// an EK certificate sent by a client must chain to one of them.
+	EKRoots []string `json:"ekRoots"`
+	// RequireEKCertificate denies TPMs that send no EK certificate matching
+	// their EK (requires ekRoots).
+	RequireEKCertificate bool `json:"requireEKCertificate"`
+	// MaxRequestBytes bounds request bodies (default 65536).
+	MaxRequestBytes int64 `json:"maxRequestBytes"`
+}
+
+func defaultConfig() *Config {
+	return &Config{
+		BasePath:            "/attestation",
+		SessionTTL:          config.Duration{Duration: 5 * time.Minute},
+		CertificateLifetime: config.Duration{Duration: 8760 * time.Hour},
+		MaxRequestBytes:     64 << 10,
+	}
+}
+
+// Validate checks paths and bounds; errors name the JSON field.
+func (c *Config) Validate() error {
+	if !strings.HasPrefix(c.BasePath, "/") || strings.HasSuffix(c.BasePath, "/") || strings.ContainsAny(c.BasePath, " {}*?#") {
+		return config.Errorf("basePath", "must start with / and not end with /, got %q", c.BasePath)
+	}
+	for _, f := range []struct{ name, v string }{{"certificate", c.Certificate}, {"key", c.Key}, {"passwordFile", c.PasswordFile}} {
+		if f.v == "" {
+			return config.Errorf(f.name, "required")
+		}
+		if !filepath.IsAbs(f.v) {
+			return config.Errorf(f.name, "must be absolute, got %q", f.v)
+		}
+	}
+	if c.Root != "" && !filepath.IsAbs(c.Root) {
+		return config.Errorf("root", "must be absolute, got %q", c.Root)
+	}
+	if c.SessionTTL.Duration < time.Second || c.SessionTTL.Duration > time.Hour {
+		return config.Errorf("sessionTTL", "must be between 1s and 1h, got %s", c.SessionTTL.Duration)
+	}
+	if c.CertificateLifetime.Duration < time.Minute {
+		return config.Errorf("certificateLifetime", "must be at least 1m, got %s", c.CertificateLifetime.Duration)
+	}
+	for i, r := range c.EKRoots {
+		if !filepath.IsAbs(r) {
+			return config.Errorf("ekRoots", "[%d] must be absolute, got %q", i, r)
+		}
+	}
+	if c.RequireEKCertificate && len(c.EKRoots) == 0 {
+		return config.Errorf("requireEKCertificate", "requires ekRoots")
+	}
+	if c.MaxRequestBytes < 4096 || c.MaxRequestBytes > 1<<20 {
+		return config.Errorf("maxRequestBytes", "must be between 4096 and 1048576, got %d", c.MaxRequestBytes)
+	}
+	return nil
+}

@@ -1,0 +1,95 @@
+package attestationca
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+
+	"github.com/stepfort/stepfort/adminapi"
+)
+
+// denial is a refused request: an HTTP status, a stable code for the audit
+// log and the JSON body, and a message for the client. Clients of this
+// protocol print only the HTTP status line, so the code and message are in
+// the JSON body and the audit log.
+type denial struct {
+	status  int
+	code    string
+	message string
+}
+
+func (d *denial) Error() string { return d.code + ": " + d.message }
+
+func deny(status int, code, format string, args ...any) *denial {
+	return &denial{status: status, code: code, message: fmt.Sprintf(format, args...)}
+}
+
+// Denial codes (the "reason" of audit events).
+const (
+	codeBadRequest      = "bad_request"
+	codeTooLarge        = "too_large"
+	codeNotRegistered   = "ek_not_registered"
+	codeDisabled        = "device_disabled"
+	codeEKCertMissing   = "ek_certificate_missing"
+	codeEKCertUntrusted = "ek_certificate_untrusted"
+	codeUnknownSecret   = "unknown_secret"
+	codeReplayed        = "secret_replayed"
+	codeExpired         = "session_expired"
+	codeUnavailable     = "unavailable"
+	codeInternal        = "internal_error"
+)
+
+// request is the audit context of one call.
+type request struct {
+	step     string // "attest" or "secret"
+	ekURN    string
+	deviceID string
+}
+
+// readBody reads a size-limited body.
+func (p *Plugin) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *denial) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, p.cfg.MaxRequestBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, deny(http.StatusRequestEntityTooLarge, codeTooLarge, "request body larger than %d bytes", p.cfg.MaxRequestBytes)
+		}
+		return nil, deny(http.StatusBadRequest, codeBadRequest, "read request body: %v", err)
+	}
+	return b, nil
+}
+
+// fail answers a denial and writes the audit event (no secrets in it).
+func (p *Plugin) fail(w http.ResponseWriter, r *http.Request, st *state, rq *request, d *denial) {
+	log := slog.Default()
+	if st != nil {
+		log = st.log
+	}
+	level := slog.LevelWarn
+	if d.status >= 500 {
+		level = slog.LevelError
+	}
+	log.Log(r.Context(), level, "attestation denied",
+		"event", "attestation.denied", "step", rq.step, "ek", rq.ekURN, "device", rq.deviceID,
+		"reason", d.code, "detail", d.message, "status", d.status,
+		"remote", r.RemoteAddr, "request_id", r.Header.Get("X-Request-Id"), "user_agent", r.UserAgent())
+	adminapi.WriteJSON(w, d.status, adminapi.Error{Status: d.status, Error: d.code, Message: d.message})
+}
+
+// guard turns a panic while parsing attacker-controlled TPM structures into
+// a 400 (the daemon recovers too, but would answer 500 without an audit
+// event).
+func (p *Plugin) guard(w http.ResponseWriter, r *http.Request, st *state, rq *request) {
+	if rec := recover(); rec != nil {
+		if rec == http.ErrAbortHandler {
+			panic(rec)
+		}
+		if st != nil {
+			st.log.Error("attestation handler panic", "panic", fmt.Sprint(rec), "stack", string(debug.Stack()))
+		}
+		p.fail(w, r, st, rq, deny(http.StatusBadRequest, codeBadRequest, "malformed TPM structure"))
+	}
+}

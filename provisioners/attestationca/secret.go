@@ -1,0 +1,99 @@
+package attestationca
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/smallstep/go-attestation/attest"
+
+	"github.com/stepfort/stepfort/adminapi"
+	"github.com/stepfort/stepfort/inventory"
+)
+
+// maxSecretBytes bounds the activation secret (go-attestation uses 32).
+const maxSecretBytes = 64
+
+func (p *Plugin) handleSecret(w http.ResponseWriter, r *http.Request) {
+	st := p.state.Load()
+	rq := &request{step: "secret"}
+	defer p.guard(w, r, st, rq)
+	resp, d := p.secret(r, w, st, rq)
+	if d != nil {
+		p.fail(w, r, st, rq, d)
+		return
+	}
+	adminapi.WriteJSON(w, http.StatusOK, resp)
+}
+
+func (p *Plugin) secret(r *http.Request, w http.ResponseWriter, st *state, rq *request) (*SecretResponse, *denial) {
+	if st == nil {
+		return nil, deny(http.StatusServiceUnavailable, codeUnavailable, "Attestation CA is not started")
+	}
+	body, d := p.readBody(w, r)
+	if d != nil {
+		return nil, d
+	}
+	var req SecretRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		return nil, deny(http.StatusBadRequest, codeBadRequest, "invalid secret request: %v", err)
+	}
+	if len(req.Secret) == 0 || len(req.Secret) > maxSecretBytes {
+		return nil, deny(http.StatusBadRequest, codeBadRequest, "secret: must be 1-%d bytes", maxSecretBytes)
+	}
+	sess, err := st.sessions.Consume(req.Secret, st.now())
+	if sess != nil {
+		rq.ekURN, rq.deviceID = sess.EKURN, sess.DeviceID
+	}
+	switch {
+	case errors.Is(err, ErrUnknownSecret):
+		return nil, deny(http.StatusForbidden, codeUnknownSecret, "%v", err)
+	case errors.Is(err, ErrReplayed):
+		return nil, deny(http.StatusForbidden, codeReplayed, "%v", err)
+	case errors.Is(err, ErrExpired):
+		return nil, deny(http.StatusForbidden, codeExpired, "%v: attest again", err)
+	case err != nil:
+		st.log.Error("consume attestation session", "error", err)
+		return nil, deny(http.StatusServiceUnavailable, codeUnavailable, "session store unavailable")
+	}
+
+	// The device may have been disabled or removed since /attest.
+	dev, err := st.inventory.ByIdentifier(sess.EKURN)
+	switch {
+	case errors.Is(err, inventory.ErrNotFound):
+		return nil, deny(http.StatusForbidden, codeNotRegistered, "EK %s is no longer registered in the device inventory", sess.EKURN)
+	case err != nil:
+		return nil, deny(http.StatusServiceUnavailable, codeUnavailable, "device inventory unavailable")
+	case !dev.Active():
+		return nil, deny(http.StatusForbidden, codeDisabled, "device %s is %s", dev.ID, dev.Status)
+	}
+
+	akPub, err := attest.ParseAKPublic(attest.TPMVersion20, sess.AKPublic)
+	if err != nil {
+		return nil, deny(http.StatusInternalServerError, codeInternal, "stored AK public key unreadable")
+	}
+	now := st.now()
+	cert, err := p.issuer.issueAKCertificate(akPub.Public, sess, now, p.cfg.CertificateLifetime.Duration)
+	if err != nil {
+		st.log.Error("issue AK certificate", "ek", sess.EKURN, "error", err)
+		return nil, deny(http.StatusInternalServerError, codeInternal, "could not issue the AK certificate")
+	}
+	akDER, _ := x509.MarshalPKIXPublicKey(akPub.Public)
+	fp := sha256.Sum256(akDER)
+	att := inventory.Attestation{At: now.UTC(), EKURN: sess.EKURN, AKFingerprint: hex.EncodeToString(fp[:]), AKCertSerial: cert.SerialNumber.String()}
+	if err := st.inventory.RecordAttestation(dev.ID, att); err != nil {
+		// The certificate is issued; a missing last-seen is not worth a retry loop.
+		st.log.Warn("record attestation on device", "device", dev.ID, "error", err)
+	}
+	st.log.Info("AK certificate issued", "event", "attestation.issued", "ek", sess.EKURN, "device", dev.ID,
+		"ak_fingerprint", att.AKFingerprint, "serial", att.AKCertSerial, "not_after", cert.NotAfter,
+		"remote", r.RemoteAddr, "request_id", r.Header.Get("X-Request-Id"))
+	chain := [][]byte{cert.Raw}
+	for _, c := range p.issuer.chain {
+		chain = append(chain, c.Raw)
+	}
+	return &SecretResponse{CertificateChain: chain}, nil
+}
