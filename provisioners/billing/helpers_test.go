@@ -232,8 +232,8 @@ type fakeHost struct {
 }
 
 func (h *fakeHost) Authority() *authority.Authority { return nil }
-func (h *fakeHost) DB() nosql.DB                   { return h.db }
-func (h *fakeHost) Logger() *slog.Logger           { return quietLog() }
+func (h *fakeHost) DB() nosql.DB                    { return h.db }
+func (h *fakeHost) Logger() *slog.Logger            { return quietLog() }
 func (h *fakeHost) Now() time.Time {
 	h.mu.Lock()
 	defer h.mu.Unlock()
