@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -93,6 +95,11 @@ func (p *contractPlugin) AuthorizeRenew(_ context.Context, _ *provisioner.Contro
 	return nil
 }
 
+func (p *contractPlugin) EnforceCertificate(cert *x509.Certificate) error {
+	cert.OCSPServer = []string{"http://contract.example/ocsp"}
+	return nil
+}
+
 type countingACMEDB struct {
 	acme.DB
 	p *contractPlugin
@@ -126,6 +133,7 @@ func TestPluginContract(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	keepOnlyAuditLog(t, res.ConfigFile)
 	file, err := config.Load(res.ConfigFile)
 	if err != nil {
 		t.Fatal(err)
@@ -192,6 +200,10 @@ func TestPluginContract(t *testing.T) {
 		t.Fatalf("SignAuthorizer denial ignored:\n%s", out)
 	}
 	step("ca", "renew", "--force", crt, key)
+	// The enforcer's extension is in the issued certificate and survives renewal.
+	if c := readPEMCert(t, crt); len(c.OCSPServer) != 1 || c.OCSPServer[0] != "http://contract.example/ocsp" {
+		t.Fatalf("renewed certificate OCSP servers %v", c.OCSPServer)
+	}
 	nr, nk := filepath.Join(dir, "nr.crt"), filepath.Join(dir, "nr.key")
 	step("ca", "certificate", "norenew.example", nr, nk, "--provisioner", "admin", "--provisioner-password-file", res.PasswordFile)
 	if out, err := stepErr(t, res, "ca", "renew", "--force", nr, nk); err == nil {
@@ -277,5 +289,46 @@ func stepCLI(t *testing.T, res *setup.Result) func(args ...string) string {
 			t.Fatalf("step %v: %v\n%s", args, err, out)
 		}
 		return out
+	}
+}
+
+func readPEMCert(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		t.Fatalf("%s: no PEM", path)
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// keepOnlyAuditLog drops the other plugins init enables, so this test needs
+// only the contract plugin and auditLog.
+func keepOnlyAuditLog(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	pl := m["stepfort"].(map[string]any)["plugins"].(map[string]any)
+	for name := range pl {
+		if name != "auditLog" {
+			delete(pl, name)
+		}
+	}
+	b, _ = json.Marshal(m)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -58,6 +58,7 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 	cfg := file.CA
 	var signAuthorizers []plugins.SignAuthorizer
 	var renewAuthorizers bool
+	var enforcers []provisioner.CertificateEnforcer
 	for _, p := range d.plugins {
 		if m, ok := p.(plugins.ConfigMutator); ok {
 			if err := m.MutateConfig(cfg); err != nil {
@@ -69,6 +70,9 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 		}
 		if _, ok := p.(plugins.RenewAuthorizer); ok {
 			renewAuthorizers = true
+		}
+		if e, ok := p.(plugins.CertificateEnforcer); ok {
+			enforcers = append(enforcers, provisioner.CertificateEnforcerFunc(e.EnforceCertificate))
 		}
 	}
 	if err := injectSignWebhooks(cfg, signAuthorizers); err != nil {
@@ -90,6 +94,9 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 	}
 	if d.opts.Quiet {
 		opts = append(opts, upstream.WithQuietInit())
+	}
+	if len(enforcers) > 0 {
+		opts = append(opts, upstream.WithX509Enforcers(enforcers...))
 	}
 	if renewAuthorizers {
 		opts = append(opts, upstream.WithAuthorizeRenewFunc(func(ctx context.Context, p *provisioner.Controller, cert *x509.Certificate) error {

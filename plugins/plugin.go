@@ -118,3 +118,12 @@ type ACMEDBWrapper interface {
 type CertificateObserver interface {
 	ObserveCertificate(ctx context.Context, ev CertificateEvent) error
 }
+
+// CertificateEnforcer may change an X.509 certificate template just before
+// it is signed (upstream's WithX509Enforcers), for example to add the CRL
+// distribution point and OCSP URL. It runs for /sign, ACME and SCEP, after
+// the provisioner's own enforcers; upstream copies these extensions from the
+// old certificate on /renew and /rekey. An error denies issuance (403).
+type CertificateEnforcer interface {
+	EnforceCertificate(cert *x509.Certificate) error
+}
