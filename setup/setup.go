@@ -167,6 +167,7 @@ func Init(o Options) (*Result, error) {
 			"plugins": map[string]any{
 				"auditLog":      map[string]any{"path": filepath.Join(o.Dir, "logs", "certificates.jsonl")},
 				"inventory":     map[string]any{},
+				"billing":       map[string]any{},
 				"attestationCA": map[string]any{"certificate": att.cert, "key": att.key, "passwordFile": r.PasswordFile, "root": att.root},
 			},
 		},

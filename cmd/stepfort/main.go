@@ -40,6 +40,7 @@ import (
 	_ "github.com/stepfort/stepfort/auditlog"
 	_ "github.com/stepfort/stepfort/inventory"
 	_ "github.com/stepfort/stepfort/provisioners/attestationca"
+	_ "github.com/stepfort/stepfort/provisioners/billing"
 )
 
 // Version and BuildTime are set by the Makefile with -ldflags.
@@ -71,6 +72,8 @@ func main() {
 		tokensCommand(),
 		devicesCommand(),
 		collectionsCommand(),
+		endpointsCommand(),
+		billingCommand(),
 	}
 	// `stepfort ca.json --password-file F` must behave like step-ca: urfave
 	// stops parsing app flags at the first argument, so run the serve
