@@ -1,6 +1,7 @@
 package authority
 
 import (
+	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"time"
 
@@ -18,3 +19,4 @@ func (h *host) Authority() *upstream.Authority { return h.d.Authority() }
 func (h *host) DB() nosql.DB                   { return h.d.store }
 func (h *host) Logger() *slog.Logger           { return h.d.log.With("plugin", h.name) }
 func (h *host) Now() time.Time                 { return time.Now() }
+func (h *host) Metrics() prometheus.Registerer { return h.d.metrics.Registerer() }

@@ -74,8 +74,8 @@ func newProvisionerCounters(reg *prometheus.Registry, sub string, signLabels, we
 	}
 }
 
-// Register adds a plugin's collector to the registry.
-func (r *Registry) Register(c prometheus.Collector) error { return r.reg.Register(c) }
+// Registerer is where plugins register their collectors.
+func (r *Registry) Registerer() prometheus.Registerer { return r.reg }
 
 // Handler serves /metrics.
 func (r *Registry) Handler() http.Handler {

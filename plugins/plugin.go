@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/smallstep/certificates/acme"
 	"github.com/smallstep/certificates/authority"
 	"github.com/smallstep/certificates/authority/config"
@@ -44,6 +45,9 @@ type Host interface {
 	Logger() *slog.Logger
 	// Now is the daemon clock; tests inject their own.
 	Now() time.Time
+	// Metrics registers collectors exported on metricsAddress next to
+	// upstream's metrics. Name them "stepfort_<plugin>_...".
+	Metrics() prometheus.Registerer
 }
 
 // RouteProvider mounts routes on the HTTPS listener.
