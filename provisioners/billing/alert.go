@@ -166,6 +166,13 @@ func (a *alerter) loop(ctx context.Context) {
 	}
 }
 
+// expiring reports whether the Endpoint is active and ends by expiry of its
+// last certificate within the window. An Endpoint whose last certificate
+// was revoked has ended on purpose and is not alerted.
+func (a *alerter) expiring(e *Endpoint, now time.Time) bool {
+	return e.State(now) == StateActive && e.EndReason == EndExpired && e.EndsAt.Sub(now) <= a.cfg.Window.Duration
+}
+
 func (a *alerter) release() error {
 	return a.store.ReleaseLease(alertLease, a.holder, a.now())
 }
@@ -186,7 +193,7 @@ func (a *alerter) run(ctx context.Context) error {
 			return nil
 		}
 		active++
-		if e.EndsAt.Sub(now) <= a.cfg.Window.Duration {
+		if a.expiring(e, now) {
 			expiring++
 			if e.Alert == nil || e.Alert.Serial != e.LastSerial {
 				work = append(work, e.ID)
@@ -225,7 +232,7 @@ func (a *alerter) handle(ctx context.Context, id string, now time.Time) error {
 	err := a.store.updateEndpoint(id, func(e *Endpoint) (bool, error) {
 		raised = nil
 		ep = *e
-		if e.ID == "" || e.State(now) != StateActive || e.EndsAt.Sub(now) > a.cfg.Window.Duration {
+		if e.ID == "" || !a.expiring(e, now) {
 			return false, nil
 		}
 		if e.Alert != nil && e.Alert.Serial == e.LastSerial {

@@ -87,6 +87,9 @@ func TestExpiryAlert(t *testing.T) {
 	f.sign(jwk, t0, 90*day, "later.example")
 	revoked := f.sign(jwk, t0, 30*day, "revoked.example")
 	f.revoke(revoked, t0.Add(day))
+	// Revoked an instant before the job runs, so still active: not alerted.
+	justRevoked := f.sign(jwk, t0, 30*day, "just-revoked.example")
+	f.revoke(justRevoked, t0.Add(27*day+time.Hour+time.Second))
 	ep := f.endpointOf(expiring)
 
 	cfg := DefaultConfig().Alerts

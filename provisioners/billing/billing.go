@@ -176,6 +176,16 @@ func (p *Plugin) Start(_ context.Context, host plugins.Host) error {
 			return errors.New("alerts.webhook.secretFile: file is empty")
 		}
 	}
+	if reg := host.Metrics(); reg != nil {
+		for _, c := range p.metrics.collectors() {
+			if err := reg.Register(c); err != nil {
+				var dup prometheus.AlreadyRegisteredError
+				if !errors.As(err, &dup) {
+					return fmt.Errorf("register billing metrics: %w", err)
+				}
+			}
+		}
+	}
 	p.host, p.store = host, store
 	p.alerts = newAlerter(store, p.cfg.Alerts, secret, host.Now, host.Logger(), p.metrics)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -219,10 +229,6 @@ func (p *Plugin) ObserveCertificate(ctx context.Context, ev plugins.CertificateE
 	}
 	return nil
 }
-
-// Collectors returns the plugin's Prometheus metrics, for the daemon to
-// register on its /metrics registry.
-func (p *Plugin) Collectors() []prometheus.Collector { return p.metrics.collectors() }
 
 // Store returns the plugin's store (nil before Start), for tools and tests.
 func (p *Plugin) Store() *Store { return p.store }

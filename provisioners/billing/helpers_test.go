@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/smallstep/certificates/authority"
 	"github.com/smallstep/nosql"
 
@@ -234,6 +235,7 @@ type fakeHost struct {
 func (h *fakeHost) Authority() *authority.Authority { return nil }
 func (h *fakeHost) DB() nosql.DB                    { return h.db }
 func (h *fakeHost) Logger() *slog.Logger            { return quietLog() }
+func (h *fakeHost) Metrics() prometheus.Registerer  { return prometheus.NewRegistry() }
 func (h *fakeHost) Now() time.Time {
 	h.mu.Lock()
 	defer h.mu.Unlock()
