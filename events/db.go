@@ -21,19 +21,19 @@ import (
 	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql/database"
 
+	"github.com/stepfort/stepfort/certstatus"
 	"github.com/stepfort/stepfort/plugins"
 )
 
 // Table holds pending events, keyed by event ID (which sorts by time).
 var Table = []byte("stepfort_events")
 
-// Upstream's table names (unexported in smallstep/certificates/db). They must
-// match db/db.go of the pinned version; the events tests read them back
-// through upstream's own getters.
+// Upstream's tables; the events tests read what DB writes back through
+// upstream's own getters, which checks the names.
 var (
-	certsTable        = []byte("x509_certs")
-	certsDataTable    = []byte("x509_certs_data")
-	revokedCertsTable = []byte("revoked_x509_certs")
+	certsTable        = certstatus.CertsTable
+	certsDataTable    = certstatus.CertsDataTable
+	revokedCertsTable = certstatus.RevokedCertsTable
 )
 
 // DB is upstream's database with certificate events. It embeds *db.DB, which

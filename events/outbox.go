@@ -12,10 +12,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
 
+	"github.com/stepfort/stepfort/certstatus"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -257,12 +257,8 @@ func (o *Outbox) swap(key, old []byte, rec *record) ([]byte, bool) {
 // revocationStored reports whether the revocation row matches the event, so
 // a spurious event from a duplicate revoke is never delivered.
 func (o *Outbox) revocationStored(ev *plugins.CertificateEvent) bool {
-	b, err := o.db.Get(revokedCertsTable, []byte(ev.Serial))
-	if err != nil {
-		return false
-	}
-	var rci db.RevokedCertificateInfo
-	if err := json.Unmarshal(b, &rci); err != nil || ev.Revocation == nil {
+	rci, err := certstatus.Revocation(o.db, ev.Serial)
+	if err != nil || rci == nil || ev.Revocation == nil {
 		return false
 	}
 	return rci.RevokedAt.Equal(ev.Revocation.RevokedAt) && rci.ReasonCode == ev.Revocation.ReasonCode

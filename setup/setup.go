@@ -168,6 +168,7 @@ func Init(o Options) (*Result, error) {
 				"auditLog":      map[string]any{"path": filepath.Join(o.Dir, "logs", "certificates.jsonl")},
 				"inventory":     map[string]any{},
 				"billing":       map[string]any{},
+				"revocation":    map[string]any{"ocsp": map[string]any{"url": "http://" + hostPort(o.DNSNames[0], httpPort) + "/ocsp"}},
 				"attestationCA": map[string]any{"certificate": att.cert, "key": att.key, "passwordFile": r.PasswordFile, "root": att.root},
 			},
 		},

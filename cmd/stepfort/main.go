@@ -38,6 +38,7 @@ import (
 
 	// Plugins available to ca.json.
 	_ "github.com/stepfort/stepfort/auditlog"
+	_ "github.com/stepfort/stepfort/ha"
 	_ "github.com/stepfort/stepfort/inventory"
 	_ "github.com/stepfort/stepfort/provisioners/attestationca"
 	_ "github.com/stepfort/stepfort/provisioners/billing"

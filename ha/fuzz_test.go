@@ -1,0 +1,52 @@
+package ha
+
+import (
+	"bytes"
+	"net/http/httptest"
+	"testing"
+
+	"golang.org/x/crypto/ocsp"
+)
+
+// FuzzOCSPRequest feeds arbitrary bytes through the request decoding the
+// responder uses for POST and GET; it must never panic.
+func FuzzOCSPRequest(f *testing.F) {
+	f.Add([]byte{0x30, 0x03, 0x02, 0x01, 0x00})
+	f.Add([]byte("MEIwQDA+MDwwOjAJBgUrDgMCGgUABBQ"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		post := httptest.NewRequest("POST", "/ocsp", bytes.NewReader(data))
+		if raw, err := requestBytes(post); err == nil {
+			_, _ = ocsp.ParseRequest(raw)
+		}
+		get := httptest.NewRequest("GET", "/ocsp/x", nil)
+		get.URL.RawPath = "/ocsp/" + string(data)
+		get.URL.Path = get.URL.RawPath
+		if raw, err := requestBytes(get); err == nil {
+			_, _ = ocsp.ParseRequest(raw)
+		}
+	})
+}
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		edit func(c *Config)
+		want string
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"validity too short", func(c *Config) { c.OCSP.Validity.Duration = 1 }, "ocsp.validity"},
+		{"bad signer", func(c *Config) { c.OCSP.Signer = "hsm" }, "ocsp.signer"},
+		{"relative url", func(c *Config) { c.OCSP.URL = "/ocsp" }, "ocsp.url"},
+		{"responder shorter than two validities", func(c *Config) { c.OCSP.ResponderLifetime.Duration = c.OCSP.Validity.Duration }, "ocsp.responderLifetime"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := DefaultConfig()
+			tt.edit(c)
+			err := c.Validate()
+			if (tt.want == "") != (err == nil) || (err != nil && !bytes.Contains([]byte(err.Error()), []byte(tt.want))) {
+				t.Fatalf("Validate() = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
