@@ -2,10 +2,18 @@ package billing
 
 import (
 	"encoding/csv"
+	"encoding/json"
+	"fmt"
 	"io"
+	"runtime"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
+
+	"github.com/smallstep/nosql/database"
+
+	"github.com/stepfort/stepfort/plugins"
 )
 
 // ReportLine is the usage of one provisioner (or the total) in a month.
@@ -34,6 +42,20 @@ func (l *ReportLine) add(u MonthUsage, mode string) {
 	l.Billable += u.Units(mode)
 }
 
+func (l *ReportLine) merge(o *ReportLine) {
+	l.Endpoints += o.Endpoints
+	l.ExtraCertificates += o.ExtraCertificates
+	l.Certificates += o.Certificates
+	l.Billable += o.Billable
+}
+
+// usageView is the part of a stored Endpoint the report reads.
+type usageView struct {
+	Provisioner plugins.ProvisionerRef `json:"provisioner"`
+	Intervals   []Interval             `json:"intervals"`
+	Months      map[string]MonthUsage  `json:"months"`
+}
+
 // Report is a month's bill: totals and a per-provisioner breakdown.
 type Report struct {
 	Month        string        `json:"month"`
@@ -53,24 +75,58 @@ func (s *Store) Report(m Month, mode string, now time.Time) (*Report, error) {
 		r.Unit = "certificate"
 	}
 	r.Total.Provisioner = "total"
+	entries, err := s.db.List(endpointsTable)
+	if err != nil && !database.IsErrNotFound(err) {
+		return nil, fmt.Errorf("list endpoints: %w", err)
+	}
+	// Decoding dominates: split it over the CPUs, each worker summing its
+	// share, then merge.
+	workers := min(runtime.GOMAXPROCS(0), max(1, len(entries)/1000))
+	parts := make([]map[string]*ReportLine, workers)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			by := map[string]*ReportLine{}
+			parts[w] = by
+			for i := w; i < len(entries); i += workers {
+				var e usageView
+				if err := json.Unmarshal(entries[i].Value, &e); err != nil {
+					errs[w] = fmt.Errorf("decode endpoint %s: %w", entries[i].Key, err)
+					return
+				}
+				ep := Endpoint{Intervals: e.Intervals, Months: e.Months}
+				u := ep.MonthUsage(m)
+				if u.Peak == 0 {
+					continue
+				}
+				key := provisionerKey(e.Provisioner)
+				l := by[key]
+				if l == nil {
+					l = &ReportLine{Provisioner: e.Provisioner.Name, Type: e.Provisioner.Type}
+					by[key] = l
+				}
+				l.add(u, mode)
+			}
+		}()
+	}
+	wg.Wait()
 	by := map[string]*ReportLine{}
-	err := s.Endpoints(func(e *Endpoint) error {
-		u := e.MonthUsage(m)
-		if u.Peak == 0 {
-			return nil
+	for w := range workers {
+		if errs[w] != nil {
+			return nil, errs[w]
 		}
-		key := provisionerKey(e.Provisioner)
-		l := by[key]
-		if l == nil {
-			l = &ReportLine{Provisioner: e.Provisioner.Name, Type: e.Provisioner.Type}
-			by[key] = l
+		for key, l := range parts[w] {
+			t := by[key]
+			if t == nil {
+				t = &ReportLine{Provisioner: l.Provisioner, Type: l.Type}
+				by[key] = t
+			}
+			t.merge(l)
+			r.Total.merge(l)
 		}
-		l.add(u, mode)
-		r.Total.add(u, mode)
-		return nil
-	})
-	if err != nil {
-		return nil, err
 	}
 	r.Provisioners = make([]*ReportLine, 0, len(by))
 	for _, l := range by {
