@@ -37,6 +37,8 @@ func TestConfigValidate(t *testing.T) {
 		{"validity too short", func(c *Config) { c.OCSP.Validity.Duration = 1 }, "ocsp.validity"},
 		{"bad signer", func(c *Config) { c.OCSP.Signer = "hsm" }, "ocsp.signer"},
 		{"relative url", func(c *Config) { c.OCSP.URL = "/ocsp" }, "ocsp.url"},
+		{"crl url scheme", func(c *Config) { c.CRL.URL = "ldap://x" }, "crl.url"},
+		{"publish delay", func(c *Config) { c.CRL.PublishDelay.Duration = 0 }, "crl.publishDelay"},
 		{"responder shorter than two validities", func(c *Config) { c.OCSP.ResponderLifetime.Duration = c.OCSP.Validity.Duration }, "ocsp.responderLifetime"},
 	}
 	for _, tt := range tests {

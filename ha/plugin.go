@@ -1,7 +1,8 @@
-// Package ha makes revocation active: an OCSP responder that answers from
-// the shared database on every replica, and certificates that point at it
-// and at the CRL without templates. (The coordinated CRL publisher and
-// leases across replicas are the next step; see docs/ha.md.)
+// Package ha makes revocation active and consistent across replicas: an
+// OCSP responder that answers from the shared database on every replica, a
+// CRL published by exactly one replica at a time (a lease) with strictly
+// increasing numbers, and certificates that point at both without
+// templates. docs/ha.md is the design record.
 package ha
 
 import (
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"time"
 
@@ -34,11 +36,24 @@ func init() {
 // Config is the plugin's ca.json block.
 type Config struct {
 	OCSP OCSPConfig `json:"ocsp"`
-	// CRLURL is the CRL distribution point put into certificates. It must
+	CRL  CRLConfig  `json:"crl"`
+}
+
+// CRLConfig configures the coordinated CRL. Upstream's "crl" block still
+// decides whether there is a CRL (enabled) and how long it is valid
+// (cacheDuration); stepfort takes over generating it.
+type CRLConfig struct {
+	// URL is the CRL distribution point put into certificates. It must
 	// equal upstream's crl.idpURL (the CRL's Issuing Distribution Point), or
 	// `openssl verify -crl_check` rejects every certificate with "different
 	// CRL scope"; empty means use crl.idpURL.
-	CRLURL string `json:"crlURL"`
+	URL string `json:"url"`
+	// PublishDelay bounds the time from a revocation to a CRL that lists it;
+	// revocations within it are published together.
+	PublishDelay config.Duration `json:"publishDelay"`
+	// LeaseTTL is how long the publisher lease lasts without renewal: the
+	// longest time without a publisher after its replica dies.
+	LeaseTTL config.Duration `json:"leaseTTL"`
 }
 
 // OCSPConfig configures the OCSP responder.
@@ -57,11 +72,17 @@ type OCSPConfig struct {
 
 // DefaultConfig is the configuration with defaults.
 func DefaultConfig() *Config {
-	return &Config{OCSP: OCSPConfig{
-		Validity:          config.Duration{Duration: 24 * time.Hour},
-		Signer:            "delegated",
-		ResponderLifetime: config.Duration{Duration: 7 * 24 * time.Hour},
-	}}
+	return &Config{
+		OCSP: OCSPConfig{
+			Validity:          config.Duration{Duration: 24 * time.Hour},
+			Signer:            "delegated",
+			ResponderLifetime: config.Duration{Duration: 7 * 24 * time.Hour},
+		},
+		CRL: CRLConfig{
+			PublishDelay: config.Duration{Duration: 5 * time.Second},
+			LeaseTTL:     config.Duration{Duration: 15 * time.Second},
+		},
+	}
 }
 
 // Validate checks ranges and URLs.
@@ -75,7 +96,13 @@ func (c *Config) Validate() error {
 	if l := c.OCSP.ResponderLifetime.Duration; l < 2*c.OCSP.Validity.Duration {
 		return config.Errorf("ocsp.responderLifetime", "must be at least twice ocsp.validity (%s), got %s", c.OCSP.Validity.Duration, l)
 	}
-	for path, u := range map[string]string{"ocsp.url": c.OCSP.URL, "crlURL": c.CRLURL} {
+	if d := c.CRL.PublishDelay.Duration; d < time.Second || d > 10*time.Minute {
+		return config.Errorf("crl.publishDelay", "must be between 1s and 10m, got %s", d)
+	}
+	if d := c.CRL.LeaseTTL.Duration; d < 3*time.Second || d > 10*time.Minute {
+		return config.Errorf("crl.leaseTTL", "must be between 3s and 10m, got %s", d)
+	}
+	for path, u := range map[string]string{"ocsp.url": c.OCSP.URL, "crl.url": c.CRL.URL} {
 		if u == "" {
 			continue
 		}
@@ -89,9 +116,12 @@ func (c *Config) Validate() error {
 
 // Plugin is the revocation plugin.
 type Plugin struct {
-	cfg       *Config
-	crlURL    string // resolved CDP, "" when the CRL is disabled
-	responder *Responder
+	cfg         *Config
+	crlURL      string        // resolved CDP and IDP, "" when the CRL is disabled
+	crlValidity time.Duration // upstream's crl.cacheDuration
+	responder   *Responder
+	publisher   *Publisher
+	done        chan struct{}
 }
 
 // New returns the plugin.
@@ -101,28 +131,37 @@ func New(cfg *Config) *Plugin { return &Plugin{cfg: cfg} }
 func (p *Plugin) Name() string { return Name }
 
 // MutateConfig makes the CRL's Issuing Distribution Point and the
-// certificates' distribution point the same URL.
+// certificates' distribution point the same URL, and switches off upstream's
+// own CRL generation (every replica regenerates on its own there, with
+// racing numbers): the lease holder publishes instead, into the same row.
 func (p *Plugin) MutateConfig(cfg *upconfig.Config) error {
 	p.crlURL = ""
+	want := p.cfg.CRL.URL
 	if !cfg.CRL.IsEnabled() {
-		if p.cfg.CRLURL != "" {
-			return fmt.Errorf("stepfort.plugins.%s.crlURL: set, but upstream's crl.enabled is false", Name)
+		if want != "" {
+			return fmt.Errorf("stepfort.plugins.%s.crl.url: set, but upstream's crl.enabled is false", Name)
 		}
 		return nil
 	}
 	switch {
-	case p.cfg.CRLURL == "" && cfg.CRL.IDPurl == "":
+	case want == "" && cfg.CRL.IDPurl == "":
 		return fmt.Errorf("crl.idpURL: required with stepfort.plugins.%s so certificates can name the CRL", Name)
-	case p.cfg.CRLURL == "":
+	case want == "":
 		p.crlURL = cfg.CRL.IDPurl
-	case cfg.CRL.IDPurl == "":
-		cfg.CRL.IDPurl = p.cfg.CRLURL
-		p.crlURL = p.cfg.CRLURL
-	case cfg.CRL.IDPurl != p.cfg.CRLURL:
-		return fmt.Errorf("stepfort.plugins.%s.crlURL %q differs from crl.idpURL %q: they must be equal", Name, p.cfg.CRLURL, cfg.CRL.IDPurl)
+	case cfg.CRL.IDPurl != "" && cfg.CRL.IDPurl != want:
+		return fmt.Errorf("stepfort.plugins.%s.crl.url %q differs from crl.idpURL %q: they must be equal", Name, want, cfg.CRL.IDPurl)
 	default:
-		p.crlURL = p.cfg.CRLURL
+		p.crlURL = want
 	}
+	p.crlValidity = 24 * time.Hour
+	if cfg.CRL.CacheDuration != nil && cfg.CRL.CacheDuration.Duration > 0 {
+		p.crlValidity = cfg.CRL.CacheDuration.Duration
+	}
+	if p.crlValidity > 10*24*time.Hour {
+		return fmt.Errorf("crl.cacheDuration: at most 240h (10 days), got %s", p.crlValidity)
+	}
+	cfg.CRL.Enabled = false
+	cfg.CRL.GenerateOnRevoke = false
 	return nil
 }
 
@@ -138,21 +177,50 @@ func (p *Plugin) EnforceCertificate(cert *x509.Certificate) error {
 	return nil
 }
 
-// Start builds the responder.
-func (p *Plugin) Start(_ context.Context, h plugins.Host) error {
+// Start builds the responder and, when there is a CRL, starts the
+// publisher loop (every replica runs it; the lease picks the one that acts).
+func (p *Plugin) Start(ctx context.Context, h plugins.Host) error {
 	if h.DB() == nil {
-		return fmt.Errorf("the OCSP responder needs a database")
+		return fmt.Errorf("the revocation plugin needs a database")
 	}
 	r, err := NewResponder(h, p.cfg.OCSP)
 	if err != nil {
 		return err
 	}
 	p.responder = r
+	p.done = make(chan struct{})
+	if p.crlURL == "" {
+		close(p.done)
+		return nil
+	}
+	host, _ := os.Hostname()
+	replica := fmt.Sprintf("%s/%d/%x", host, os.Getpid(), time.Now().UnixNano()&0xffffff)
+	if p.publisher, err = NewPublisher(h, replica, p.crlURL, p.crlValidity, p.cfg.CRL.PublishDelay.Duration, p.cfg.CRL.LeaseTTL.Duration); err != nil {
+		return err
+	}
+	go func() { defer close(p.done); p.publisher.Run(ctx) }()
 	return nil
 }
 
-// Stop implements plugins.Plugin.
-func (p *Plugin) Stop(context.Context) error { return nil }
+// Stop waits for the publisher to release its lease.
+func (p *Plugin) Stop(ctx context.Context) error {
+	if p.done == nil {
+		return nil
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// ObserveCertificate marks the CRL dirty on every revocation.
+func (p *Plugin) ObserveCertificate(_ context.Context, ev plugins.CertificateEvent) error {
+	if ev.Kind != plugins.EventRevoked || p.publisher == nil {
+		return nil
+	}
+	return MarkDirty(p.publisher.store, ev.OccurredAt)
+}
 
 // Routes serves OCSP over HTTPS.
 func (p *Plugin) Routes(r chi.Router) { p.mount(r) }
@@ -166,4 +234,11 @@ func (p *Plugin) mount(r chi.Router) {
 	r.Get("/ocsp/*", h)
 	r.Post("/1.0/ocsp", h)
 	r.Get("/1.0/ocsp/*", h)
+	if p.crlURL != "" {
+		// Replaces upstream's api.CRL, which would answer "CRL not enabled"
+		// now that upstream's generation is switched off.
+		crl := func(w http.ResponseWriter, req *http.Request) { p.publisher.ServeCRL(w, req) }
+		r.Get("/crl", crl)
+		r.Get("/1.0/crl", crl)
+	}
 }

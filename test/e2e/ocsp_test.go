@@ -102,11 +102,20 @@ func TestOCSPAndCRLSingleNode(t *testing.T) {
 		t.Fatalf("garbage request answered:\n%s", out)
 	}
 
-	// CRL: fetched over HTTP, good verifies, revoked is error 23.
+	// CRL: fetched over HTTP once the publisher has included the revocation
+	// (within crl.publishDelay); good verifies, revoked is error 23.
 	crlFile := filepath.Join(dir, "ca.crl")
-	if out, err := exec.Command(curl, "-sS", "-o", crlFile, crlURL).CombinedOutput(); err != nil {
-		t.Fatalf("fetch CRL: %v %s", err, out)
-	}
+	badSerial := readCert(t, bad).SerialNumber
+	eventually(t, 10*time.Second, func() error {
+		crl, der, err := fetchCRL(c.HTTPPort)
+		if err != nil {
+			return err
+		}
+		if !crlLists(crl, badSerial) {
+			return fmt.Errorf("CRL %d does not list the revoked serial yet", crl.Number)
+		}
+		return os.WriteFile(crlFile, der, 0o644)
+	})
 	chain := filepath.Join(dir, "chain.pem")
 	rootPEM, _ := os.ReadFile(c.Root)
 	interPEM, _ := os.ReadFile(inter)
@@ -119,6 +128,12 @@ func TestOCSPAndCRLSingleNode(t *testing.T) {
 	out, err = openssl(t, "verify", "-crl_check", "-CAfile", chain, "-CRLfile", crlFile, bad)
 	if err == nil || !strings.Contains(out, "error 23") {
 		t.Fatalf("verify revoked certificate with CRL: %v\n%s", err, out)
+	}
+	// The same CRL over HTTPS, and as PEM with ?pem like upstream.
+	hc := apiClient(t, c)
+	pemCRL, err := httpGetWith(hc, c.URL+"/1.0/crl?pem")
+	if err != nil || !strings.Contains(pemCRL, "BEGIN X509 CRL") {
+		t.Fatalf("CRL over HTTPS as PEM: %v %.80q", err, pemCRL)
 	}
 }
 

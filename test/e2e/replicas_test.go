@@ -14,15 +14,22 @@ import (
 // one machine only the listen addresses differ.
 func replicaConfig(t *testing.T, c *ca, name string) (config string, port int) {
 	t.Helper()
+	config, port, _ = replicaConfigPorts(t, c, name)
+	return config, port
+}
+
+// replicaConfigPorts is replicaConfig that also returns the HTTP port.
+func replicaConfigPorts(t *testing.T, c *ca, name string) (config string, port, httpPort int) {
+	t.Helper()
 	port = freePort(t)
-	httpPort := freePort(t)
+	httpPort = freePort(t)
 	config = filepath.Join(c.Dir, "config", name+".json")
 	copyFile(t, c.Config, config)
 	editConfig(t, config, func(m map[string]any) {
 		m["address"] = fmt.Sprintf("127.0.0.1:%d", port)
 		m["insecureAddress"] = fmt.Sprintf("127.0.0.1:%d", httpPort)
 	})
-	return config, port
+	return config, port, httpPort
 }
 
 // TestPostgresReplicas runs two stepfort replicas on one PostgreSQL: a
