@@ -121,7 +121,11 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 	insecureMux.Use(middleware.GetHead)
 
 	api.Route(mux)
-	mux.Route("/1.0", func(r chi.Router) { api.Route(r) })
+	mux.Route("/1.0", func(r chi.Router) {
+		api.Route(r)
+		r.Get("/health", d.health)
+	})
+	mux.Get("/health", d.health) // replaces api.Health; same "status" field
 	insecureMux.Get("/crl", api.CRL)
 	insecureMux.Get("/1.0/crl", api.CRL)
 

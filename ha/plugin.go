@@ -214,6 +214,22 @@ func (p *Plugin) Stop(ctx context.Context) error {
 	return nil
 }
 
+// Health reports the CRL publisher lease holder and the CRL number.
+func (p *Plugin) Health(context.Context) (map[string]any, error) {
+	if p.publisher == nil {
+		return nil, nil
+	}
+	l, err := p.publisher.leases.Get(crlLeaseName)
+	if err != nil {
+		return nil, fmt.Errorf("read CRL lease: %w", err)
+	}
+	out := map[string]any{"crlPublisher": l.Holder, "crlPublisherIsSelf": l.Holder == p.publisher.replica && time.Now().Before(l.Until)}
+	if info, _, err := p.publisher.current(); err == nil && info != nil {
+		out["crlNumber"] = info.Number
+	}
+	return out, nil
+}
+
 // ObserveCertificate marks the CRL dirty on every revocation.
 func (p *Plugin) ObserveCertificate(_ context.Context, ev plugins.CertificateEvent) error {
 	if ev.Kind != plugins.EventRevoked || p.publisher == nil {

@@ -131,3 +131,9 @@ type CertificateObserver interface {
 type CertificateEnforcer interface {
 	EnforceCertificate(cert *x509.Certificate) error
 }
+
+// HealthReporter adds fields to /health (for example which replica holds a
+// lease). An error marks the replica unhealthy (503).
+type HealthReporter interface {
+	Health(ctx context.Context) (map[string]any, error)
+}
