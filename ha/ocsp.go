@@ -2,6 +2,7 @@ package ha
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
 	"golang.org/x/crypto/ocsp"
 
@@ -159,35 +161,47 @@ func (r *Responder) respond(req *ocsp.Request) (*cachedResponse, error) {
 		return nil, err
 	}
 	ck := cacheKey{serial, req.HashAlgorithm}
-	now := r.host.Now()
 	r.mu.Lock()
 	cached := r.cache[ck]
 	r.mu.Unlock()
-	if cached != nil && cached.revoked == (rci != nil) && now.Before(cached.thisUpdate.Add(r.cfg.Validity.Duration/2)) {
+	if cached != nil && cached.revoked == (rci != nil) && r.host.Now().Before(cached.thisUpdate.Add(r.cfg.Validity.Duration/2)) {
 		r.cacheHit.Inc()
 		r.requests.WithLabelValues(statusName(cached.revoked, true)).Inc()
 		return cached, nil
 	}
+	known := rci != nil
+	if !known {
+		if known, err = certstatus.Issued(r.store, serial); err != nil {
+			return nil, err
+		}
+	}
+	resp, err := r.sign(key, req.SerialNumber, req.HashAlgorithm, rci, known)
+	if err != nil {
+		return nil, err
+	}
+	r.requests.WithLabelValues(statusName(rci != nil, known)).Inc()
+	return resp, nil
+}
+
+// sign makes a response and caches it when the serial is ours (unknown
+// serials are not cached, so a flood of made-up serials cannot fill memory).
+func (r *Responder) sign(key *responderKey, serialNumber *big.Int, hash crypto.Hash, rci *db.RevokedCertificateInfo, known bool) (*cachedResponse, error) {
+	now := r.host.Now()
 	tmpl := ocsp.Response{
-		SerialNumber: req.SerialNumber,
+		SerialNumber: serialNumber,
 		ThisUpdate:   now.Add(-time.Minute).Truncate(time.Second), // clock skew
 		NextUpdate:   now.Add(r.cfg.Validity.Duration).Truncate(time.Second),
-		IssuerHash:   req.HashAlgorithm,
+		IssuerHash:   hash,
 		Status:       ocsp.Good,
+		Certificate:  key.cert, // nil when the CA key signs
 	}
-	known := true
-	if rci != nil {
+	switch {
+	case rci != nil:
 		tmpl.Status = ocsp.Revoked
 		tmpl.RevokedAt = rci.RevokedAt
 		tmpl.RevocationReason = rci.ReasonCode
-	} else if known, err = certstatus.Issued(r.store, serial); err != nil {
-		return nil, err
-	} else if !known {
-		// Never "good" for a serial this CA did not issue.
-		tmpl.Status = ocsp.Unknown
-	}
-	if key.cert != nil {
-		tmpl.Certificate = key.cert
+	case !known:
+		tmpl.Status = ocsp.Unknown // never "good" for a serial this CA did not issue
 	}
 	der, err := ocsp.CreateResponse(key.issuer, key.responderCert(), tmpl, key.signer)
 	if err != nil {
@@ -197,11 +211,63 @@ func (r *Responder) respond(req *ocsp.Request) (*cachedResponse, error) {
 	resp := &cachedResponse{der: der, etag: `"` + hex.EncodeToString(sum[:16]) + `"`, revoked: rci != nil, thisUpdate: tmpl.ThisUpdate, nextUpdate: tmpl.NextUpdate}
 	if known {
 		r.mu.Lock()
-		r.cache[ck] = resp
+		if r.signer == key { // not replaced by a rotation meanwhile
+			r.cache[cacheKey{serialNumber.String(), hash}] = resp
+		}
 		r.mu.Unlock()
 	}
-	r.requests.WithLabelValues(statusName(rci != nil, known)).Inc()
 	return resp, nil
+}
+
+// RefreshLoop re-signs cached responses before they reach half their
+// validity, so clients are answered from pre-signed responses, until ctx
+// ends.
+func (r *Responder) RefreshLoop(ctx context.Context) {
+	t := time.NewTicker(max(time.Minute, r.cfg.Validity.Duration/20))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			r.Refresh()
+		}
+	}
+}
+
+// Refresh re-signs every cached response older than 40% of its validity.
+// It returns how many it re-signed.
+func (r *Responder) Refresh() int {
+	key, err := r.currentSigner()
+	if err != nil {
+		r.log.Error("OCSP refresh", "error", err)
+		return 0
+	}
+	due := r.host.Now().Add(-r.cfg.Validity.Duration * 2 / 5)
+	r.mu.Lock()
+	var stale []cacheKey
+	for k, v := range r.cache {
+		if v.thisUpdate.Before(due) {
+			stale = append(stale, k)
+		}
+	}
+	r.mu.Unlock()
+	n := 0
+	for _, k := range stale {
+		serial, ok := new(big.Int).SetString(k.serial, 10)
+		if !ok {
+			continue
+		}
+		rci, err := certstatus.Revocation(r.store, k.serial)
+		if err != nil {
+			r.log.Warn("OCSP refresh", "serial", k.serial, "error", err)
+			continue
+		}
+		if _, err := r.sign(key, serial, k.hash, rci, true); err == nil {
+			n++
+		}
+	}
+	return n
 }
 
 func statusName(revoked, known bool) string {

@@ -188,6 +188,7 @@ func (p *Plugin) Start(ctx context.Context, h plugins.Host) error {
 		return err
 	}
 	p.responder = r
+	go r.RefreshLoop(ctx)
 	p.done = make(chan struct{})
 	if p.crlURL == "" {
 		close(p.done)
