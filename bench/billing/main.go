@@ -34,6 +34,7 @@ type options struct {
 	endpoints                  int
 	stepfort                   string
 	skipIssue, skipScale       bool
+	drain                      bool
 }
 
 func main() {
@@ -46,6 +47,7 @@ func main() {
 	flag.StringVar(&o.stepfort, "stepfort", os.Getenv("BENCH_STEPFORT"), "stepfort binary; empty builds ./cmd/stepfort (env BENCH_STEPFORT)")
 	flag.BoolVar(&o.skipIssue, "skip-issue", false, "skip the daemon throughput part")
 	flag.BoolVar(&o.skipScale, "skip-scale", false, "skip the event cost and report part")
+	flag.BoolVar(&o.drain, "drain", true, "with billing on, wait until billing has recorded every certificate and print how long that took")
 	flag.Parse()
 	if o.n < 1 || o.workers < 1 || o.rounds < 1 || o.endpoints < 2000 || o.warmup < 0 {
 		fmt.Fprintln(os.Stderr, "billing bench: -n, -c, -rounds must be positive, -endpoints at least 2000")

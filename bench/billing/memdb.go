@@ -97,7 +97,52 @@ func (m *memDB) List(b []byte) ([]*database.Entry, error) {
 	return out, nil
 }
 
-func (m *memDB) Update(*database.Tx) error { return database.ErrOpNotSupported }
+// Update applies the operations under one lock, like one bbolt write
+// transaction; a compare-and-swap that does not swap does not roll back the
+// rest, as in the bbolt and PostgreSQL drivers.
+func (m *memDB) Update(tx *database.Tx) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, q := range tx.Operations {
+		switch q.Cmd {
+		case database.CreateTable:
+			if _, ok := m.tables[string(q.Bucket)]; !ok {
+				m.tables[string(q.Bucket)] = map[string][]byte{}
+			}
+			continue
+		case database.DeleteTable:
+			delete(m.tables, string(q.Bucket))
+			continue
+		}
+		t, err := m.table(q.Bucket)
+		if err != nil {
+			return err
+		}
+		switch q.Cmd {
+		case database.Get:
+			v, ok := t[string(q.Key)]
+			if !ok {
+				return database.ErrNotFound
+			}
+			q.Result = bytes.Clone(v)
+		case database.Set:
+			t[string(q.Key)] = bytes.Clone(q.Value)
+		case database.Delete:
+			delete(t, string(q.Key))
+		case database.CmpAndSwap:
+			cur := t[string(q.Key)]
+			if !bytes.Equal(cur, q.CmpValue) {
+				q.Result, q.Swapped = bytes.Clone(cur), false
+				continue
+			}
+			t[string(q.Key)] = bytes.Clone(q.Value)
+			q.Result, q.Swapped = q.Value, true
+		default:
+			return database.ErrOpNotSupported
+		}
+	}
+	return nil
+}
 
 func (m *memDB) CreateTable(b []byte) error {
 	m.mu.Lock()

@@ -101,7 +101,7 @@ func (s *Store) List(q ListQuery, now time.Time) (*EndpointList, error) {
 	needle := strings.ToLower(q.Q)
 	var all []EndpointView
 	err := s.Endpoints(func(e *Endpoint) error {
-		if q.Cursor != "" && e.ID <= q.Cursor {
+		if e.Certificates == 0 || (q.Cursor != "" && e.ID <= q.Cursor) {
 			return nil
 		}
 		if q.Provisioner != "" && e.Provisioner.Name != q.Provisioner && e.Provisioner.ID != q.Provisioner {

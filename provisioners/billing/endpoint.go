@@ -91,9 +91,12 @@ type Endpoint struct {
 	// expiry ends the Endpoint unless it is renewed.
 	LastSerial   string `json:"lastSerial"`
 	Certificates int    `json:"certificates"`
-	Renewals     int    `json:"renewals"`
-	Rekeys       int    `json:"rekeys"`
-	Revocations  int    `json:"revocations"`
+	// NextSeq is the next lineage position. Positions are never reused; a
+	// position whose certificate was withdrawn stays empty.
+	NextSeq     int `json:"nextSeq"`
+	Renewals    int `json:"renewals"`
+	Rekeys      int `json:"rekeys"`
+	Revocations int `json:"revocations"`
 	// EndsAt is the end of the latest certificate interval: billing for the
 	// Endpoint stops there unless another certificate joins.
 	EndsAt    time.Time             `json:"endsAt"`

@@ -119,10 +119,23 @@ func (s *Store) Record(ev plugins.CertificateEvent) error {
 	}
 }
 
-// add records a certificate in its Endpoint: O(1) reads and writes,
-// whatever the number of Endpoints or certificates.
+// add records a certificate in its Endpoint with a constant number of keyed
+// reads and two write transactions, whatever the number of Endpoints or
+// certificates:
+//
+//  1. The Endpoint ID is derived from the event (the first serial of a
+//     lineage, the parent's Endpoint, or provisioner + subject), so every
+//     replica handling the event picks the same Endpoint.
+//  2. Compare-and-swap on the Endpoint record adds the certificate's interval
+//     and assigns its lineage position; a certificate already there keeps
+//     its position, so redelivery changes nothing.
+//  3. One transaction writes the certificate record (compare-and-swap
+//     against what step 1 read) and the lineage row. If another writer
+//     recorded the certificate in a different Endpoint first (only possible
+//     when a very late event races the import of the same certificate), the
+//     interval added in step 2 is withdrawn and the first decision stands.
 func (s *Store) add(f certFacts) error {
-	rec, err := s.getCert(f.serial)
+	oldRec, rec, err := s.getCertRaw(f.serial)
 	if err != nil {
 		return err
 	}
@@ -130,30 +143,56 @@ func (s *Store) add(f certFacts) error {
 		return nil
 	}
 	if rec == nil {
-		if rec, err = s.claimCert(f); err != nil {
+		if rec, err = s.decide(f); err != nil {
 			return err
 		}
 	}
-	seq, err := s.addToEndpoint(rec, f)
-	if err != nil {
-		return err
-	}
-	if err := s.db.Set(lineageTable, lineageKey(rec.EndpointID, seq), []byte(rec.Serial)); err != nil {
-		return fmt.Errorf("write lineage of %s: %w", rec.Serial, err)
-	}
-	return s.updateCert(rec.Serial, func(c *CertRecord) bool {
-		if c.Recorded && c.Seq == seq {
-			return false
+	for range maxSwapAttempts {
+		seq, err := s.addToEndpoint(rec, f)
+		if err != nil {
+			return err
 		}
-		c.Seq, c.Recorded = seq, true
-		return true
-	})
+		done := *rec
+		done.Seq, done.Recorded = seq, true
+		b, err := json.Marshal(&done)
+		if err != nil {
+			return err
+		}
+		// nosql's Tx.Cas cannot set the compared value: build the entry.
+		tx := &database.Tx{Operations: []*database.TxEntry{
+			{Cmd: database.CmpAndSwap, Bucket: certsTable, Key: []byte(f.serial), CmpValue: oldRec, Value: b},
+			{Cmd: database.Set, Bucket: lineageTable, Key: lineageKey(rec.EndpointID, seq), Value: []byte(f.serial)},
+		}}
+		if err := s.db.Update(tx); err != nil {
+			return fmt.Errorf("record certificate %s: %w", f.serial, err)
+		}
+		if tx.Operations[0].Swapped {
+			return nil
+		}
+		// Someone else wrote the certificate record meanwhile.
+		curRaw, cur, err := s.getCertRaw(f.serial)
+		if err != nil {
+			return err
+		}
+		if cur == nil {
+			return fmt.Errorf("certificate %s: record vanished", f.serial)
+		}
+		if cur.EndpointID != rec.EndpointID {
+			s.log.Warn("certificate recorded in another Endpoint concurrently; withdrawing it", "serial", f.serial,
+				"endpoint", rec.EndpointID, "kept", cur.EndpointID)
+			return s.withdraw(rec.EndpointID, f.serial)
+		}
+		if cur.Recorded {
+			return nil // a duplicate delivery finished first
+		}
+		oldRec, rec = curRaw, cur
+	}
+	return fmt.Errorf("record certificate %s: too much contention", f.serial)
 }
 
-// claimCert decides the certificate's Endpoint and writes the serial index
-// with compare-and-swap from nothing: the first writer wins and every other
-// replica adopts its decision.
-func (s *Store) claimCert(f certFacts) (*CertRecord, error) {
+// decide computes the certificate's Endpoint (and its record, not yet
+// written).
+func (s *Store) decide(f certFacts) (*CertRecord, error) {
 	rec := &CertRecord{
 		Serial: f.serial, Seq: -1, ObtainedBy: f.obtainedBy, ParentSerial: f.parent, Inferred: f.inferred,
 		Subject: f.cert.Subject.CommonName, NotBefore: f.cert.NotBefore.UTC(), NotAfter: f.cert.NotAfter.UTC(),
@@ -169,32 +208,17 @@ func (s *Store) claimCert(f certFacts) (*CertRecord, error) {
 			}
 		}
 		rec.EndpointID = parent.EndpointID
-	} else {
-		grouping, err := s.policy.Grouping(f.provisioner)
-		if err != nil {
-			return nil, fmt.Errorf("grouping for provisioner %q: %w", f.provisioner.Name, err)
-		}
-		rec.EndpointID = lineageEndpointID(f.serial)
-		if key := SubjectKey(f.cert); grouping == GroupingSubject && key != "" {
-			rec.EndpointID = subjectEndpointID(f.provisioner, key)
-		}
-	}
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return nil, err
-	}
-	cur, swapped, err := s.db.CmpAndSwap(certsTable, []byte(f.serial), nil, b)
-	if err != nil {
-		return nil, fmt.Errorf("index certificate %s: %w", f.serial, err)
-	}
-	if swapped {
 		return rec, nil
 	}
-	var won CertRecord
-	if err := json.Unmarshal(cur, &won); err != nil {
-		return nil, fmt.Errorf("decode certificate %s: %w", f.serial, err)
+	grouping, err := s.policy.Grouping(f.provisioner)
+	if err != nil {
+		return nil, fmt.Errorf("grouping for provisioner %q: %w", f.provisioner.Name, err)
 	}
-	return &won, nil
+	rec.EndpointID = lineageEndpointID(f.serial)
+	if key := SubjectKey(f.cert); grouping == GroupingSubject && key != "" {
+		rec.EndpointID = subjectEndpointID(f.provisioner, key)
+	}
+	return rec, nil
 }
 
 // addToEndpoint adds the certificate's interval to its Endpoint (creating
@@ -215,11 +239,8 @@ func (s *Store) addToEndpoint(rec *CertRecord, f certFacts) (int, error) {
 			seq = e.Intervals[i].Seq
 			return false, nil
 		}
-		if rec.Seq >= 0 { // recorded before and already compacted away
-			seq = rec.Seq
-			return false, nil
-		}
-		seq = e.Certificates
+		seq = e.NextSeq
+		e.NextSeq++
 		e.Certificates++
 		switch rec.ObtainedBy {
 		case ObtainedRenew:
@@ -237,6 +258,24 @@ func (s *Store) addToEndpoint(rec *CertRecord, f certFacts) (int, error) {
 		return true, nil
 	})
 	return seq, err
+}
+
+// withdraw removes a certificate's interval from an Endpoint it was added
+// to by mistake (see add). Its lineage position stays empty.
+func (s *Store) withdraw(id, serial string) error {
+	return s.updateEndpoint(id, func(e *Endpoint) (bool, error) {
+		i, ok := e.interval(serial)
+		if !ok {
+			return false, nil
+		}
+		e.Intervals = append(e.Intervals[:i:i], e.Intervals[i+1:]...)
+		e.Certificates--
+		e.refresh()
+		if e.Certificates == 0 { // nothing left: hidden from lists
+			e.EndsAt, e.LastSerial, e.EndReason = time.Time{}, "", ""
+		}
+		return true, nil
+	})
 }
 
 // revoke ends a certificate's interval at the revocation time.
@@ -379,18 +418,24 @@ func (s *Store) updateCert(serial string, fn func(*CertRecord) bool) error {
 }
 
 func (s *Store) getCert(serial string) (*CertRecord, error) {
+	_, c, err := s.getCertRaw(serial)
+	return c, err
+}
+
+// getCertRaw returns the stored bytes too, for compare-and-swap.
+func (s *Store) getCertRaw(serial string) ([]byte, *CertRecord, error) {
 	b, err := s.db.Get(certsTable, []byte(serial))
 	if database.IsErrNotFound(err) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read certificate %s: %w", serial, err)
+		return nil, nil, fmt.Errorf("read certificate %s: %w", serial, err)
 	}
 	var c CertRecord
 	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, fmt.Errorf("decode certificate %s: %w", serial, err)
+		return nil, nil, fmt.Errorf("decode certificate %s: %w", serial, err)
 	}
-	return &c, nil
+	return b, &c, nil
 }
 
 // Endpoint returns one Endpoint, or nil if there is none with that ID.
@@ -410,11 +455,12 @@ func (s *Store) Endpoint(id string) (*Endpoint, error) {
 }
 
 // Lineage returns an Endpoint's certificates in the order they were
-// recorded. A position whose row is not written yet (an event in flight) is
+// recorded. A position whose row is not written yet (an event in flight) or
+// whose certificate record does not point back at it (withdrawn) is
 // skipped.
 func (s *Store) Lineage(e *Endpoint) ([]*CertRecord, error) {
 	out := make([]*CertRecord, 0, e.Certificates)
-	for seq := range e.Certificates {
+	for seq := range e.NextSeq {
 		serial, err := s.db.Get(lineageTable, lineageKey(e.ID, seq))
 		if database.IsErrNotFound(err) {
 			continue
@@ -426,7 +472,7 @@ func (s *Store) Lineage(e *Endpoint) ([]*CertRecord, error) {
 		if err != nil {
 			return nil, err
 		}
-		if c != nil {
+		if c != nil && c.EndpointID == e.ID && c.Seq == seq {
 			out = append(out, c)
 		}
 	}
