@@ -156,6 +156,14 @@ func signAuthorizerHandler(authorizers []plugins.SignAuthorizer, log *slog.Logge
 			}
 			sr.Certificate = c
 		}
+		if xc := req.X5CCertificate; xc != nil && len(xc.Raw) > 0 {
+			c, err := x509.ParseCertificate(xc.Raw)
+			if err != nil {
+				deny("internalError", "parse x5c certificate")
+				return
+			}
+			sr.X5CCertificate = c
+		}
 		for _, a := range authorizers {
 			if !gated(prov, []plugins.SignAuthorizer{a}) {
 				continue

@@ -275,8 +275,17 @@ type DevicePatch struct {
 }
 
 // Update applies a patch with optimistic concurrency (compare-and-swap on
-// the stored record, retried).
+// the stored record, retried). A patch that sets the status to disabled is
+// announced to OnDeactivate listeners after it is stored.
 func (s *Store) Update(id string, p DevicePatch) (*Device, error) {
+	d, err := s.update(id, p)
+	if err == nil && p.Status != nil && *p.Status == StatusDisabled {
+		notifyDeactivated(DeviceChange{Device: d})
+	}
+	return d, err
+}
+
+func (s *Store) update(id string, p DevicePatch) (*Device, error) {
 	return s.modify(id, func(d *Device) error {
 		set := func(dst *string, v *string) {
 			if v != nil {
@@ -384,6 +393,7 @@ func (s *Store) Delete(id string) (*Device, error) {
 		return nil, fmt.Errorf("delete device %q: %w", id, err)
 	}
 	s.release(id, d.Identifiers)
+	notifyDeactivated(DeviceChange{Device: d, Removed: true})
 	return d, nil
 }
 

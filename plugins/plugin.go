@@ -90,6 +90,9 @@ type SignRequest struct {
 	Provisioner         string
 	PermanentIdentifier string // from ACME device-attest-01 attestation, if any
 	Certificate         *x509.Certificate
+	// X5CCertificate is the leaf of the x5c header that authorized an X5C
+	// provisioner's token; nil for other provisioners.
+	X5CCertificate *x509.Certificate
 }
 
 // SignAuthorizer vetoes X.509 issuance before signing. It is called through an

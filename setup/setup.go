@@ -142,6 +142,10 @@ func Init(o Options) (*Result, error) {
 	if o.DB == "postgresql" {
 		dbCfg = &db.Config{Type: "postgresql", DataSource: o.DBDSN, Database: o.DBName}
 	}
+	deviceTemplate := filepath.Join(o.Dir, "templates", "device.tpl")
+	if err := writeFile(deviceTemplate, []byte(DeviceTemplate), 0o644); err != nil {
+		return nil, err
+	}
 	httpPort := portOf(o.InsecureAddress)
 	caJSON := map[string]any{
 		"root":            r.RootFile,
@@ -159,7 +163,13 @@ func Init(o Options) (*Result, error) {
 				map[string]any{"type": "JWK", "name": o.Provisioner, "key": jwk, "encryptedKey": encryptedKey},
 				map[string]any{"type": "ACME", "name": "acme"},
 				map[string]any{"type": "ACME", "name": "agents", "challenges": []string{"device-attest-01"},
-					"attestationFormats": []string{"tpm"}, "attestationRoots": att.rootPEM},
+					"attestationFormats": []string{"tpm"}, "attestationRoots": att.rootPEM,
+					"options": map[string]any{"x509": map[string]any{"templateFile": deviceTemplate}}},
+				// Account CA role: a device certificate (x5c) buys short-lived
+				// client certificates; the deviceAttest plugin links them to the device.
+				map[string]any{"type": "X5C", "name": "accounts",
+					"roots":  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}),
+					"claims": map[string]any{"defaultTLSCertDuration": "24h", "maxTLSCertDuration": "24h"}},
 			},
 		},
 		"stepfort": map[string]any{
@@ -170,6 +180,7 @@ func Init(o Options) (*Result, error) {
 				"billing":       map[string]any{},
 				"revocation":    map[string]any{"ocsp": map[string]any{"url": "http://" + hostPort(o.DNSNames[0], httpPort) + "/ocsp"}},
 				"attestationCA": map[string]any{"certificate": att.cert, "key": att.key, "passwordFile": r.PasswordFile, "root": att.root},
+				"deviceAttest":  map[string]any{"provisioners": []string{"agents"}, "accountProvisioners": []string{"accounts"}},
 			},
 		},
 	}
@@ -391,3 +402,26 @@ func writeAttestationCA(o Options, password string) (*attestationCA, error) {
 	}
 	return a, nil
 }
+
+// DeviceTemplate is the certificate template init gives the "agents"
+// device-attest-01 provisioner: upstream's attested leaf template plus the
+// permanent identifier (for TPMs the EK URN) as a URI SAN, where TLS and
+// RADIUS servers look for it. See docs/deviceattest.md.
+const DeviceTemplate = `{
+	"subject": {{ toJson .Subject }},
+	"sans": [
+{{- range $i, $s := .SANs }}{{ if $i }},{{ end }}
+		{{ toJson $s }}
+{{- if eq $s.Type "permanentIdentifier" }},
+		{"type": "uri", "value": {{ toJson $s.Value }}}
+{{- end }}
+{{- end }}
+	],
+{{- if typeIs "*rsa.PublicKey" .Insecure.CR.PublicKey }}
+	"keyUsage": ["keyEncipherment", "digitalSignature"],
+{{- else }}
+	"keyUsage": ["digitalSignature"],
+{{- end }}
+	"extKeyUsage": ["clientAuth"]
+}
+`

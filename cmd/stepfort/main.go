@@ -42,6 +42,7 @@ import (
 	_ "github.com/stepfort/stepfort/inventory"
 	_ "github.com/stepfort/stepfort/provisioners/attestationca"
 	_ "github.com/stepfort/stepfort/provisioners/billing"
+	_ "github.com/stepfort/stepfort/provisioners/deviceattest"
 )
 
 // Version and BuildTime are set by the Makefile with -ldflags.

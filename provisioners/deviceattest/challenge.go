@@ -1,0 +1,57 @@
+package deviceattest
+
+import (
+	"context"
+
+	"github.com/smallstep/certificates/acme"
+)
+
+// challengeGate wraps upstream's ACME database. device-attest-01 validation
+// (acme/challenge.go deviceAttest01Validate) ends with UpdateChallenge; a
+// challenge about to become valid for a gated provisioner is stored invalid
+// instead, with an ACME error the client prints. This is the earliest point
+// at which the attested permanent identifier (ch.Value) is known to be
+// genuine, for every attestation format (tpm, apple, step).
+type challengeGate struct {
+	acme.DB
+	p *Plugin
+}
+
+func (g *challengeGate) UpdateChallenge(ctx context.Context, ch *acme.Challenge) error {
+	if ch != nil && ch.Type == acme.DEVICEATTEST01 && ch.Status == acme.StatusValid {
+		if err := g.p.checkChallenge(ctx, ch); err != nil {
+			ch.Status = acme.StatusInvalid
+			ch.ValidatedAt = ""
+			ch.Error = err
+		}
+	}
+	return g.DB.UpdateChallenge(ctx, ch)
+}
+
+// checkChallenge returns the ACME error for a challenge the gate refuses.
+func (p *Plugin) checkChallenge(ctx context.Context, ch *acme.Challenge) *acme.Error {
+	prov, ok := acme.ProvisionerFromContext(ctx)
+	if !ok {
+		// Upstream always sets it; without it we cannot tell whether the
+		// challenge is gated, so fail closed.
+		return acme.NewError(acme.ErrorServerInternalType, "device-attest gate: no provisioner in context")
+	}
+	if !p.gated(prov.GetName()) {
+		return nil
+	}
+	st := p.state.Load()
+	if st == nil {
+		return acme.NewError(acme.ErrorServerInternalType, "%s", errNotStarted)
+	}
+	_, err := st.gate.Check(ch.Value)
+	if err == nil {
+		return nil
+	}
+	d := err.(*Denial)
+	st.log.Info("device-attest-01 challenge denied", "event", "deviceattest.denied", "stage", "challenge",
+		"provisioner", prov.GetName(), "permanentIdentifier", ch.Value, "format", ch.PayloadFormat, "reason", d.Code(), "error", d.Unwrap())
+	if d.Code() == CodeLookupFailed {
+		return acme.NewError(acme.ErrorServerInternalType, "%s", d.Error())
+	}
+	return acme.NewDetailedError(acme.ErrorRejectedIdentifierType, "%s", d.Error())
+}

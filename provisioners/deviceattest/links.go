@@ -1,0 +1,234 @@
+package deviceattest
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/smallstep/nosql"
+	"github.com/smallstep/nosql/database"
+)
+
+// Tables; the key layout is documented in docs/deviceattest.md.
+var (
+	// CertsTable maps a certificate serial (decimal) to its JSON Link.
+	CertsTable = []byte("stepfort_deviceattest_certs")
+	// DevicesTable maps an inventory device ID to its JSON DeviceCerts:
+	// every unexpired certificate linked to the device.
+	DevicesTable = []byte("stepfort_deviceattest_devices")
+	// PendingTable maps hex SHA-256 of a subject public key (PKIX DER) to a
+	// JSON Pending: an account certificate authorized for that key by an
+	// X5C device certificate and not yet seen issued.
+	PendingTable = []byte("stepfort_deviceattest_pending")
+)
+
+// Certificate kinds.
+const (
+	KindDevice  = "device"  // issued through a gated ACME provisioner
+	KindAccount = "account" // issued through an X5C account provisioner
+)
+
+// Link ties one certificate to one inventory device.
+type Link struct {
+	Serial       string    `json:"serial"`
+	DeviceID     string    `json:"deviceId"`
+	Kind         string    `json:"kind"`
+	ParentSerial string    `json:"parentSerial,omitempty"` // account: the device certificate; renewal: the renewed certificate
+	Provisioner  string    `json:"provisioner,omitempty"`
+	NotAfter     time.Time `json:"notAfter"`
+}
+
+// DeviceCerts is the per-device list the revocation walks. Revoked marks
+// entries already revoked so sweeps do not retry them.
+type DeviceCerts struct {
+	Certs []DeviceCert `json:"certs"`
+}
+
+// DeviceCert is one entry of DeviceCerts.
+type DeviceCert struct {
+	Serial   string    `json:"serial"`
+	Kind     string    `json:"kind"`
+	NotAfter time.Time `json:"notAfter"`
+	Revoked  bool      `json:"revoked,omitempty"`
+}
+
+// Pending is an X5C authorization waiting for its issued event.
+type Pending struct {
+	DeviceID     string    `json:"deviceId"`
+	DeviceSerial string    `json:"deviceSerial"`
+	Expires      time.Time `json:"expires"`
+}
+
+// Links stores certificate-to-device links in the shared database. Every
+// write is a CmpAndSwap or an idempotent Set, so it is correct with several
+// replicas and with at-least-once events.
+type Links struct {
+	db nosql.DB
+}
+
+// NewLinks creates the tables if needed.
+func NewLinks(db nosql.DB) (*Links, error) {
+	if db == nil {
+		return nil, errors.New("deviceattest: a database is required")
+	}
+	for _, t := range [][]byte{CertsTable, DevicesTable, PendingTable} {
+		if err := db.CreateTable(t); err != nil {
+			return nil, fmt.Errorf("create table %s: %w", t, err)
+		}
+	}
+	return &Links{db: db}, nil
+}
+
+// Get returns the link of a serial; found is false if there is none.
+func (l *Links) Get(serial string) (*Link, bool, error) {
+	b, err := l.db.Get(CertsTable, []byte(serial))
+	if database.IsErrNotFound(err) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read link %s: %w", serial, err)
+	}
+	var k Link
+	if err := json.Unmarshal(b, &k); err != nil {
+		return nil, false, fmt.Errorf("decode link %s: %w", serial, err)
+	}
+	return &k, true, nil
+}
+
+// Record stores a link and adds it to its device's list. Recording the same
+// link twice is harmless. Expired entries are pruned from the list.
+func (l *Links) Record(k Link, now time.Time) error {
+	b, _ := json.Marshal(k)
+	if err := l.db.Set(CertsTable, []byte(k.Serial), b); err != nil {
+		return fmt.Errorf("write link %s: %w", k.Serial, err)
+	}
+	return l.modifyDevice(k.DeviceID, func(dc *DeviceCerts) bool {
+		dc.Certs = slices.DeleteFunc(dc.Certs, func(c DeviceCert) bool { return c.NotAfter.Before(now) })
+		if slices.ContainsFunc(dc.Certs, func(c DeviceCert) bool { return c.Serial == k.Serial }) {
+			return false
+		}
+		dc.Certs = append(dc.Certs, DeviceCert{Serial: k.Serial, Kind: k.Kind, NotAfter: k.NotAfter})
+		return true
+	})
+}
+
+// DeviceCerts returns the certificates linked to a device.
+func (l *Links) DeviceCerts(deviceID string) (*DeviceCerts, error) {
+	dc, _, err := l.getDevice(deviceID)
+	return dc, err
+}
+
+// MarkRevoked flags serials as revoked in a device's list.
+func (l *Links) MarkRevoked(deviceID string, serials []string) error {
+	if len(serials) == 0 {
+		return nil
+	}
+	return l.modifyDevice(deviceID, func(dc *DeviceCerts) bool {
+		changed := false
+		for i := range dc.Certs {
+			if !dc.Certs[i].Revoked && slices.Contains(serials, dc.Certs[i].Serial) {
+				dc.Certs[i].Revoked, changed = true, true
+			}
+		}
+		return changed
+	})
+}
+
+// Devices lists the device IDs that have linked certificates.
+func (l *Links) Devices() ([]string, error) {
+	entries, err := l.db.List(DevicesTable)
+	if database.IsErrNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", DevicesTable, err)
+	}
+	ids := make([]string, 0, len(entries))
+	for _, e := range entries {
+		ids = append(ids, string(e.Key))
+	}
+	return ids, nil
+}
+
+func (l *Links) getDevice(id string) (*DeviceCerts, []byte, error) {
+	b, err := l.db.Get(DevicesTable, []byte(id))
+	if database.IsErrNotFound(err) {
+		return &DeviceCerts{}, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read certificates of device %s: %w", id, err)
+	}
+	var dc DeviceCerts
+	if err := json.Unmarshal(b, &dc); err != nil {
+		return nil, nil, fmt.Errorf("decode certificates of device %s: %w", id, err)
+	}
+	return &dc, b, nil
+}
+
+// modifyDevice applies fn with compare-and-swap, retried on conflict.
+func (l *Links) modifyDevice(id string, fn func(*DeviceCerts) bool) error {
+	for range 50 {
+		dc, old, err := l.getDevice(id)
+		if err != nil {
+			return err
+		}
+		if !fn(dc) {
+			return nil
+		}
+		b, _ := json.Marshal(dc)
+		_, ok, err := l.db.CmpAndSwap(DevicesTable, []byte(id), old, b)
+		if err != nil {
+			return fmt.Errorf("write certificates of device %s: %w", id, err)
+		}
+		if ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("certificates of device %s: too many concurrent writers", id)
+}
+
+// KeyID is the PendingTable key of a public key.
+func KeyID(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(sum[:])
+}
+
+func keyIDOfPublic(pub any) (string, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// SetPending records that the key keyID was authorized for an account
+// certificate by the device certificate deviceSerial.
+func (l *Links) SetPending(keyID string, p Pending) error {
+	b, _ := json.Marshal(p)
+	if err := l.db.Set(PendingTable, []byte(keyID), b); err != nil {
+		return fmt.Errorf("write pending account link: %w", err)
+	}
+	return nil
+}
+
+// Pending returns the pending authorization for a key.
+func (l *Links) Pending(keyID string) (*Pending, bool, error) {
+	b, err := l.db.Get(PendingTable, []byte(keyID))
+	if database.IsErrNotFound(err) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read pending account link: %w", err)
+	}
+	var p Pending
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, false, fmt.Errorf("decode pending account link: %w", err)
+	}
+	return &p, true, nil
+}
