@@ -1,0 +1,18 @@
+package deviceattest
+
+import (
+	"log/slog"
+	"testing"
+
+	"github.com/smallstep/certificates/authority"
+)
+
+type authorityT = authority.Authority
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, nil))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
