@@ -1,0 +1,440 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ocsp"
+
+	"github.com/stepfort/stepfort/internal/testenv"
+)
+
+type bench struct {
+	o        *options
+	workdir  string
+	stepfort string
+	stepCA   string
+	c        *ca
+	sig      *signer
+	summary  []string
+}
+
+func (b *bench) sum(format string, args ...any) {
+	b.summary = append(b.summary, fmt.Sprintf(format, args...))
+}
+
+func run(ctx context.Context, o *options) (err error) {
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		return err
+	}
+	b := &bench{o: o, workdir: o.workdir}
+	if b.workdir == "" {
+		if b.workdir, err = os.MkdirTemp("", "stepfort-bench-ha-"); err != nil {
+			return err
+		}
+	} else if err := os.MkdirAll(b.workdir, 0o755); err != nil {
+		return err
+	}
+	defer func() {
+		if o.keep || err != nil {
+			fmt.Printf("\nlogs and configurations kept in %s\n", b.workdir)
+		} else {
+			_ = os.RemoveAll(b.workdir)
+		}
+	}()
+	// The postgres user must reach the PostgreSQL directory below.
+	if err := os.Chmod(b.workdir, 0o755); err != nil {
+		return err
+	}
+	if o.parts["issuance"] {
+		if b.stepCA, err = findStepCA(o.stepCA); err != nil {
+			return err
+		}
+	}
+	if b.stepfort = o.stepfort; b.stepfort == "" {
+		fmt.Println("building stepfort (CGO_ENABLED=0) ...")
+		if b.stepfort, err = buildStepfort(ctx, root, b.workdir); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("stepfort HA/revocation benchmark: %s, %d CPUs, PostgreSQL via internal/testenv, plugins as `stepfort init` writes them\n", runtime.Version(), runtime.NumCPU())
+	pg, err := testenv.NewPostgres(filepath.Join(b.workdir, "pg"))
+	if err != nil {
+		return err
+	}
+	defer pg.Close()
+	if b.c, err = initCA(ctx, b.stepfort, filepath.Join(b.workdir, "init"), pg); err != nil {
+		return err
+	}
+	if b.sig, err = newSigner(b.c.cfg, provisionerName, b.c.password); err != nil {
+		return err
+	}
+
+	if o.parts["ocsp"] || o.parts["propagation"] {
+		if err := b.runRevocation(ctx); err != nil {
+			return err
+		}
+	}
+	if o.parts["crl"] {
+		fmt.Printf("\nCRL: ha.Publisher.Publish() over revoked_x509_certs in bbolt (child process)\n")
+		steps, err := runCRL(ctx, o, b.c, b.workdir)
+		if err != nil {
+			return err
+		}
+		for i, st := range steps {
+			verdict := "target met"
+			if st.PublishSec > 10 {
+				verdict = "TARGET MISSED"
+			}
+			b.sum("CRL %d entries: published in %.2fs (target <= 10s at 1,000,000: %s), %.1f MiB DER, RSS %.0f -> peak %.0f MiB",
+				st.Entries, st.PublishSec, verdict, float64(st.CRLBytes)/(1<<20), st.RSSBefore, st.PeakDuring)
+			if i > 0 {
+				prev := steps[i-1]
+				per := (st.PeakDuring - st.RSSBefore - (prev.PeakDuring - prev.RSSBefore)) * (1 << 20) / float64(st.Entries-prev.Entries)
+				b.sum("CRL memory grows with the table: %.0f bytes of extra peak RSS per revoked entry between %d and %d entries (Publish Lists the whole table into memory: not bounded)",
+					per, prev.Entries, st.Entries)
+			}
+		}
+	}
+	if o.parts["issuance"] {
+		if err := b.runIssuance(ctx); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("\n=== summary ===\n")
+	for _, s := range b.summary {
+		fmt.Println("  " + s)
+	}
+	return nil
+}
+
+// runRevocation issues and revokes certificates on two replicas sharing a
+// PostgreSQL database, then measures OCSP (stepfort vs openssl) and
+// propagation.
+func (b *bench) runRevocation(ctx context.Context) error {
+	o, c := b.o, b.c
+	const dbName = "ha_revocation"
+	if err := c.cloneDB(ctx, dbName); err != nil {
+		return err
+	}
+	a, err := c.startServer(ctx, "replica-a", b.stepfort, true, filepath.Join(b.workdir, "rev-a"), dbName)
+	if err != nil {
+		return err
+	}
+	defer a.stop()
+	rb, err := c.startServer(ctx, "replica-b", b.stepfort, true, filepath.Join(b.workdir, "rev-b"), dbName)
+	if err != nil {
+		return err
+	}
+	defer rb.stop()
+	client := newTLSClient(c.roots, o.workers)
+	defer client.CloseIdleConnections()
+
+	// Certificates: ocspCerts for the OCSP mix, propN for propagation.
+	n := o.ocspCerts + o.propN
+	csrs, err := makeCSRs("ocsp", n)
+	if err != nil {
+		return err
+	}
+	urls := make([]string, n)
+	bodies := make([][]byte, n)
+	for i := range csrs {
+		urls[i] = a.url
+		if bodies[i], err = b.sig.signBody(a.url, csrs[i]); err != nil {
+			return err
+		}
+	}
+	res, certs := sendSigns(ctx, client, urls, bodies, csrs, o.workers)
+	if res.failed > 0 {
+		return fmt.Errorf("issuing OCSP certificates: %d failed, e.g. %s", res.failed, strings.Join(res.errs, " | "))
+	}
+	fmt.Printf("\nrevocation set-up: 2 stepfort replicas on one PostgreSQL; %d certificates issued on A in %.1fs\n", n, res.elapsed.Seconds())
+
+	// Revoke every third OCSP certificate through A (keyCompromise).
+	var targets []ocspTarget
+	t0 := time.Now()
+	for i, crt := range certs[:o.ocspCerts] {
+		t := ocspTarget{cert: crt, want: ocsp.Good}
+		if i%3 == 0 {
+			if err := revoke(ctx, client, b.sig, a.url, crt.SerialNumber.String(), ocsp.KeyCompromise); err != nil {
+				return err
+			}
+			t.want, t.revokedAt, t.reason = ocsp.Revoked, time.Now(), ocsp.KeyCompromise
+		}
+		targets = append(targets, t)
+	}
+	revoked := (o.ocspCerts + 2) / 3
+	fmt.Printf("  %d revoked through A's /1.0/revoke in %.1fs\n", revoked, time.Since(t0).Seconds())
+	for i := range o.ocspCerts / 2 {
+		targets = append(targets, ocspTarget{cert: &x509Cert{SerialNumber: randomSerial(i)}, want: ocsp.Unknown})
+	}
+	good, unknown := o.ocspCerts-revoked, o.ocspCerts/2
+	reqs, err := buildOCSPRequests(targets, c.inter)
+	if err != nil {
+		return err
+	}
+
+	if o.parts["ocsp"] {
+		if err := b.runOCSP(ctx, a, rb, reqs, targets, good, revoked, unknown); err != nil {
+			return err
+		}
+	}
+	if o.parts["propagation"] {
+		if err := b.runPropagation(ctx, client, a, rb, certs[o.ocspCerts:]); err != nil {
+			return err
+		}
+	}
+	for _, s := range []*server{a, rb} {
+		if err := s.check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targets []ocspTarget, good, revoked, unknown int) error {
+	o, c := b.o, b.c
+	mix := fmt.Sprintf("%d good / %d revoked / %d unknown serials, each by POST and GET (%d distinct requests, SHA-1 CertIDs)", good, revoked, unknown, len(reqs))
+	fmt.Printf("\nOCSP: %s, %d keep-alive workers in-process\n", mix, o.ocspWorkers)
+	client := ocspClient(o.ocspWorkers, true)
+	defer client.CloseIdleConnections()
+	for _, s := range []*server{a, rb} {
+		if err := checkOCSP(ctx, client, s.httpURL+"/ocsp", reqs, targets, c.inter); err != nil {
+			return fmt.Errorf("stepfort %s OCSP answers: %w", s.name, err)
+		}
+	}
+	fmt.Printf("  every answer from both replicas checked (signature, serial, status, reason)\n")
+	base := a.httpURL + "/ocsp"
+	_ = ocspLoad(ctx, client, base, reqs, o.ocspWorkers, time.Second) // warm-up
+	cpu0, _ := cpuTime(a.proc.Pid())
+	sf := ocspLoad(ctx, client, base, reqs, o.ocspWorkers, o.ocspDur)
+	cpu1, _ := cpuTime(a.proc.Pid())
+	if sf.failed > 0 {
+		return fmt.Errorf("stepfort OCSP: %d of %d requests failed, e.g. %s", sf.failed, sf.failed+sf.ok, strings.Join(sf.errs, " | "))
+	}
+	if err := a.check(); err != nil {
+		return err
+	}
+	fmt.Printf("  stepfort (replica A)  %8.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  %d responses in %.1fs, server CPU %.1f us/response\n",
+		sf.perSecond(), ms(sf.percentile(50)), ms(sf.percentile(99)), sf.ok, sf.elapsed.Seconds(), float64(cpu1-cpu0)/float64(time.Microsecond)/float64(sf.ok))
+
+	// openssl ocsp -index with the same certificates.
+	dir := filepath.Join(b.workdir, "openssl")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	index, key, crt := filepath.Join(dir, "index.txt"), filepath.Join(dir, "intermediate.key"), filepath.Join(c.dir, "certs", "intermediate_ca.crt")
+	if err := opensslIndex(index, targets); err != nil {
+		return err
+	}
+	if err := plainKey(filepath.Join(c.dir, "secrets", "intermediate_ca_key"), c.password, key); err != nil {
+		return err
+	}
+	var osslRate float64
+	var osslP99 time.Duration
+	for _, multi := range []int{1} {
+		p, url, err := startOpenSSLResponder(dir, index, crt, key, multi, &reqs[0])
+		if err != nil {
+			return err
+		}
+		err = func() error {
+			defer func() { _ = p.Kill9() }()
+			// openssl's responder serves one connection at a time; with
+			// keep-alive the other workers would wait behind the first
+			// connection until it closes, so it gets one connection per
+			// request (what it handles best).
+			oc := ocspClient(o.ocspWorkers, false)
+			defer oc.CloseIdleConnections()
+			if err := checkOCSP(ctx, oc, url, reqs, targets, c.inter); err != nil {
+				return fmt.Errorf("openssl ocsp answers: %w\n%s", err, tail(p.Log(), 2000))
+			}
+			_ = ocspLoad(ctx, oc, url, reqs, o.ocspWorkers, 500*time.Millisecond)
+			cpu0, _ := cpuTime(p.Pid())
+			ol := ocspLoad(ctx, oc, url, reqs, o.ocspWorkers, o.opensslDur)
+			cpu1, _ := cpuTime(p.Pid())
+			if ol.failed > 0 {
+				return fmt.Errorf("openssl ocsp: %d of %d requests failed, e.g. %s", ol.failed, ol.failed+ol.ok, strings.Join(ol.errs, " | "))
+			}
+			fmt.Printf("  openssl ocsp -index   %8.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  %d responses in %.1fs, server CPU %.1f us/response (single process, new connection per request)\n",
+				ol.perSecond(), ms(ol.percentile(50)), ms(ol.percentile(99)), ol.ok, ol.elapsed.Seconds(), float64(cpu1-cpu0)/float64(time.Microsecond)/float64(max(ol.ok, 1)))
+			osslRate, osslP99 = ol.perSecond(), ol.percentile(99)
+			return nil
+		}()
+		if err != nil {
+			return err
+		}
+	}
+	verdict := func(ok bool) string {
+		if ok {
+			return "target met"
+		}
+		return "TARGET MISSED"
+	}
+	b.sum("OCSP stepfort: %.0f responses/s, p99 %.2f ms (target >= 10,000/s: %s); %s", sf.perSecond(), ms(sf.percentile(99)), verdict(sf.perSecond() >= 10000), mix)
+	b.sum("OCSP openssl ocsp -index: %.0f responses/s, p99 %.2f ms; stepfort/openssl = %.1fx (target >= 10x: %s)",
+		osslRate, ms(osslP99), sf.perSecond()/osslRate, verdict(sf.perSecond() >= 10*osslRate))
+	return nil
+}
+
+// runPropagation revokes each cert on A and polls B's OCSP responder until
+// it answers revoked. Latency is from the revoke response (acknowledged) to
+// the first revoked answer from B.
+func (b *bench) runPropagation(ctx context.Context, client *http.Client, a, rb *server, certs []*x509Cert) error {
+	o, c := b.o, b.c
+	oc := ocspClient(1, true)
+	defer oc.CloseIdleConnections()
+	var fromAck, fromStart []time.Duration
+	polls := 0
+	for _, crt := range certs[:o.propN] {
+		der, err := ocsp.CreateRequest(crt, c.inter, &ocsp.RequestOptions{Hash: crypto.SHA1})
+		if err != nil {
+			return err
+		}
+		r := &ocspReq{der: der}
+		status := func() (int, error) {
+			body, err := doOCSP(ctx, oc, rb.httpURL+"/ocsp", r)
+			if err != nil {
+				return 0, err
+			}
+			resp, err := ocsp.ParseResponseForCert(body, crt, c.inter)
+			if err != nil {
+				return 0, err
+			}
+			return resp.Status, nil
+		}
+		if st, err := status(); err != nil || st != ocsp.Good {
+			return fmt.Errorf("propagation: B answers %d (%v) before the revocation, want good", st, err)
+		}
+		t0 := time.Now()
+		if err := revoke(ctx, client, b.sig, a.url, crt.SerialNumber.String(), ocsp.Superseded); err != nil {
+			return err
+		}
+		ack := time.Now()
+		for {
+			polls++
+			st, err := status()
+			if err != nil {
+				return fmt.Errorf("propagation: OCSP on B: %w", err)
+			}
+			if st == ocsp.Revoked {
+				now := time.Now()
+				fromAck, fromStart = append(fromAck, now.Sub(ack)), append(fromStart, now.Sub(t0))
+				break
+			}
+			if time.Since(ack) > 10*time.Second {
+				return fmt.Errorf("propagation: B still answers %d 10s after the revocation of %s on A", st, crt.SerialNumber)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	sort.Slice(fromAck, func(i, j int) bool { return fromAck[i] < fromAck[j] })
+	sort.Slice(fromStart, func(i, j int) bool { return fromStart[i] < fromStart[j] })
+	fmt.Printf("\npropagation: %d revocations on A (/1.0/revoke), OCSP POST on B polled every ~1 ms (%d polls)\n", len(fromAck), polls)
+	fmt.Printf("  revoke acknowledged -> B answers revoked: p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms\n", ms(percentile(fromAck, 50)), ms(percentile(fromAck, 99)), ms(fromAck[len(fromAck)-1]))
+	fmt.Printf("  revoke sent         -> B answers revoked: p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms\n", ms(percentile(fromStart, 50)), ms(percentile(fromStart, 99)), ms(fromStart[len(fromStart)-1]))
+	v := "target met"
+	if percentile(fromStart, 99) > time.Second {
+		v = "TARGET MISSED"
+	}
+	b.sum("propagation A->B: p50 %.2f ms, p99 %.2f ms from sending the revoke (p99 %.2f ms from its acknowledgement); target p99 <= 1s: %s",
+		ms(percentile(fromStart, 50)), ms(percentile(fromStart, 99)), ms(percentile(fromAck, 99)), v)
+	return nil
+}
+
+// issuanceRun is one server set-up under the sign load.
+type issuanceRun struct {
+	name     string
+	bin      string
+	stepfort bool
+	replicas int
+}
+
+func (b *bench) runIssuance(ctx context.Context) error {
+	o, c := b.o, b.c
+	csrs, err := makeCSRs("iss", o.warmup+o.issueN)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nissuance on PostgreSQL: POST /1.0/sign, JWK tokens, P-256 CSRs, %d timed + %d warm-up, %d workers (HTTP/1.1 keep-alive), fresh copy of the database per run\n",
+		o.issueN, o.warmup, o.workers)
+	runs := []issuanceRun{
+		{"upstream step-ca " + upstreamVersion, b.stepCA, false, 1},
+		{"stepfort 1 replica", b.stepfort, true, 1},
+		{"stepfort 2 replicas", b.stepfort, true, 2},
+	}
+	rates := map[string]float64{}
+	for i, r := range runs {
+		dbName := fmt.Sprintf("ha_issue_%d", i)
+		if err := c.cloneDB(ctx, dbName); err != nil {
+			return err
+		}
+		var servers []*server
+		err := func() error {
+			defer func() {
+				for _, s := range servers {
+					s.stop()
+				}
+			}()
+			for k := range r.replicas {
+				s, err := c.startServer(ctx, fmt.Sprintf("%s-%d", strings.ReplaceAll(r.name, " ", "-"), k), r.bin, r.stepfort,
+					filepath.Join(b.workdir, fmt.Sprintf("issue-%d-%d", i, k)), dbName)
+				if err != nil {
+					return err
+				}
+				servers = append(servers, s)
+			}
+			urls := make([]string, len(csrs))
+			bodies := make([][]byte, len(csrs))
+			for j := range csrs {
+				urls[j] = servers[j%len(servers)].url
+				var err error
+				if bodies[j], err = b.sig.signBody(urls[j], csrs[j]); err != nil {
+					return err
+				}
+			}
+			client := newTLSClient(c.roots, o.workers)
+			defer client.CloseIdleConnections()
+			w := o.warmup
+			if warm, _ := sendSigns(ctx, client, urls[:w], bodies[:w], csrs[:w], o.workers); warm.failed > 0 {
+				return fmt.Errorf("%s: %d warm-up requests failed, e.g. %s", r.name, warm.failed, strings.Join(warm.errs, " | "))
+			}
+			var cpu0 time.Duration
+			for _, s := range servers {
+				t, _ := cpuTime(s.proc.Pid())
+				cpu0 += t
+			}
+			res, _ := sendSigns(ctx, client, urls[w:], bodies[w:], csrs[w:], o.workers)
+			var cpu1 time.Duration
+			for _, s := range servers {
+				t, _ := cpuTime(s.proc.Pid())
+				cpu1 += t
+				if err := s.check(); err != nil {
+					return err
+				}
+			}
+			if res.failed > 0 {
+				return fmt.Errorf("%s: %d of %d requests failed, e.g. %s", r.name, res.failed, res.failed+res.ok, strings.Join(res.errs, " | "))
+			}
+			fmt.Printf("  %-24s %7.1f certs/s  p50 %6.1f ms  p99 %6.1f ms  server CPU %.2f ms/cert  %d certs in %.1fs\n",
+				r.name, res.perSecond(), ms(res.percentile(50)), ms(res.percentile(99)), ms((cpu1-cpu0)/time.Duration(res.ok)), res.ok, res.elapsed.Seconds())
+			rates[r.name] = res.perSecond()
+			return nil
+		}()
+		if err != nil {
+			return err
+		}
+	}
+	up := rates[runs[0].name]
+	b.sum("issuance on PostgreSQL: upstream %.0f/s, stepfort 1 replica %.0f/s (%.2fx upstream), 2 replicas %.0f/s (%.2fx upstream, %.2fx one replica; both replicas and PostgreSQL share this machine's %d CPUs)",
+		up, rates[runs[1].name], rates[runs[1].name]/up, rates[runs[2].name], rates[runs[2].name]/up, rates[runs[2].name]/rates[runs[1].name], runtime.NumCPU())
+	return nil
+}
