@@ -47,8 +47,25 @@ func issuance(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("== Issuance throughput, billing on vs off (bbolt, %d timed + %d warm-up /1.0/sign, %d workers, %d rounds) ==\n",
-		o.n, o.warmup, o.workers, o.rounds)
+	for _, dbType := range o.dbs {
+		if err := issuanceDB(ctx, o, bin, dir, dbType, csrs); err != nil {
+			return fmt.Errorf("%s: %w", dbType, err)
+		}
+	}
+	return nil
+}
+
+func issuanceDB(ctx context.Context, o *options, bin, dir, dbType string, csrs []csr) error {
+	var pg *testenv.Postgres
+	if dbType == "postgresql" {
+		var err error
+		if pg, err = testenv.NewPostgres(""); err != nil {
+			return fmt.Errorf("start PostgreSQL: %w", err)
+		}
+		defer pg.Close()
+	}
+	fmt.Printf("== Issuance throughput, billing on vs off (%s, %d timed + %d warm-up /1.0/sign, %d workers, %d rounds) ==\n",
+		dbType, o.n, o.warmup, o.workers, o.rounds)
 	rates := map[bool][]float64{}
 	for round := range o.rounds {
 		order := []bool{false, true}
@@ -56,7 +73,7 @@ func issuance(ctx context.Context, o *options) error {
 			order = []bool{true, false}
 		}
 		for _, on := range order {
-			r, err := issueRun(ctx, o, bin, filepath.Join(dir, fmt.Sprintf("r%d-%v", round, on)), on, csrs)
+			r, err := issueRun(ctx, o, bin, filepath.Join(dir, fmt.Sprintf("%s-r%d-%v", dbType, round, on)), on, csrs, pg)
 			if err != nil {
 				return fmt.Errorf("round %d billing=%v: %w", round+1, on, err)
 			}
@@ -79,7 +96,7 @@ type issueResult struct {
 	drain    time.Duration
 }
 
-func issueRun(ctx context.Context, o *options, bin, dir string, billingOn bool, csrs []csr) (*issueResult, error) {
+func issueRun(ctx context.Context, o *options, bin, dir string, billingOn bool, csrs []csr, pg *testenv.Postgres) (*issueResult, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -88,8 +105,11 @@ func issueRun(ctx context.Context, o *options, bin, dir string, billingOn bool, 
 	if err != nil {
 		return nil, err
 	}
-	if out, err := exec.CommandContext(ctx, bin, "init", "--dir", dir, "--address", fmt.Sprintf("127.0.0.1:%d", port),
-		"--insecure-address", fmt.Sprintf("127.0.0.1:%d", httpPort)).CombinedOutput(); err != nil {
+	args := []string{"init", "--dir", dir, "--address", fmt.Sprintf("127.0.0.1:%d", port), "--insecure-address", fmt.Sprintf("127.0.0.1:%d", httpPort)}
+	if pg != nil {
+		args = append(args, "--db", "postgresql", "--db-dsn", pg.DSN(), "--db-name", "bench_"+strings.NewReplacer("-", "_").Replace(filepath.Base(dir)))
+	}
+	if out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("stepfort init: %w\n%s", err, out)
 	}
 	cfgPath := filepath.Join(dir, "config", "ca.json")

@@ -2,8 +2,9 @@
 //
 //  1. Issuance throughput of the real daemon with billing on versus the same
 //     daemon (same build, same ca.json apart from "enabled": false on the
-//     billing block) with billing off, alternating in one run on bbolt,
-//     under the same /1.0/sign load as bench/sign. It prints certificates
+//     billing block) with billing off, alternating in one run, on bbolt (and
+//     with -db bbolt,postgresql also on PostgreSQL, which adds about two
+//     minutes), under the same /1.0/sign load as bench/sign. It prints certificates
 //     per second, the median per setting and the on/off ratio (target
 //     ≥ 0.95), and how long billing took to record every certificate.
 //  2. The cost of recording an event at 1,000 and at 100,000 existing
@@ -16,7 +17,7 @@
 //
 // Usage (from the repository root):
 //
-//	CGO_ENABLED=0 go run ./bench/billing [-n 2000] [-rounds 2] [-endpoints 100000]
+//	CGO_ENABLED=0 go run ./bench/billing [-n 2000] [-rounds 2] [-endpoints 100000] [-db bbolt,postgresql]
 package main
 
 import (
@@ -26,6 +27,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -35,6 +37,7 @@ type options struct {
 	stepfort                   string
 	skipIssue, skipScale       bool
 	drain                      bool
+	dbs                        []string
 }
 
 func main() {
@@ -47,8 +50,16 @@ func main() {
 	flag.StringVar(&o.stepfort, "stepfort", os.Getenv("BENCH_STEPFORT"), "stepfort binary; empty builds ./cmd/stepfort (env BENCH_STEPFORT)")
 	flag.BoolVar(&o.skipIssue, "skip-issue", false, "skip the daemon throughput part")
 	flag.BoolVar(&o.skipScale, "skip-scale", false, "skip the event cost and report part")
+	dbs := flag.String("db", envStr("BENCH_DB", "bbolt"), "database types for the issuance part: bbolt, postgresql (env BENCH_DB)")
 	flag.BoolVar(&o.drain, "drain", true, "with billing on, wait until billing has recorded every certificate and print how long that took")
 	flag.Parse()
+	for _, d := range strings.Split(*dbs, ",") {
+		if d = strings.TrimSpace(d); d != "bbolt" && d != "postgresql" {
+			fmt.Fprintf(os.Stderr, "billing bench: -db: unknown database type %q\n", d)
+			os.Exit(2)
+		}
+		o.dbs = append(o.dbs, strings.TrimSpace(d))
+	}
 	if o.n < 1 || o.workers < 1 || o.rounds < 1 || o.endpoints < 2000 || o.warmup < 0 {
 		fmt.Fprintln(os.Stderr, "billing bench: -n, -c, -rounds must be positive, -endpoints at least 2000")
 		os.Exit(2)
@@ -67,6 +78,13 @@ func main() {
 			os.Exit(1)
 		}
 	}
+}
+
+func envStr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }
 
 func envInt(name string, def int) int {
