@@ -152,6 +152,19 @@ func (c *ca) cloneDB(ctx context.Context, name string) error {
 	return nil
 }
 
+// pgSessions returns pg_stat_database.sessions of database name: how many
+// connections were established to it (counted when they end).
+func (c *ca) pgSessions(ctx context.Context, name string) (int64, error) {
+	conn, err := pgx.Connect(ctx, c.pg.DSN())
+	if err != nil {
+		return 0, fmt.Errorf("connect to postgres: %w", err)
+	}
+	defer conn.Close(context.Background())
+	var n int64
+	err = conn.QueryRow(ctx, "SELECT sessions FROM pg_stat_database WHERE datname = $1", name).Scan(&n)
+	return n, err
+}
+
 // server is a running CA process.
 type server struct {
 	name     string
