@@ -146,6 +146,12 @@ func (s *Store) add(f certFacts) error {
 		if rec, err = s.decide(f); err != nil {
 			return err
 		}
+		if rec.EndpointID == lineageEndpointID(f.serial) {
+			done, err := s.addFirst(rec, f)
+			if err != nil || done {
+				return err
+			}
+		}
 	}
 	for range maxSwapAttempts {
 		seq, err := s.addToEndpoint(rec, f)
@@ -190,6 +196,68 @@ func (s *Store) add(f certFacts) error {
 	return fmt.Errorf("record certificate %s: too much contention", f.serial)
 }
 
+// addFirst records the certificate that starts a lineage Endpoint (the
+// common /sign case) in one transaction. Everything it writes is determined
+// by the certificate: the Endpoint is new, named after this serial, and the
+// certificate is its position 0. Each write is a compare-and-swap from
+// nothing, so a redelivery or a concurrent writer leaves the same values.
+// It reports false when another writer recorded the certificate first; add
+// then resolves that.
+func (s *Store) addFirst(rec *CertRecord, f certFacts) (bool, error) {
+	e := newEndpoint(rec, f)
+	e.add(rec, f)
+	eb, err := json.Marshal(e)
+	if err != nil {
+		return false, err
+	}
+	done := *rec
+	done.Seq, done.Recorded = 0, true
+	cb, err := json.Marshal(&done)
+	if err != nil {
+		return false, err
+	}
+	tx := &database.Tx{Operations: []*database.TxEntry{
+		{Cmd: database.CmpAndSwap, Bucket: endpointsTable, Key: []byte(e.ID), Value: eb},
+		{Cmd: database.CmpAndSwap, Bucket: certsTable, Key: []byte(f.serial), Value: cb},
+		{Cmd: database.Set, Bucket: lineageTable, Key: lineageKey(e.ID, 0), Value: []byte(f.serial)},
+	}}
+	if err := s.db.Update(tx); err != nil {
+		return false, fmt.Errorf("record certificate %s: %w", f.serial, err)
+	}
+	return tx.Operations[1].Swapped, nil
+}
+
+func newEndpoint(rec *CertRecord, f certFacts) *Endpoint {
+	grouping := GroupingLineage
+	if rec.EndpointID == subjectEndpointID(f.provisioner, SubjectKey(f.cert)) {
+		grouping = GroupingSubject
+	}
+	return &Endpoint{ID: rec.EndpointID, Provisioner: f.provisioner, Grouping: grouping,
+		SubjectKey: SubjectKey(f.cert), CreatedAt: rec.NotBefore, FirstSerial: rec.Serial}
+}
+
+// add appends the certificate's interval at the next position and returns
+// the position.
+func (e *Endpoint) add(rec *CertRecord, f certFacts) int {
+	seq := e.NextSeq
+	e.NextSeq++
+	e.Certificates++
+	switch rec.ObtainedBy {
+	case ObtainedRenew:
+		e.Renewals++
+	case ObtainedRekey:
+		e.Rekeys++
+	}
+	if rec.NotBefore.Before(e.CreatedAt) {
+		e.CreatedAt = rec.NotBefore
+	}
+	e.Intervals = append(e.Intervals, Interval{Serial: rec.Serial, Seq: seq, Start: rec.NotBefore.Unix(), End: rec.NotAfter.Unix()})
+	e.refresh()
+	e.compact(f.at)
+	e.UpdatedAt = f.at.UTC()
+	return seq
+}
+
 // decide computes the certificate's Endpoint (and its record, not yet
 // written).
 func (s *Store) decide(f certFacts) (*CertRecord, error) {
@@ -228,33 +296,13 @@ func (s *Store) addToEndpoint(rec *CertRecord, f certFacts) (int, error) {
 	seq := -1
 	err := s.updateEndpoint(rec.EndpointID, func(e *Endpoint) (bool, error) {
 		if e.ID == "" {
-			grouping := GroupingLineage
-			if rec.EndpointID == subjectEndpointID(f.provisioner, SubjectKey(f.cert)) {
-				grouping = GroupingSubject
-			}
-			*e = Endpoint{ID: rec.EndpointID, Provisioner: f.provisioner, Grouping: grouping,
-				SubjectKey: SubjectKey(f.cert), CreatedAt: rec.NotBefore, FirstSerial: rec.Serial}
+			*e = *newEndpoint(rec, f)
 		}
 		if i, ok := e.interval(rec.Serial); ok {
 			seq = e.Intervals[i].Seq
 			return false, nil
 		}
-		seq = e.NextSeq
-		e.NextSeq++
-		e.Certificates++
-		switch rec.ObtainedBy {
-		case ObtainedRenew:
-			e.Renewals++
-		case ObtainedRekey:
-			e.Rekeys++
-		}
-		if rec.NotBefore.Before(e.CreatedAt) {
-			e.CreatedAt = rec.NotBefore
-		}
-		e.Intervals = append(e.Intervals, Interval{Serial: rec.Serial, Seq: seq, Start: rec.NotBefore.Unix(), End: rec.NotAfter.Unix()})
-		e.refresh()
-		e.compact(f.at)
-		e.UpdatedAt = f.at.UTC()
+		seq = e.add(rec, f)
 		return true, nil
 	})
 	return seq, err

@@ -155,11 +155,13 @@ type racingDB struct {
 }
 
 func (r *racingDB) Update(tx *database.Tx) error {
-	if r.other != nil && string(tx.Operations[0].Key) == r.serial {
-		if err := r.DB.Set(certsTable, []byte(r.serial), r.other); err != nil {
-			return err
+	for _, op := range tx.Operations {
+		if r.other != nil && string(op.Bucket) == string(certsTable) && string(op.Key) == r.serial {
+			if err := r.DB.Set(certsTable, []byte(r.serial), r.other); err != nil {
+				return err
+			}
+			r.other = nil
 		}
-		r.other = nil
 	}
 	return r.DB.Update(tx)
 }
