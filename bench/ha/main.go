@@ -52,6 +52,7 @@ type options struct {
 	ocspDur     time.Duration
 	opensslDur  time.Duration
 	propN       int
+	ocspBbolt   bool
 	crlSizes    []int
 	stepfort    string
 	stepCA      string
@@ -75,6 +76,7 @@ func parseFlags() (*options, error) {
 	flag.IntVar(&o.ocspWorkers, "ocsp-c", envInt("BENCH_HA_OCSP_CONCURRENCY", 32), "concurrent OCSP workers (env BENCH_HA_OCSP_CONCURRENCY)")
 	flag.DurationVar(&o.ocspDur, "ocsp-duration", envDur("BENCH_HA_OCSP_DURATION", 10*time.Second), "timed OCSP load on stepfort (env BENCH_HA_OCSP_DURATION)")
 	flag.DurationVar(&o.opensslDur, "openssl-duration", envDur("BENCH_HA_OPENSSL_DURATION", 5*time.Second), "timed OCSP load on openssl ocsp (env BENCH_HA_OPENSSL_DURATION)")
+	flag.BoolVar(&o.ocspBbolt, "ocsp-bbolt", os.Getenv("BENCH_HA_OCSP_BBOLT") != "0", "also measure OCSP on a single stepfort on bbolt (env BENCH_HA_OCSP_BBOLT=0 skips)")
 	flag.IntVar(&o.propN, "prop-n", envInt("BENCH_HA_PROP_N", 50), "revocations timed for propagation (env BENCH_HA_PROP_N)")
 	crl := flag.String("crl-sizes", envStr("BENCH_HA_CRL_SIZES", "100000,1000000"), "table sizes at which a CRL is published (env BENCH_HA_CRL_SIZES)")
 	flag.StringVar(&o.stepfort, "stepfort", envStr("BENCH_STEPFORT", ""), "stepfort binary; empty builds ./cmd/stepfort (env BENCH_STEPFORT)")

@@ -84,6 +84,11 @@ func run(ctx context.Context, o *options) (err error) {
 			return err
 		}
 	}
+	if o.parts["ocsp"] && o.ocspBbolt {
+		if err := b.runOCSPBbolt(ctx); err != nil {
+			return err
+		}
+	}
 	if o.parts["crl"] {
 		fmt.Printf("\nCRL: ha.Publisher.Publish() over revoked_x509_certs in bbolt (child process)\n")
 		steps, err := runCRL(ctx, o, b.c, b.workdir)
@@ -145,49 +150,12 @@ func (b *bench) runRevocation(ctx context.Context) error {
 	client := newTLSClient(c.roots, o.workers)
 	defer client.CloseIdleConnections()
 
-	// Certificates: ocspCerts for the OCSP mix, propN for propagation.
-	n := o.ocspCerts + o.propN
-	csrs, err := makeCSRs("ocsp", n)
+	m, err := b.prepareMix(ctx, c, a, client, o.propN, "2 stepfort replicas on one PostgreSQL")
 	if err != nil {
 		return err
 	}
-	urls := make([]string, n)
-	bodies := make([][]byte, n)
-	for i := range csrs {
-		urls[i] = a.url
-		if bodies[i], err = b.sig.signBody(a.url, csrs[i]); err != nil {
-			return err
-		}
-	}
-	res, certs := sendSigns(ctx, client, urls, bodies, csrs, o.workers)
-	if res.failed > 0 {
-		return fmt.Errorf("issuing OCSP certificates: %d failed, e.g. %s", res.failed, strings.Join(res.errs, " | "))
-	}
-	fmt.Printf("\nrevocation set-up: 2 stepfort replicas on one PostgreSQL; %d certificates issued on A in %.1fs\n", n, res.elapsed.Seconds())
-
-	// Revoke every third OCSP certificate through A (keyCompromise).
-	var targets []ocspTarget
-	t0 := time.Now()
-	for i, crt := range certs[:o.ocspCerts] {
-		t := ocspTarget{cert: crt, want: ocsp.Good}
-		if i%3 == 0 {
-			if err := revoke(ctx, client, b.sig, a.url, crt.SerialNumber.String(), ocsp.KeyCompromise); err != nil {
-				return err
-			}
-			t.want, t.revokedAt, t.reason = ocsp.Revoked, time.Now(), ocsp.KeyCompromise
-		}
-		targets = append(targets, t)
-	}
-	revoked := (o.ocspCerts + 2) / 3
-	fmt.Printf("  %d revoked through A's /1.0/revoke in %.1fs\n", revoked, time.Since(t0).Seconds())
-	for i := range o.ocspCerts / 2 {
-		targets = append(targets, ocspTarget{cert: &x509Cert{SerialNumber: randomSerial(i)}, want: ocsp.Unknown})
-	}
-	good, unknown := o.ocspCerts-revoked, o.ocspCerts/2
-	reqs, err := buildOCSPRequests(targets, c.inter)
-	if err != nil {
-		return err
-	}
+	reqs, targets, certs := m.reqs, m.targets, m.certs
+	good, revoked, unknown := m.good, m.revoked, m.unknown
 
 	if o.parts["ocsp"] {
 		if err := b.runOCSP(ctx, a, rb, reqs, targets, good, revoked, unknown); err != nil {
@@ -205,6 +173,70 @@ func (b *bench) runRevocation(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// ocspMix is the OCSP request mix and the certificates behind it.
+type ocspMix struct {
+	reqs                   []ocspReq
+	targets                []ocspTarget
+	certs                  []*x509Cert // issued; those after ocspCerts are extra
+	good, revoked, unknown int
+}
+
+// prepareMix issues ocspCerts+extra certificates through a, revokes every
+// third of the first ocspCerts (keyCompromise), adds ocspCerts/2 serials
+// never issued, and builds the requests.
+func (b *bench) prepareMix(ctx context.Context, c *ca, a *server, client *http.Client, extra int, setup string) (*ocspMix, error) {
+	o := b.o
+	sig, err := newSigner(c.cfg, provisionerName, c.password)
+	if err != nil {
+		return nil, err
+	}
+	// Certificates: ocspCerts for the OCSP mix, propN for propagation.
+	n := o.ocspCerts + extra
+	csrs, err := makeCSRs("ocsp", n)
+	if err != nil {
+		return nil, err
+	}
+	urls := make([]string, n)
+	bodies := make([][]byte, n)
+	for i := range csrs {
+		urls[i] = a.url
+		if bodies[i], err = sig.signBody(a.url, csrs[i]); err != nil {
+			return nil, err
+		}
+	}
+	res, certs := sendSigns(ctx, client, urls, bodies, csrs, o.workers)
+	if res.failed > 0 {
+		return nil, fmt.Errorf("issuing OCSP certificates: %d failed, e.g. %s", res.failed, strings.Join(res.errs, " | "))
+	}
+	fmt.Printf("\nrevocation set-up: %s; %d certificates issued on %s in %.1fs\n", setup, n, a.name, res.elapsed.Seconds())
+
+	// Revoke every third OCSP certificate through A (keyCompromise).
+	var targets []ocspTarget
+	t0 := time.Now()
+	for i, crt := range certs[:o.ocspCerts] {
+		t := ocspTarget{cert: crt, want: ocsp.Good}
+		if i%3 == 0 {
+			if err := revoke(ctx, client, sig, a.url, crt.SerialNumber.String(), ocsp.KeyCompromise); err != nil {
+				return nil, err
+			}
+			t.want, t.revokedAt, t.reason = ocsp.Revoked, time.Now(), ocsp.KeyCompromise
+		}
+		targets = append(targets, t)
+	}
+	revoked := (o.ocspCerts + 2) / 3
+	fmt.Printf("  %d revoked through %s's /1.0/revoke in %.1fs\n", revoked, a.name, time.Since(t0).Seconds())
+	for i := range o.ocspCerts / 2 {
+		targets = append(targets, ocspTarget{cert: &x509Cert{SerialNumber: randomSerial(i)}, want: ocsp.Unknown})
+	}
+	good, unknown := o.ocspCerts-revoked, o.ocspCerts/2
+	reqs, err := buildOCSPRequests(targets, c.inter)
+	if err != nil {
+		return nil, err
+	}
+
+	return &ocspMix{reqs: reqs, targets: targets, certs: certs, good: good, revoked: revoked, unknown: unknown}, nil
 }
 
 func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targets []ocspTarget, good, revoked, unknown int) error {
@@ -467,5 +499,46 @@ func (b *bench) runIssuance(ctx context.Context) error {
 	up := rates[runs[0].name]
 	b.sum("issuance on PostgreSQL: upstream %.0f/s, stepfort 1 replica %.0f/s (%.2fx upstream), 2 replicas %.0f/s (%.2fx upstream, %.2fx one replica; both replicas and PostgreSQL share this machine's %d CPUs)",
 		up, rates[runs[1].name], rates[runs[1].name]/up, rates[runs[2].name], rates[runs[2].name]/up, rates[runs[2].name]/rates[runs[1].name], runtime.NumCPU())
+	return nil
+}
+
+// runOCSPBbolt measures the responder of a single stepfort on bbolt (no
+// PostgreSQL round trips), with the same mix and load, for comparison.
+func (b *bench) runOCSPBbolt(ctx context.Context) error {
+	o := b.o
+	c, err := initCA(ctx, b.stepfort, filepath.Join(b.workdir, "init-bbolt"), nil)
+	if err != nil {
+		return err
+	}
+	s, err := c.startServer(ctx, "bbolt", b.stepfort, true, filepath.Join(b.workdir, "ocsp-bbolt"), "")
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	client := newTLSClient(c.roots, o.workers)
+	defer client.CloseIdleConnections()
+	m, err := b.prepareMix(ctx, c, s, client, 0, "1 stepfort on bbolt")
+	if err != nil {
+		return err
+	}
+	oc := ocspClient(o.ocspWorkers, true)
+	defer oc.CloseIdleConnections()
+	base := s.httpURL + "/ocsp"
+	if err := checkOCSP(ctx, oc, base, m.reqs, m.targets, c.inter); err != nil {
+		return fmt.Errorf("stepfort on bbolt OCSP answers: %w", err)
+	}
+	_ = ocspLoad(ctx, oc, base, m.reqs, o.ocspWorkers, time.Second)
+	cpu0, _ := cpuTime(s.proc.Pid())
+	r := ocspLoad(ctx, oc, base, m.reqs, o.ocspWorkers, o.ocspDur/2)
+	cpu1, _ := cpuTime(s.proc.Pid())
+	if r.failed > 0 {
+		return fmt.Errorf("stepfort on bbolt OCSP: %d of %d requests failed, e.g. %s", r.failed, r.failed+r.ok, strings.Join(r.errs, " | "))
+	}
+	if err := s.check(); err != nil {
+		return err
+	}
+	fmt.Printf("  stepfort (bbolt)      %8.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  %d responses in %.1fs, server CPU %.1f us/response, same mix, %d workers\n",
+		r.perSecond(), ms(r.percentile(50)), ms(r.percentile(99)), r.ok, r.elapsed.Seconds(), float64(cpu1-cpu0)/float64(time.Microsecond)/float64(r.ok), o.ocspWorkers)
+	b.sum("OCSP stepfort single node on bbolt (same mix, %d workers): %.0f responses/s, p99 %.2f ms", o.ocspWorkers, r.perSecond(), ms(r.percentile(99)))
 	return nil
 }

@@ -126,7 +126,9 @@ func (c *ca) runConfig(dir, dbName string, port, httpPort int) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("ca.json of %s has no db block", c.dir)
 	}
-	db["database"] = dbName
+	if c.pg != nil {
+		db["database"] = dbName
+	}
 	out, err := json.MarshalIndent(cfg, "", "\t")
 	if err != nil {
 		return "", err
