@@ -101,8 +101,12 @@ func (g *generator) endpoint(s *billing.Store, i int) error {
 			return err
 		}
 		at := start
-		for range g.rnd.IntN(4) * btoi(i%10 != 9) {
-			at = at.Add(life * 2 / 3)
+		renewals, every := g.rnd.IntN(4)*btoi(i%10 != 9), life*2/3
+		if i%100 == 42 { // keeps its old certificates: 5 active at once
+			renewals, every = 4, life/8
+		}
+		for range renewals {
+			at = at.Add(every)
 			parent := serial
 			if serial, der, err = g.cert(name, []string{name}, at, life); err != nil {
 				return err
@@ -141,8 +145,24 @@ func (g *generator) fill(ctx context.Context, s *billing.Store, from, to int) er
 }
 
 // probe times recording the events of count new Endpoints (numbered from
-// base) and returns the time per event.
+// base), three times, and returns the best time per event: the machine is
+// shared, and the best of three is the least disturbed.
 func (g *generator) probe(s *billing.Store, base, count int) (time.Duration, int, error) {
+	var best time.Duration
+	var n int
+	for r := range 3 {
+		d, k, err := g.probeOnce(s, base+r*count, count)
+		if err != nil {
+			return 0, 0, err
+		}
+		if r == 0 || d < best {
+			best, n = d, k
+		}
+	}
+	return best, n, nil
+}
+
+func (g *generator) probeOnce(s *billing.Store, base, count int) (time.Duration, int, error) {
 	runtime.GC()
 	before := g.events
 	start := time.Now()
@@ -170,7 +190,7 @@ func scale(ctx context.Context, o *options) error {
 		return err
 	}
 	g := newGenerator()
-	const small, probeN, boltProbeN = 1000, 2000, 100
+	const small, probeN, boltProbeN = 1000, 1000, 50
 	if err := g.fill(ctx, store, 0, small); err != nil {
 		return err
 	}
