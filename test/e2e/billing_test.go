@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,6 +52,7 @@ func billingScenario(t *testing.T, backend string) string {
 		extra = []string{"--db", "postgresql", "--db-dsn", pg.DSN(), "--db-name", "billing"}
 	}
 	c := initCA(t, extra...)
+	metricsPort := freePort(t)
 	hooks := startAlertReceiver(t, []byte("webhook-secret"))
 	secretFile := filepath.Join(t.TempDir(), "webhook-secret")
 	if err := os.WriteFile(secretFile, []byte("webhook-secret\n"), 0o600); err != nil {
@@ -58,6 +60,7 @@ func billingScenario(t *testing.T, backend string) string {
 	}
 	editConfig(t, c.Config, func(m map[string]any) {
 		sf := m["stepfort"].(map[string]any)
+		m["metricsAddress"] = fmt.Sprintf("127.0.0.1:%d", metricsPort)
 		sf["events"] = map[string]any{"retryInterval": "200ms"}
 		sf["plugins"].(map[string]any)["billing"] = map[string]any{
 			"alerts": map[string]any{"window": "10m", "interval": "200ms", "leaseTTL": "3s",
@@ -81,6 +84,7 @@ func billingScenario(t *testing.T, backend string) string {
 	serve(t, c.Config, c.Password, c.Port, flags...)
 	if backend == "postgresql" {
 		configB, portB := replicaConfig(t, c, "replica-b")
+		editConfig(t, configB, func(m map[string]any) { m["metricsAddress"] = fmt.Sprintf("127.0.0.1:%d", freePort(t)) })
 		serve(t, configB, c.Password, portB, flags...)
 		urls = append(urls, fmt.Sprintf("https://localhost:%d", portB))
 	} else {
@@ -177,6 +181,20 @@ func billingScenario(t *testing.T, backend string) string {
 	if got[0].EndpointID != xep || got[0].Serial != xs || got[0].Type != "endpoint.expiring" {
 		t.Fatalf("alert = %+v, want Endpoint %s serial %s", got[0], xep, xs)
 	}
+
+	// The gauge counts the one Endpoint expiring within the window.
+	eventually(t, 10*time.Second, func() error {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if !strings.Contains(string(b), "\nstepfort_billing_endpoints_expiring 1\n") {
+			return fmt.Errorf("no stepfort_billing_endpoints_expiring 1 in /metrics")
+		}
+		return nil
+	})
 
 	// The report and the Endpoints agree, through the CLI.
 	month := billing.MonthOf(time.Now()).String()
@@ -399,4 +417,72 @@ func dnsAnswer(q []byte) []byte {
 		resp = append(resp, 0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1)
 	}
 	return resp
+}
+
+// TestBillingRebuild moves a CA that ran without billing (as a step-ca
+// database would) to billing: `stepfort billing rebuild` records its
+// certificates, infers the renewal and applies the revocation.
+func TestBillingRebuild(t *testing.T) {
+	c := initCA(t)
+	setBilling := func(enabled bool) {
+		editConfig(t, c.Config, func(m map[string]any) {
+			m["stepfort"].(map[string]any)["plugins"].(map[string]any)["billing"] = map[string]any{"enabled": enabled}
+		})
+	}
+	setBilling(false)
+	daemon := serve(t, c.Config, c.Password, c.Port)
+	step := newStepCLI(t)
+	step.bootstrap(c, c.URL)
+	dir := t.TempDir()
+	crt, key := filepath.Join(dir, "m.crt"), filepath.Join(dir, "m.key")
+	step.must("ca", "certificate", "moved.example", crt, key, "--provisioner", "admin", "--provisioner-password-file", c.Password)
+	first := certSerial(t, crt)
+	// Rebuild orders certificates by notBefore (second precision): let the
+	// renewal start in a later second, as every real renewal does.
+	time.Sleep(1100 * time.Millisecond)
+	step.must("ca", "renew", "--force", crt, key)
+	renewed := certSerial(t, crt)
+	other := filepath.Join(dir, "o.crt")
+	step.must("ca", "certificate", "other.example", other, filepath.Join(dir, "o.key"), "--provisioner", "admin", "--provisioner-password-file", c.Password)
+	step.must("ca", "revoke", "--cert", other, "--key", filepath.Join(dir, "o.key"))
+	if err := daemon.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := daemon.Wait(30 * time.Second); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+
+	setBilling(true)
+	serve(t, c.Config, c.Password, c.Port)
+	var before billing.EndpointList
+	cliJSON(t, c, c.URL, &before, "endpoints", "list")
+	if len(before.Endpoints) != 0 {
+		t.Fatalf("Endpoints before the rebuild: %+v", before.Endpoints)
+	}
+	var res billing.RebuildResult
+	cliJSON(t, c, c.URL, &res, "billing", "rebuild")
+	if res.Recorded != 3 || res.InferredLinks != 1 || res.Revoked != 1 || len(res.Errors) != 0 {
+		t.Fatalf("rebuild = %+v", res)
+	}
+	var list billing.EndpointList
+	cliJSON(t, c, c.URL, &list, "endpoints", "list", "--q", "moved.example")
+	if len(list.Endpoints) != 1 {
+		t.Fatalf("Endpoints for moved.example: %+v", list.Endpoints)
+	}
+	var d billing.EndpointDetail
+	cliJSON(t, c, c.URL, &d, "endpoints", "show", list.Endpoints[0].ID)
+	if len(d.Lineage) != 2 || d.Lineage[0].Serial != first || d.Lineage[1].Serial != renewed ||
+		d.Lineage[1].ParentSerial != first || !d.Lineage[1].Inferred || d.Lineage[1].ObtainedBy != billing.ObtainedRenew {
+		t.Fatalf("rebuilt lineage = %+v", d.Lineage)
+	}
+	var ended billing.EndpointList
+	cliJSON(t, c, c.URL, &ended, "endpoints", "list", "--state", "ended")
+	if len(ended.Endpoints) != 1 || ended.Endpoints[0].SubjectKey != "other.example" || ended.Endpoints[0].EndReason != billing.EndRevoked {
+		t.Fatalf("ended Endpoints = %+v", ended.Endpoints)
+	}
+	var again billing.RebuildResult
+	cliJSON(t, c, c.URL, &again, "billing", "rebuild")
+	if again.Recorded != 0 || again.AlreadyKnown != 3 {
+		t.Fatalf("second rebuild = %+v", again)
+	}
 }
