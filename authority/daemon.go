@@ -136,7 +136,10 @@ func (d *Daemon) openDB() error {
 	}
 	host, _ := os.Hostname()
 	d.outbox = events.NewOutbox(nosqlDB, observers, events.OutboxOptions{
-		Replica:       fmt.Sprintf("%s/%d/%s", host, os.Getpid(), events.NewID(time.Now())[21:]),
+		// host|address is stable across restarts and unique among live
+		// processes (only one can listen there), so a restarted daemon can
+		// take over its previous incarnation's claims at once.
+		Replica:       fmt.Sprintf("%s|%s|%d-%s", host, d.file.CA.Address, os.Getpid(), events.NewID(time.Now())[21:]),
 		ClaimTTL:      d.file.Stepfort.Events.ClaimTTL.Duration,
 		RetryInterval: d.file.Stepfort.Events.RetryInterval.Duration,
 		Logger:        d.log.With("component", "events"),

@@ -276,3 +276,31 @@ func TestNoObserversWritesNoEvents(t *testing.T) {
 		t.Fatalf("events written without observers: %d", len(entries))
 	}
 }
+
+func TestRestartTakesOverItsOwnClaims(t *testing.T) {
+	base := backends(t)["bbolt"](t)
+	dead := &recorder{}
+	a := NewOutbox(base, []Observer{{Name: "rec", CertificateObserver: dead}}, OutboxOptions{Replica: "host|:9000|111-aaaa", ClaimTTL: time.Hour, RetryInterval: time.Second})
+	d, _ := NewDB(base, a)
+	if err := d.StoreCertificateChain(nil, newCert(t, nil)); err != nil {
+		t.Fatal(err)
+	}
+	id := <-a.notify
+	raw, _ := base.Get(Table, []byte(id))
+	var rec record
+	mustUnmarshal(t, raw, &rec)
+	rec.ClaimedBy, rec.ClaimedUntil = "host|:9000|111-aaaa", time.Now().Add(time.Hour) // killed mid-delivery
+	if _, ok := a.swap([]byte(id), raw, &rec); !ok {
+		t.Fatal("claim failed")
+	}
+	other := &recorder{}
+	b := NewOutbox(base, []Observer{{Name: "rec", CertificateObserver: other}}, OutboxOptions{Replica: "otherhost|:9000|5-bbbb", ClaimTTL: time.Hour, RetryInterval: time.Second})
+	if b.deliver(context.Background(), []byte(id), nil) {
+		t.Fatal("another replica took a live claim")
+	}
+	restarted := &recorder{}
+	c := NewOutbox(base, []Observer{{Name: "rec", CertificateObserver: restarted}}, OutboxOptions{Replica: "host|:9000|222-cccc", ClaimTTL: time.Hour, RetryInterval: time.Second})
+	if !c.deliver(context.Background(), []byte(id), nil) || len(restarted.got()) != 1 {
+		t.Fatal("the restarted replica did not take over its previous incarnation's claim")
+	}
+}

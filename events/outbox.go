@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -176,7 +177,7 @@ func (o *Outbox) deliver(ctx context.Context, key, raw []byte) bool {
 		return false
 	}
 	now := o.now()
-	if rec.ClaimedBy != "" && rec.ClaimedBy != o.replica && now.Before(rec.ClaimedUntil) {
+	if rec.ClaimedBy != "" && rec.ClaimedBy != o.replica && now.Before(rec.ClaimedUntil) && !o.previousIncarnation(rec.ClaimedBy) {
 		return false
 	}
 	if now.Before(rec.NotBefore) {
@@ -225,6 +226,14 @@ func (o *Outbox) deliver(ctx context.Context, key, raw []byte) bool {
 		return false
 	}
 	return true
+}
+
+// previousIncarnation reports whether a claim was made by an earlier run of
+// this same replica (same stable "host|address|" prefix, other incarnation):
+// that process is dead, since this one holds its listen address.
+func (o *Outbox) previousIncarnation(claimedBy string) bool {
+	i := strings.LastIndexByte(o.replica, '|')
+	return i > 0 && strings.HasPrefix(claimedBy, o.replica[:i+1])
 }
 
 // observe calls one observer, turning a panic into an error so a faulty
