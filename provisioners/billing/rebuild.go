@@ -27,7 +27,7 @@ func upstreamCertificate(d nosql.DB, serial string) (*x509.Certificate, plugins.
 	var ref plugins.ProvisionerRef
 	der, err := d.Get(upstreamCerts, []byte(serial))
 	if database.IsErrNotFound(err) {
-		return nil, ref, fmt.Errorf("certificate %s is not in the database: %w", serial, errRetry)
+		return nil, ref, fmt.Errorf("certificate %s: %w", serial, errUnknownCertificate)
 	}
 	if err != nil {
 		return nil, ref, fmt.Errorf("read certificate %s: %w", serial, err)

@@ -311,8 +311,10 @@ func TestCompactionKeepsBills(t *testing.T) {
 // TestRedeliveryAndOrder: events are delivered at least once and in no
 // particular order.
 func TestRedeliveryAndOrder(t *testing.T) {
-	f := newFixture(t, nil)
+	d := bboltDB(t)
+	f := newFixture(t, d)
 	c, der := newCert(t, t0, day, "o.example")
+	putUpstream(t, d, c, jwk) // upstream stores it with its event
 	parent := c.SerialNumber.String()
 	f.certs[parent] = c
 	// The renewal arrives before the parent's own event: it must wait.

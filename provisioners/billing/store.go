@@ -47,6 +47,11 @@ const ingestGrace = 10 * time.Minute
 // errRetry marks an event that must be delivered again later.
 var errRetry = errors.New("retry later")
 
+// errUnknownCertificate: neither billing nor upstream's x509_certs holds the
+// certificate (revoked by serial only, or issued by a CA whose database was
+// not carried over).
+var errUnknownCertificate = errors.New("not in the database")
+
 // Store records certificates into Endpoints. Every method is safe to call
 // concurrently from several replicas sharing the database: each write is a
 // compare-and-swap on one key, and every step is idempotent, so a step
@@ -271,7 +276,15 @@ func (s *Store) decide(f certFacts) (*CertRecord, error) {
 			return nil, err
 		}
 		if parent == nil || !parent.Recorded {
-			if parent, err = s.ingest(f.parent, f.at); err != nil {
+			parent, err = s.ingest(f.parent, f.at)
+			if errors.Is(err, errUnknownCertificate) {
+				// The parent cannot be billed; its renewals form the
+				// lineage it would have started.
+				s.log.Warn("renewal of a certificate the database does not hold", "serial", f.serial, "parent", f.parent)
+				rec.EndpointID = lineageEndpointID(f.parent)
+				return rec, nil
+			}
+			if err != nil {
 				return nil, fmt.Errorf("parent %s of %s: %w", f.parent, f.serial, err)
 			}
 		}
@@ -333,7 +346,12 @@ func (s *Store) revoke(serial string, r plugins.Revocation, at time.Time) error 
 		return err
 	}
 	if rec == nil || !rec.Recorded {
-		if rec, err = s.ingest(serial, at); err != nil {
+		rec, err = s.ingest(serial, at)
+		if errors.Is(err, errUnknownCertificate) {
+			s.log.Info("revocation of a certificate the database does not hold: nothing to bill", "serial", serial)
+			return nil
+		}
+		if err != nil {
 			return fmt.Errorf("revoked certificate %s: %w", serial, err)
 		}
 	}

@@ -276,3 +276,23 @@ func TestIngestUnknownParent(t *testing.T) {
 		t.Fatalf("endpoint = %+v", e)
 	}
 }
+
+// TestUnknownCertificates: a revocation of a serial nobody stored bills
+// nothing and does not fail forever; a renewal of a certificate the
+// database lacks starts the lineage of that parent.
+func TestUnknownCertificates(t *testing.T) {
+	f := newFixture(t, nil)
+	ev := f.event(plugins.EventRevoked, "123456789")
+	ev.Revocation = &plugins.Revocation{ReasonCode: 1, RevokedAt: t0}
+	if err := f.s.Record(ev); err != nil {
+		t.Fatalf("revocation of an unknown serial: %v", err)
+	}
+	ghost, _ := newCert(t, t0, 30*day, "ghost.example")
+	f.certs[ghost.SerialNumber.String()] = ghost
+	a := f.renew(ghost.SerialNumber.String(), t0.Add(20*day), 30*day, false)
+	b := f.renew(a, t0.Add(40*day), 30*day, false)
+	e := f.endpointOf(b)
+	if f.countEndpoints() != 1 || e.Certificates != 2 || e.ID != lineageEndpointID(ghost.SerialNumber.String()) {
+		t.Fatalf("endpoint = %+v", e)
+	}
+}
