@@ -162,7 +162,7 @@ func (p *Plugin) Name() string { return Name }
 
 // Start creates the tables and starts the alert job.
 func (p *Plugin) Start(_ context.Context, host plugins.Host) error {
-	store, err := NewStore(host.DB(), authorityPolicy{authority: host.Authority}, host.Logger())
+	store, err := NewStore(host.DB(), authorityPolicy{authority: hostAuthority(host)}, host.Logger())
 	if err != nil {
 		return err
 	}

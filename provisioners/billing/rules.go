@@ -164,12 +164,33 @@ type RenewalPolicy interface {
 // renewing: their certificates are always grouped by subject.
 var neverRenews = map[string]bool{"ACME": true, "SCEP": true}
 
+// provisionerSource is what the policy needs of upstream's
+// *authority.Authority.
+type provisionerSource interface {
+	LoadProvisionerByID(id string) (provisioner.Interface, error)
+	LoadProvisionerByName(name string) (provisioner.Interface, error)
+	GetConfig() *config.Config
+}
+
 // authorityPolicy reads the provisioner's effective disableRenewal claim
 // from the running authority (per provisioner, else authority.claims, else
-// upstream's default).
+// upstream's default). It asks the host for the authority on every call
+// because a reload replaces it.
 type authorityPolicy struct {
-	authority func() *authority.Authority
+	authority func() provisionerSource
 }
+
+// hostAuthority adapts plugins.Host.Authority, keeping a nil authority nil.
+func hostAuthority(h plugins.Host) func() provisionerSource {
+	return func() provisionerSource {
+		if a := h.Authority(); a != nil {
+			return a
+		}
+		return nil
+	}
+}
+
+var _ provisionerSource = (*authority.Authority)(nil)
 
 func (p authorityPolicy) Grouping(ref plugins.ProvisionerRef) (string, error) {
 	if neverRenews[strings.ToUpper(ref.Type)] {

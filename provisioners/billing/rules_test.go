@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
 
 	"github.com/stepfort/stepfort/plugins"
@@ -374,5 +375,76 @@ func TestParseMonth(t *testing.T) {
 	}
 	if m, err := ParseMonth("2026-12"); err != nil || m.Next().String() != "2027-01" {
 		t.Fatalf("ParseMonth(2026-12) = %v, %v", m, err)
+	}
+}
+
+// fakeAuthority serves provisioners and global claims like upstream's
+// authority.
+type fakeAuthority struct {
+	provs  []provisioner.Interface
+	global *provisioner.Claims
+}
+
+func (a *fakeAuthority) LoadProvisionerByID(id string) (provisioner.Interface, error) {
+	for _, p := range a.provs {
+		if p.GetID() == id {
+			return p, nil
+		}
+	}
+	return nil, errors.New("not found")
+}
+
+func (a *fakeAuthority) LoadProvisionerByName(name string) (provisioner.Interface, error) {
+	for _, p := range a.provs {
+		if p.GetName() == name {
+			return p, nil
+		}
+	}
+	return nil, errors.New("not found")
+}
+
+func (a *fakeAuthority) GetConfig() *config.Config {
+	return &config.Config{AuthorityConfig: &config.AuthConfig{Claims: a.global}}
+}
+
+// TestAuthorityPolicy: the grouping follows the effective disableRenewal
+// claim of the provisioner as the authority has it; ACME and SCEP always
+// group by subject; an unknown provisioner fails (the event is retried).
+func TestAuthorityPolicy(t *testing.T) {
+	yes := true
+	tests := []struct {
+		name   string
+		ref    plugins.ProvisionerRef
+		global *provisioner.Claims
+		want   string
+	}{
+		{"JWK renews", plugins.ProvisionerRef{ID: "jwk/id", Name: "jwk", Type: "JWK"}, nil, GroupingLineage},
+		{"JWK found by name", plugins.ProvisionerRef{Name: "jwk", Type: "JWK"}, nil, GroupingLineage},
+		{"OIDC with disableRenewal", plugins.ProvisionerRef{ID: "oidc/id", Name: "oidc", Type: "OIDC"}, nil, GroupingSubject},
+		{"global disableRenewal", plugins.ProvisionerRef{ID: "jwk/id", Name: "jwk", Type: "JWK"}, &provisioner.Claims{DisableRenewal: &yes}, GroupingSubject},
+		{"ACME", plugins.ProvisionerRef{Name: "acme", Type: "ACME"}, nil, GroupingSubject},
+		{"SCEP", plugins.ProvisionerRef{Name: "scep", Type: "SCEP"}, nil, GroupingSubject},
+		{"unknown provisioner", plugins.ProvisionerRef{ID: "x", Name: "gone", Type: "JWK"}, nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := &fakeAuthority{global: tt.global, provs: []provisioner.Interface{
+				&provisioner.JWK{ID: "jwk/id", Name: "jwk", Type: "JWK"},
+				&provisioner.OIDC{ID: "oidc/id", Name: "oidc", Type: "OIDC", Claims: &provisioner.Claims{DisableRenewal: &yes}},
+			}}
+			got, err := authorityPolicy{authority: func() provisionerSource { return a }}.Grouping(tt.ref)
+			if tt.want == "" {
+				if err == nil {
+					t.Fatalf("unknown provisioner accepted: %s", got)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("Grouping = %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+	if _, err := (authorityPolicy{authority: func() provisionerSource { return nil }}).Grouping(jwk); err == nil {
+		t.Fatal("no authority: accepted")
 	}
 }
