@@ -33,6 +33,7 @@ import (
 	"github.com/stepfort/stepfort/events"
 	"github.com/stepfort/stepfort/metrics"
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/sqlpool"
 )
 
 // ShutdownTimeout bounds how long in-flight requests may take to finish on
@@ -128,6 +129,10 @@ func (d *Daemon) openDB() error {
 		return fmt.Errorf("database type %q is not supported", cfg.DB.Type)
 	}
 	d.store = nosqlDB
+	pool := d.file.Stepfort.Database
+	if sqlpool.Tune(nosqlDB.DB, sqlpool.Settings{MaxIdleConns: pool.MaxIdleConns, MaxOpenConns: pool.MaxOpenConns, ConnMaxIdleTime: pool.ConnMaxIdleTime.Duration}) {
+		d.log.Debug("SQL connection pool sized", "maxIdleConns", pool.MaxIdleConns, "maxOpenConns", pool.MaxOpenConns)
+	}
 	var observers []events.Observer
 	for _, p := range d.plugins {
 		if o, ok := p.(plugins.CertificateObserver); ok {

@@ -27,6 +27,8 @@ type Stepfort struct {
 	Events Events `json:"events"`
 	// Log configures the daemon's structured log.
 	Log Log `json:"log"`
+	// Database sizes the connection pool of a PostgreSQL or MySQL database.
+	Database Database `json:"database"`
 	// Plugins maps a plugin name to its configuration block. A block may
 	// carry "enabled": false to keep its settings but switch it off.
 	Plugins map[string]json.RawMessage `json:"plugins"`
@@ -54,6 +56,19 @@ type Events struct {
 	ClaimTTL Duration `json:"claimTTL"`
 }
 
+// Database sizes the SQL connection pool (ignored for bbolt and badger).
+type Database struct {
+	// MaxIdleConns is how many connections stay open between requests;
+	// upstream keeps database/sql's default of 2, which makes every other
+	// concurrent query open a new session.
+	MaxIdleConns int `json:"maxIdleConns"`
+	// MaxOpenConns caps connections per replica (0 = no cap, as upstream).
+	// Keep replicas × maxOpenConns below PostgreSQL's max_connections.
+	MaxOpenConns int `json:"maxOpenConns"`
+	// ConnMaxIdleTime closes connections idle this long.
+	ConnMaxIdleTime Duration `json:"connMaxIdleTime"`
+}
+
 // Log configures logging.
 type Log struct {
 	Level  string `json:"level"`  // debug, info, warn, error
@@ -67,7 +82,8 @@ func Defaults() *Stepfort {
 			RetryInterval: Duration{10 * time.Second},
 			ClaimTTL:      Duration{30 * time.Second},
 		},
-		Log: Log{Level: "info", Format: "json"},
+		Log:      Log{Level: "info", Format: "json"},
+		Database: Database{MaxIdleConns: 32, ConnMaxIdleTime: Duration{5 * time.Minute}},
 	}
 }
 
@@ -78,6 +94,15 @@ func (s *Stepfort) Validate() error {
 	}
 	if d := s.Events.ClaimTTL.Duration; d < time.Second || d > time.Hour {
 		return Errorf(Key+".events.claimTTL", "must be between 1s and 1h, got %s", d)
+	}
+	if n := s.Database.MaxIdleConns; n < 0 || n > 1000 {
+		return Errorf(Key+".database.maxIdleConns", "must be between 0 and 1000, got %d", n)
+	}
+	if n := s.Database.MaxOpenConns; n < 0 || n > 10000 {
+		return Errorf(Key+".database.maxOpenConns", "must be between 0 (no cap) and 10000, got %d", n)
+	}
+	if s.Database.ConnMaxIdleTime.Duration < 0 {
+		return Errorf(Key+".database.connMaxIdleTime", "must not be negative")
 	}
 	if s.Admin.MaxTokenTTL.Duration < 0 {
 		return Errorf(Key+".admin.maxTokenTTL", "must not be negative")

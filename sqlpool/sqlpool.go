@@ -1,0 +1,66 @@
+// Package sqlpool sizes the connection pool of upstream's SQL databases.
+//
+// smallstep/nosql opens PostgreSQL and MySQL with database/sql's defaults,
+// which keep only two idle connections: under concurrent load every other
+// query opens (and authenticates) a new session, which dominated latency in
+// bench/ha (hundreds of sessions per second, p99 over a second). nosql keeps
+// its *sql.DB in an unexported field and offers no option, so this package
+// reaches it by reflection; TestTuneFindsThePool fails if an upgrade of
+// nosql moves it.
+package sqlpool
+
+import (
+	"database/sql"
+	"reflect"
+	"time"
+	"unsafe"
+
+	"github.com/smallstep/nosql"
+)
+
+// Settings are the pool sizes; zero values keep database/sql's defaults.
+type Settings struct {
+	MaxIdleConns    int
+	MaxOpenConns    int
+	ConnMaxIdleTime time.Duration
+}
+
+// Tune applies s to the *sql.DB inside d. It reports whether d is a SQL
+// database it could tune (bbolt and badger are not).
+func Tune(d nosql.DB, s Settings) bool {
+	pool := find(d)
+	if pool == nil {
+		return false
+	}
+	if s.MaxIdleConns > 0 {
+		pool.SetMaxIdleConns(s.MaxIdleConns)
+	}
+	if s.MaxOpenConns > 0 {
+		pool.SetMaxOpenConns(s.MaxOpenConns)
+	}
+	if s.ConnMaxIdleTime > 0 {
+		pool.SetConnMaxIdleTime(s.ConnMaxIdleTime)
+	}
+	return true
+}
+
+// Stats returns the pool statistics of d, if it is a SQL database.
+func Stats(d nosql.DB) (sql.DBStats, bool) {
+	if pool := find(d); pool != nil {
+		return pool.Stats(), true
+	}
+	return sql.DBStats{}, false
+}
+
+func find(d nosql.DB) *sql.DB {
+	v := reflect.ValueOf(d)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	f := v.Elem().FieldByName("db")
+	if !f.IsValid() || f.Type() != reflect.TypeFor[*sql.DB]() || !f.CanAddr() {
+		return nil
+	}
+	pool := reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Interface().(*sql.DB)
+	return pool
+}

@@ -1,0 +1,35 @@
+package sqlpool
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/smallstep/nosql"
+
+	"github.com/stepfort/stepfort/internal/testenv"
+)
+
+func TestTuneFindsThePool(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	d, err := nosql.New("postgresql", pg.DSN(), nosql.WithDatabase("pooltest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if !Tune(d, Settings{MaxIdleConns: 7, MaxOpenConns: 9, ConnMaxIdleTime: time.Minute}) {
+		t.Fatal("the *sql.DB inside smallstep/nosql's postgresql.DB was not found")
+	}
+	stats, ok := Stats(d)
+	if !ok || stats.MaxOpenConnections != 9 {
+		t.Fatalf("stats = %+v, %v", stats, ok)
+	}
+	b, err := nosql.New("bbolt", filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if Tune(b, Settings{MaxIdleConns: 1}) {
+		t.Fatal("bbolt reported as a SQL database")
+	}
+}
