@@ -116,12 +116,34 @@ func (o *Outbox) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case id := <-o.notify:
-			o.deliver(ctx, []byte(id), nil)
+			// Deliver everything queued now, then delete the delivered
+			// events in one transaction: one commit (one fsync on bbolt)
+			// per burst instead of one per event.
+			batch := [][]byte{[]byte(id)}
+			for len(batch) < maxBatch {
+				select {
+				case id := <-o.notify:
+					batch = append(batch, []byte(id))
+					continue
+				default:
+				}
+				break
+			}
+			var done [][]byte
+			for _, key := range batch {
+				if o.attempt(ctx, key, nil) {
+					done = append(done, key)
+				}
+			}
+			o.remove(done)
 		case <-ticker.C:
 			o.Sweep(ctx)
 		}
 	}
 }
+
+// maxBatch bounds how many notified events share one delete transaction.
+const maxBatch = 256
 
 // Sweep tries every pending event whose claim and back-off allow it, oldest
 // first. It returns how many events remain pending.
@@ -136,6 +158,7 @@ func (o *Outbox) Sweep(ctx context.Context) int {
 	sort.Slice(entries, func(i, j int) bool { return bytes.Compare(entries[i].Key, entries[j].Key) < 0 })
 	cutoff := o.now().Add(-o.grace)
 	pending := 0
+	var done [][]byte
 	for _, e := range entries {
 		if ctx.Err() != nil {
 			break
@@ -143,16 +166,21 @@ func (o *Outbox) Sweep(ctx context.Context) int {
 		var rec record
 		if err := json.Unmarshal(e.Value, &rec); err != nil {
 			o.log.Error("drop unreadable event", "id", string(e.Key), "error", err)
-			_ = o.db.Del(Table, e.Key)
+			done = append(done, e.Key)
 			continue
 		}
 		if rec.Event.OccurredAt.After(cutoff) && rec.Attempts == 0 {
 			pending++
 			continue // its own replica is delivering it right now
 		}
-		if !o.deliver(ctx, e.Key, e.Value) {
+		if o.attempt(ctx, e.Key, e.Value) {
+			done = append(done, e.Key)
+		} else {
 			pending++
 		}
+	}
+	if !o.remove(done) {
+		pending += len(done)
 	}
 	if o.stats != nil {
 		o.stats.EventsPending(pending)
@@ -160,16 +188,48 @@ func (o *Outbox) Sweep(ctx context.Context) int {
 	return pending
 }
 
-// deliver claims one event, hands it to every observer that has not yet
-// accepted it, and deletes it when all have. It reports whether the event is
-// gone. raw is the stored value if the caller already has it.
+// deliver is attempt followed by the delete; it reports whether the event
+// is gone.
 func (o *Outbox) deliver(ctx context.Context, key, raw []byte) bool {
+	if !o.attempt(ctx, key, raw) {
+		return false
+	}
+	return o.remove([][]byte{key})
+}
+
+// remove deletes delivered events in one transaction.
+func (o *Outbox) remove(keys [][]byte) bool {
+	if len(keys) == 0 {
+		return true
+	}
+	tx := new(database.Tx)
+	for _, k := range keys {
+		tx.Del(Table, k)
+	}
+	if err := o.db.Update(tx); err != nil {
+		o.log.Error("delete delivered events", "count", len(keys), "error", err)
+		return false
+	}
+	return true
+}
+
+// attempt hands one event to every observer that has not yet accepted it.
+// It reports whether the event is finished (delivered, or a spurious revoked
+// event) and may be deleted. raw is the stored value if the caller has it.
+//
+// An event this replica just wrote is delivered without a claim: other
+// replicas' sweeps leave events alone for a grace period, so the claim would
+// only cost a write. Older events are claimed with a compare-and-swap first.
+// Progress is written only on failure (which observers already accepted it):
+// observers are idempotent, so a crash mid-delivery costs a redelivery, not
+// a loss.
+func (o *Outbox) attempt(ctx context.Context, key, raw []byte) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if raw == nil {
 		var err error
 		if raw, err = o.db.Get(Table, key); err != nil {
-			return database.IsErrNotFound(err)
+			return false // gone already (or unreadable now; the sweep retries)
 		}
 	}
 	var rec record
@@ -183,21 +243,23 @@ func (o *Outbox) deliver(ctx context.Context, key, raw []byte) bool {
 	if now.Before(rec.NotBefore) {
 		return false
 	}
-	rec.ClaimedBy, rec.ClaimedUntil = o.replica, now.Add(o.claimTTL)
-	raw, ok := o.swap(key, raw, &rec)
-	if !ok {
-		return false
+	fresh := rec.Attempts == 0 && rec.ClaimedBy == "" && now.Sub(rec.Event.OccurredAt) < o.grace/2
+	if !fresh {
+		rec.ClaimedBy, rec.ClaimedUntil = o.replica, now.Add(o.claimTTL)
+		var ok bool
+		if raw, ok = o.swap(key, raw, &rec); !ok {
+			return false
+		}
 	}
 	if rec.Event.Kind == plugins.EventRevoked && !o.revocationStored(&rec.Event) {
 		o.log.Debug("drop revoked event without matching revocation", "id", rec.Event.ID, "serial", rec.Event.Serial)
-		return o.db.Del(Table, key) == nil
+		return true
 	}
 	for _, ob := range o.observers {
 		if slices.Contains(rec.Delivered, ob.Name) {
 			continue
 		}
-		err := o.observe(ctx, ob, rec.Event)
-		if err != nil {
+		if err := o.observe(ctx, ob, rec.Event); err != nil {
 			rec.Attempts++
 			rec.LastError = fmt.Sprintf("%s: %v", ob.Name, err)
 			rec.NotBefore = o.now().Add(backoff(rec.Attempts, o.retry))
@@ -215,15 +277,6 @@ func (o *Outbox) deliver(ctx context.Context, key, raw []byte) bool {
 			o.stats.EventDelivered(ob.Name, rec.Event.Kind)
 		}
 		rec.Delivered = append(rec.Delivered, ob.Name)
-		if len(rec.Delivered) < len(o.observers) {
-			if raw, ok = o.swap(key, raw, &rec); !ok {
-				return false
-			}
-		}
-	}
-	if err := o.db.Del(Table, key); err != nil {
-		o.log.Error("delete delivered event", "id", rec.Event.ID, "error", err)
-		return false
 	}
 	return true
 }
