@@ -39,7 +39,21 @@ if need_tools "$@"; then
 fi
 
 mkdir -p .cache/bench
-go build -o .cache/bench/sign ./bench/sign
-# The benchmark builds ./cmd/stepfort itself (same flags as step-ca).
-[[ "${BENCH_HA:-1}" == 0 ]] || { .cache/bench/sign "$@" && go build -o .cache/bench/ha ./bench/ha && exec .cache/bench/ha; exit; } # then bench/ha (issue 6); BENCH_HA=0 skips it
-exec .cache/bench/sign "$@"
+# Each benchmark is a program under bench/; they run one after the other so
+# every comparison is made within one run. BENCH_ONLY=sign,ha limits the set;
+# BENCH_HA=0 skips the HA benchmark. Arguments go to the sign benchmark.
+only="${BENCH_ONLY:-sign,billing,attestation,ha}"
+[[ "${BENCH_HA:-1}" == 0 ]] && only="${only//ha/}"
+status=0
+for b in sign billing attestation ha; do
+	[[ ",$only," == *",$b,"* ]] || continue
+	echo "=== bench/$b ==="
+	go build -o ".cache/bench/$b" "./bench/$b" || { status=1; continue; }
+	if [[ $b == sign ]]; then
+		# The sign benchmark builds ./cmd/stepfort itself (same flags as step-ca).
+		".cache/bench/$b" "$@" || status=1
+	else
+		".cache/bench/$b" || status=1
+	fi
+done
+exit $status
