@@ -41,6 +41,7 @@ type contractPlugin struct {
 	events    []plugins.CertificateEvent
 	nonces    int
 	acmeWraps int
+	enriched  []string
 }
 
 func (p *contractPlugin) Name() string { return "contract" }
@@ -70,7 +71,30 @@ func (p *contractPlugin) AdminRoutes() []plugins.AdminRoute {
 
 func (p *contractPlugin) MutateConfig(cfg *upconfig.Config) error {
 	cfg.AuthorityConfig.Provisioners = append(cfg.AuthorityConfig.Provisioners, &provisioner.ACME{Type: "ACME", Name: "added-by-plugin"})
+	// A template that reads the SignEnricher's data.
+	for _, prov := range cfg.AuthorityConfig.Provisioners {
+		if jwk, ok := prov.(*provisioner.JWK); ok && jwk.Name == "admin" {
+			jwk.Options = &provisioner.Options{X509: &provisioner.X509Options{Template: `{
+	"subject": {"commonName": {{ toJson .Subject.CommonName }}, "organizationalUnit": {{ toJson .Webhooks.contract.team }}},
+	"sans": {{ toJson .SANs }},
+	"keyUsage": ["digitalSignature"],
+	"extKeyUsage": ["serverAuth", "clientAuth"]
+}`}}
+		}
+	}
 	return nil
+}
+
+func (p *contractPlugin) EnrichProvisioners() []string { return []string{"admin"} }
+
+func (p *contractPlugin) EnrichSign(_ context.Context, req plugins.SignRequest) (map[string]any, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if req.CSR == nil || req.Provisioner != "admin" {
+		return nil, errors.New("enricher got no CSR")
+	}
+	p.enriched = append(p.enriched, req.CSR.Subject.CommonName)
+	return map[string]any{"team": "blue"}, nil
 }
 
 func (p *contractPlugin) SignProvisioners() []string { return []string{"admin"} }
@@ -200,9 +224,12 @@ func TestPluginContract(t *testing.T) {
 		t.Fatalf("SignAuthorizer denial ignored:\n%s", out)
 	}
 	step("ca", "renew", "--force", crt, key)
-	// The enforcer's extension is in the issued certificate and survives renewal.
+	// The enforcer's extension is in the issued certificate and survives
+	// renewal; so does the enricher's data, rendered by the template.
 	if c := readPEMCert(t, crt); len(c.OCSPServer) != 1 || c.OCSPServer[0] != "http://contract.example/ocsp" {
 		t.Fatalf("renewed certificate OCSP servers %v", c.OCSPServer)
+	} else if len(c.Subject.OrganizationalUnit) != 1 || c.Subject.OrganizationalUnit[0] != "blue" {
+		t.Fatalf("enriched template data missing: subject %v", c.Subject)
 	}
 	nr, nk := filepath.Join(dir, "nr.crt"), filepath.Join(dir, "nr.key")
 	step("ca", "certificate", "norenew.example", nr, nk, "--provisioner", "admin", "--provisioner-password-file", res.PasswordFile)
@@ -240,6 +267,9 @@ func TestPluginContract(t *testing.T) {
 	}
 	if strings.Join(cns, ",") != "allowed.example,forbidden.example,norenew.example" {
 		t.Fatalf("SignAuthorizer saw %v", cns)
+	}
+	if strings.Join(p.enriched, ",") != "allowed.example,forbidden.example,norenew.example" {
+		t.Fatalf("SignEnricher saw %v", p.enriched)
 	}
 	if strings.Join(p.renewals, ",") != "allowed.example,norenew.example" {
 		t.Fatalf("RenewAuthorizer saw %v", p.renewals)

@@ -59,6 +59,7 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 	var signAuthorizers []plugins.SignAuthorizer
 	var renewAuthorizers bool
 	var enforcers []provisioner.CertificateEnforcer
+	var enrichers []namedEnricher
 	for _, p := range d.plugins {
 		if m, ok := p.(plugins.ConfigMutator); ok {
 			if err := m.MutateConfig(cfg); err != nil {
@@ -71,6 +72,9 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 		if _, ok := p.(plugins.RenewAuthorizer); ok {
 			renewAuthorizers = true
 		}
+		if e, ok := p.(plugins.SignEnricher); ok {
+			enrichers = append(enrichers, namedEnricher{name: p.Name(), SignEnricher: e})
+		}
 		if e, ok := p.(plugins.CertificateEnforcer); ok {
 			enforcers = append(enforcers, provisioner.CertificateEnforcerFunc(e.EnforceCertificate))
 		}
@@ -78,9 +82,12 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 	if err := injectSignWebhooks(cfg, signAuthorizers); err != nil {
 		return nil, err
 	}
+	if err := injectEnrichWebhooks(cfg, enrichers); err != nil {
+		return nil, err
+	}
 
 	external := &http.Client{Transport: newExternalTransport()}
-	webhooks := &webhookClient{internal: signAuthorizerHandler(signAuthorizers, d.log.With("component", "sign-authorizer")), external: external}
+	webhooks := &webhookClient{internal: internalWebhookHandler(signAuthorizers, enrichers, d.log.With("component", "internal-webhooks")), external: external}
 	opts := []upstream.Option{
 		upstream.WithPassword(d.opts.Password),
 		upstream.WithSSHHostPassword(d.opts.SSHHostPassword),

@@ -68,21 +68,54 @@ func injectSignWebhooks(cfg *config.Config, authorizers []plugins.SignAuthorizer
 		if !gated(p.GetName(), authorizers) {
 			continue
 		}
-		opts, err := provisionerOptions(p)
-		if err != nil {
+		if err := addWebhook(p, signWebhookName, "AUTHORIZING", "/sign-authorizer/"+urlPathEscape(p.GetName())); err != nil {
 			return err
 		}
-		if slices.ContainsFunc(opts.Webhooks, func(w *provisioner.Webhook) bool { return w.Name == signWebhookName }) {
-			continue
-		}
-		opts.Webhooks = append(opts.Webhooks, &provisioner.Webhook{
-			ID:       signWebhookName,
-			Name:     signWebhookName,
-			URL:      "https://" + internalHost + "/sign-authorizer/" + urlPathEscape(p.GetName()),
-			Kind:     "AUTHORIZING",
-			CertType: "X509",
-		})
 	}
+	return nil
+}
+
+// namedEnricher is a SignEnricher with the plugin name its template data
+// appears under.
+type namedEnricher struct {
+	name string
+	plugins.SignEnricher
+}
+
+// injectEnrichWebhooks adds one in-process ENRICHING webhook per enricher to
+// the provisioners it names. Upstream puts the answer's data in the template
+// as .Webhooks.<webhook name>, so the webhook carries the plugin's name.
+func injectEnrichWebhooks(cfg *config.Config, enrichers []namedEnricher) error {
+	if cfg.AuthorityConfig == nil {
+		return nil
+	}
+	for _, e := range enrichers {
+		for _, p := range cfg.AuthorityConfig.Provisioners {
+			names := e.EnrichProvisioners()
+			if !slices.Contains(names, "*") && !slices.Contains(names, p.GetName()) {
+				continue
+			}
+			if err := addWebhook(p, e.name, "ENRICHING", "/enrich/"+urlPathEscape(e.name)+"/"+urlPathEscape(p.GetName())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// addWebhook appends an in-process webhook to a provisioner unless one with
+// that name is there already (ca.json may name it; then it is left alone).
+func addWebhook(p provisioner.Interface, name, kind, path string) error {
+	opts, err := provisionerOptions(p)
+	if err != nil {
+		return err
+	}
+	if slices.ContainsFunc(opts.Webhooks, func(w *provisioner.Webhook) bool { return w.Name == name }) {
+		return nil
+	}
+	opts.Webhooks = append(opts.Webhooks, &provisioner.Webhook{
+		ID: name, Name: name, URL: "https://" + internalHost + path, Kind: kind, CertType: "X509",
+	})
 	return nil
 }
 
@@ -119,20 +152,30 @@ func urlPathEscape(s string) string {
 	return strings.NewReplacer("/", "%2F", "?", "%3F", "#", "%23", " ", "%20").Replace(s)
 }
 
-// signAuthorizerHandler answers the in-process AUTHORIZING webhook. It fails
-// closed: anything it cannot parse or decide is a denial, answered with 200
-// and allow=false so upstream does not retry.
-func signAuthorizerHandler(authorizers []plugins.SignAuthorizer, log *slog.Logger) http.Handler {
+// internalWebhookHandler answers the in-process AUTHORIZING and ENRICHING
+// webhooks. It fails closed: anything it cannot parse or decide is a denial,
+// answered with 200 and allow=false so upstream does not retry.
+func internalWebhookHandler(authorizers []plugins.SignAuthorizer, enrichers []namedEnricher, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		deny := func(code, msg string) {
 			writeWebhookResponse(w, &webhook.ResponseBody{Allow: false, Error: &webhook.Error{Code: code, Message: msg}})
 		}
-		prov, ok := strings.CutPrefix(r.URL.EscapedPath(), "/sign-authorizer/")
-		if !ok {
+		unescape := strings.NewReplacer("%2F", "/", "%3F", "?", "%23", "#", "%20", " ").Replace
+		path := r.URL.EscapedPath()
+		var prov, enricher string
+		if rest, ok := strings.CutPrefix(path, "/sign-authorizer/"); ok {
+			prov = unescape(rest)
+		} else if rest, ok := strings.CutPrefix(path, "/enrich/"); ok {
+			e, p, found := strings.Cut(rest, "/")
+			if !found {
+				deny("internalError", "unknown internal webhook")
+				return
+			}
+			enricher, prov = unescape(e), unescape(p)
+		} else {
 			deny("internalError", "unknown internal webhook")
 			return
 		}
-		prov = strings.NewReplacer("%2F", "/", "%3F", "?", "%23", "#", "%20", " ").Replace(prov)
 		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		if err != nil {
 			deny("internalError", "read webhook request")
@@ -144,6 +187,11 @@ func signAuthorizerHandler(authorizers []plugins.SignAuthorizer, log *slog.Logge
 			return
 		}
 		sr := plugins.SignRequest{Provisioner: prov}
+		if cr := req.X509CertificateRequest; cr != nil && len(cr.Raw) > 0 {
+			if csr, err := x509.ParseCertificateRequest(cr.Raw); err == nil {
+				sr.CSR = csr
+			}
+		}
 		if req.AttestationData != nil {
 			sr.PermanentIdentifier = req.AttestationData.PermanentIdentifier
 		}
@@ -163,6 +211,28 @@ func signAuthorizerHandler(authorizers []plugins.SignAuthorizer, log *slog.Logge
 				return
 			}
 			sr.X5CCertificate = c
+		}
+		if enricher != "" {
+			for _, e := range enrichers {
+				if e.name != enricher {
+					continue
+				}
+				data, err := callEnricher(r.Context(), e, sr)
+				if err != nil {
+					code := "unauthorized"
+					var coded interface{ Code() string }
+					if errors.As(err, &coded) {
+						code = coded.Code()
+					}
+					log.Info("issuance denied by enricher", "plugin", e.name, "provisioner", prov, "permanentIdentifier", sr.PermanentIdentifier, "reason", err.Error())
+					deny(code, err.Error())
+					return
+				}
+				writeWebhookResponse(w, &webhook.ResponseBody{Allow: true, Data: data})
+				return
+			}
+			deny("internalError", "unknown enricher")
+			return
 		}
 		for _, a := range authorizers {
 			if !gated(prov, []plugins.SignAuthorizer{a}) {
@@ -192,6 +262,17 @@ func callAuthorizer(ctx context.Context, a plugins.SignAuthorizer, sr plugins.Si
 	ctx, cancel := context.WithTimeout(ctx, 8*time.Second)
 	defer cancel()
 	return a.AuthorizeSign(ctx, sr)
+}
+
+func callEnricher(ctx context.Context, e namedEnricher, sr plugins.SignRequest) (data map[string]any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("sign enricher failed: %v", r)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(ctx, 8*time.Second)
+	defer cancel()
+	return e.EnrichSign(ctx, sr)
 }
 
 func writeWebhookResponse(w http.ResponseWriter, body *webhook.ResponseBody) {

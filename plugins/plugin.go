@@ -93,6 +93,20 @@ type SignRequest struct {
 	// X5CCertificate is the leaf of the x5c header that authorized an X5C
 	// provisioner's token; nil for other provisioners.
 	X5CCertificate *x509.Certificate
+	// CSR is the certificate request (set for SignEnricher, where the
+	// template is not rendered yet and Certificate is nil).
+	CSR *x509.CertificateRequest
+}
+
+// SignEnricher adds data to the certificate template of X.509 issuance. It
+// is called through an in-process ENRICHING webhook named after the plugin,
+// which the daemon adds to the provisioners named by EnrichProvisioners,
+// before the template is rendered: templates read the data as
+// {{ .Webhooks.<plugin name>.<key> }}. An error denies issuance.
+type SignEnricher interface {
+	// EnrichProvisioners names the provisioners to enrich; "*" means all.
+	EnrichProvisioners() []string
+	EnrichSign(ctx context.Context, req SignRequest) (map[string]any, error)
 }
 
 // SignAuthorizer vetoes X.509 issuance before signing. It is called through an

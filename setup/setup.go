@@ -406,9 +406,16 @@ func writeAttestationCA(o Options, password string) (*attestationCA, error) {
 // DeviceTemplate is the certificate template init gives the "agents"
 // device-attest-01 provisioner: upstream's attested leaf template plus the
 // permanent identifier (for TPMs the EK URN) as a URI SAN, where TLS and
-// RADIUS servers look for it. See docs/deviceattest.md.
+// RADIUS servers look for it, and the device's inventory collection as the
+// subject's organizational unit (data from the deviceAttest plugin's
+// in-process ENRICHING webhook). See docs/deviceattest.md.
 const DeviceTemplate = `{
+{{- $device := dict }}{{ with .Webhooks }}{{ with .deviceAttest }}{{ $device = . }}{{ end }}{{ end }}
+{{- if $device.collection }}
+	"subject": {"commonName": {{ toJson .Subject.CommonName }}, "organizationalUnit": {{ toJson $device.collection }}},
+{{- else }}
 	"subject": {{ toJson .Subject }},
+{{- end }}
 	"sans": [
 {{- range $i, $s := .SANs }}{{ if $i }},{{ end }}
 		{{ toJson $s }}

@@ -145,7 +145,10 @@ func deviceAttestFlow(t *testing.T, sw *swtpm, c *ca, urlB string, httpPort int)
 	tp := sw.open(t)
 	ek := preferredEK(t, tp)
 	urn := ekURN(t, ek)
-	if out, err := stepfortCLI(t, c, "devices", "add", "--ek-pub", writeEKPub(t, ek, true), "--name", "laptop-1"); err != nil {
+	if out, err := stepfortCLI(t, c, "collections", "create", "engineering-laptops", "--device-type", "laptop"); err != nil {
+		t.Fatalf("collections create: %v\n%s", err, out)
+	}
+	if out, err := stepfortCLI(t, c, "devices", "add", "--ek-pub", writeEKPub(t, ek, true), "--name", "laptop-1", "--collection", "engineering-laptops"); err != nil {
 		t.Fatalf("devices add: %v\n%s", err, out)
 	}
 	agent := newDeviceAgent(t, sw, c, c.URL)
@@ -159,6 +162,11 @@ func deviceAttestFlow(t *testing.T, sw *swtpm, c *ca, urlB string, httpPort int)
 	}
 	if sans, err := x509util.ParseSubjectAlternativeNames(leaf); err != nil || len(sans.PermanentIdentifiers) != 1 {
 		t.Fatalf("device certificate permanent identifier: %+v %v", sans, err)
+	}
+	// Inventory data reaches the template: the default puts the collection
+	// in the subject's organizational unit.
+	if ou := leaf.Subject.OrganizationalUnit; len(ou) != 1 || ou[0] != "engineering-laptops" {
+		t.Fatalf("device certificate subject %v, want OU engineering-laptops from the inventory", leaf.Subject)
 	}
 
 	// The device certificate buys a short-lived account certificate.
