@@ -62,7 +62,7 @@ func newTestPlugin(t *testing.T, cfg *Config) (*Plugin, *inventory.Store) {
 func TestChallengeGateFormats(t *testing.T) {
 	var fixtures []struct {
 		Name, Format, Value, Status, Collection, Provisioner, Want, Detail string
-		Register                                                        bool
+		Register                                                           bool
 	}
 	b, err := os.ReadFile("testdata/challenges.json")
 	if err != nil {

@@ -53,7 +53,9 @@ func newDeviceAgent(t *testing.T, sw *swtpm, c *ca, url string) *deviceAgent {
 	return &deviceAgent{t: t, step: step, sw: sw, c: c, url: url, dir: dir, storage: filepath.Join(dir, "tpmstore")}
 }
 
-func (a *deviceAgent) keyURI(name string) string { return "tpmkms:name=" + name + ";device=" + a.sw.Sock }
+func (a *deviceAgent) keyURI(name string) string {
+	return "tpmkms:name=" + name + ";device=" + a.sw.Sock
+}
 func (a *deviceAgent) kms() string {
 	return "tpmkms:device=" + a.sw.Sock + ";storage-directory=" + a.storage
 }
