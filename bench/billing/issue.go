@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/stepfort/stepfort/bench/internal/signload"
 	"github.com/stepfort/stepfort/internal/testenv"
 	"github.com/stepfort/stepfort/provisioners/billing"
 )
@@ -43,7 +44,7 @@ func issuance(ctx context.Context, o *options) error {
 			return fmt.Errorf("build stepfort: %w\n%s", err, out)
 		}
 	}
-	csrs, err := makeCSRs(o.warmup + o.n)
+	csrs, err := signload.MakeCSRs(o.warmup + o.n)
 	if err != nil {
 		return err
 	}
@@ -55,7 +56,7 @@ func issuance(ctx context.Context, o *options) error {
 	return nil
 }
 
-func issuanceDB(ctx context.Context, o *options, bin, dir, dbType string, csrs []csr) error {
+func issuanceDB(ctx context.Context, o *options, bin, dir, dbType string, csrs []signload.CSR) error {
 	var pg *testenv.Postgres
 	if dbType == "postgresql" {
 		var err error
@@ -96,7 +97,7 @@ type issueResult struct {
 	drain    time.Duration
 }
 
-func issueRun(ctx context.Context, o *options, bin, dir string, billingOn bool, csrs []csr, pg *testenv.Postgres) (*issueResult, error) {
+func issueRun(ctx context.Context, o *options, bin, dir string, billingOn bool, csrs []signload.CSR, pg *testenv.Postgres) (*issueResult, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -154,24 +155,24 @@ func issueRun(ctx context.Context, o *options, bin, dir string, billingOn bool, 
 	if err := waitHealthy(ctx, url, roots, proc); err != nil {
 		return nil, err
 	}
-	sig, err := newSigner(cfg, "admin", strings.TrimSpace(string(pw)))
+	sig, err := signload.NewSigner(cfg, "admin", strings.TrimSpace(string(pw)))
 	if err != nil {
 		return nil, err
 	}
-	client := newClient(roots, o.workers)
-	bodies, err := sig.bodies(url+"/1.0/sign", csrs)
+	client := signload.NewClient(roots, o.workers)
+	bodies, err := sig.Bodies(url+"/1.0/sign", csrs)
 	if err != nil {
 		return nil, err
 	}
-	if w := sendAll(ctx, client, url, bodies[:o.warmup], csrs[:o.warmup], o.workers); w.failed > 0 {
-		return nil, fmt.Errorf("warm-up: %d failed: %v", w.failed, w.errs)
+	if w := signload.SendAll(ctx, client, url, bodies[:o.warmup], csrs[:o.warmup], o.workers); w.Failed > 0 {
+		return nil, fmt.Errorf("warm-up: %d failed: %v", w.Failed, w.Errs)
 	}
-	res := sendAll(ctx, client, url, bodies[o.warmup:], csrs[o.warmup:], o.workers)
-	if res.failed > 0 {
-		return nil, fmt.Errorf("%d requests failed: %v", res.failed, res.errs)
+	res := signload.SendAll(ctx, client, url, bodies[o.warmup:], csrs[o.warmup:], o.workers)
+	if res.Failed > 0 {
+		return nil, fmt.Errorf("%d requests failed: %v", res.Failed, res.Errs)
 	}
 	end := time.Now()
-	out := &issueResult{rate: res.perSecond(), p50: res.percentile(50), p99: res.percentile(99)}
+	out := &issueResult{rate: res.PerSecond(), p50: res.Percentile(50), p99: res.Percentile(99)}
 	if billingOn && o.drain {
 		tok, err := os.ReadFile(filepath.Join(dir, "secrets", "admin-token"))
 		if err != nil {

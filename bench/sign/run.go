@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/stepfort/stepfort/bench/internal/signload"
 	"github.com/stepfort/stepfort/internal/testenv"
 )
 
@@ -27,7 +28,7 @@ type bench struct {
 	workdir  string
 	stepfort string
 	stepCA   string
-	csrs     []csr // warm-up requests first, then the timed ones
+	csrs     []signload.CSR // warm-up requests first, then the timed ones
 }
 
 func run(ctx context.Context, o *options) (err error) {
@@ -62,7 +63,7 @@ func run(ctx context.Context, o *options) (err error) {
 	fmt.Printf("stepfort vs upstream step-ca %s: POST /1.0/sign, JWK tokens, P-256 CSRs, %d timed + %d warm-up requests per run, %d workers (HTTP/1.1 keep-alive), %d rounds, %s, %d CPUs\n",
 		upstreamVersion, o.n, o.warmup, o.workers, o.rounds, runtime.Version(), runtime.NumCPU())
 	fmt.Printf("  upstream: %s\n  stepfort: %s (plugins %s)\n", b.stepCA, b.stepfort, o.plugins)
-	if b.csrs, err = makeCSRs(o.warmup + o.n); err != nil {
+	if b.csrs, err = signload.MakeCSRs(o.warmup + o.n); err != nil {
 		return err
 	}
 
@@ -109,7 +110,7 @@ func (b *bench) runDB(ctx context.Context, dbType string) ([]*runResult, error) 
 	if err != nil {
 		return nil, err
 	}
-	sig, err := newSigner(c.cfg, provisionerName, c.password)
+	sig, err := signload.NewSigner(c.cfg, provisionerName, c.password)
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +171,7 @@ func (r *runResult) String() string {
 
 // runOne starts one server on a fresh copy of the database, warms it up,
 // measures it and stops it.
-func (b *bench) runOne(ctx context.Context, c *ca, sig *signer, roots *x509.CertPool, name string, round int) (*runResult, error) {
+func (b *bench) runOne(ctx context.Context, c *ca, sig *signload.Signer, roots *x509.CertPool, name string, round int) (*runResult, error) {
 	kind := serverKinds[name]
 	idle := kind.idlePlugins && b.o.plugins == "idle"
 	bin := b.stepCA
@@ -213,15 +214,15 @@ func (b *bench) runOne(ctx context.Context, c *ca, sig *signer, roots *x509.Cert
 		return nil, err
 	}
 
-	bodies, err := sig.bodies(srv.url+"/1.0/sign", b.csrs)
+	bodies, err := sig.Bodies(srv.url+"/1.0/sign", b.csrs)
 	if err != nil {
 		return nil, err
 	}
-	client := newClient(roots, b.o.workers)
+	client := signload.NewClient(roots, b.o.workers)
 	defer client.CloseIdleConnections()
 	w := b.o.warmup
-	if warm := sendAll(ctx, client, srv.url, bodies[:w], b.csrs[:w], b.o.workers); warm.failed > 0 {
-		return nil, fmt.Errorf("%d of %d warm-up requests failed, e.g. %s", warm.failed, w, strings.Join(warm.errs, " | "))
+	if warm := signload.SendAll(ctx, client, srv.url, bodies[:w], b.csrs[:w], b.o.workers); warm.Failed > 0 {
+		return nil, fmt.Errorf("%d of %d warm-up requests failed, e.g. %s", warm.Failed, w, strings.Join(warm.Errs, " | "))
 	}
 	if err := sleep(ctx, b.o.settle); err != nil {
 		return nil, err
@@ -239,7 +240,7 @@ func (b *bench) runOne(ctx context.Context, c *ca, sig *signer, roots *x509.Cert
 	if err != nil {
 		return nil, err
 	}
-	res := sendAll(ctx, client, srv.url, bodies[w:], b.csrs[w:], b.o.workers)
+	res := signload.SendAll(ctx, client, srv.url, bodies[w:], b.csrs[w:], b.o.workers)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -247,8 +248,8 @@ func (b *bench) runOne(ctx context.Context, c *ca, sig *signer, roots *x509.Cert
 	if err != nil {
 		return nil, err
 	}
-	if res.ok > 0 {
-		r.cpuPerCert = (cpu1 - cpu0) / time.Duration(res.ok)
+	if res.OK > 0 {
+		r.cpuPerCert = (cpu1 - cpu0) / time.Duration(res.OK)
 	}
 	if profErr != nil {
 		if err := <-profErr; err != nil {
@@ -261,8 +262,8 @@ func (b *bench) runOne(ctx context.Context, c *ca, sig *signer, roots *x509.Cert
 	if _, r.peakRSS, err = srv.memory(); err != nil {
 		return nil, err
 	}
-	r.certsPerSec, r.p50, r.p99 = res.perSecond(), res.percentile(50), res.percentile(99)
-	r.ok, r.failed, r.errs, r.elapsed = res.ok, res.failed, res.errs, res.elapsed
+	r.certsPerSec, r.p50, r.p99 = res.PerSecond(), res.Percentile(50), res.Percentile(99)
+	r.ok, r.failed, r.errs, r.elapsed = res.OK, res.Failed, res.Errs, res.Elapsed
 	r.load = loadAverage()
 	if c.pg != nil {
 		srv.stop() // sessions are counted when they end
