@@ -21,6 +21,7 @@ import (
 	"reflect"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	upstream "github.com/smallstep/certificates/authority"
@@ -214,24 +215,14 @@ func (d *Daemon) Listen() error {
 }
 
 func unwrapListenError(err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return errors.New("address already in use")
+	}
 	var op *net.OpError
 	if errors.As(err, &op) && op.Err != nil {
-		if errors.Is(op.Err, errAddrInUse) || isAddrInUse(op.Err) {
-			return errors.New("address already in use")
-		}
 		return op.Err
 	}
 	return err
-}
-
-var errAddrInUse = errors.New("address already in use")
-
-func isAddrInUse(err error) bool {
-	var se *os.SyscallError
-	if errors.As(err, &se) {
-		return se.Err.Error() == "address already in use"
-	}
-	return false
 }
 
 func newHTTPServer(h http.Handler, tlsCfg *tls.Config) *http.Server {

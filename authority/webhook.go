@@ -219,11 +219,7 @@ func internalWebhookHandler(authorizers []plugins.SignAuthorizer, enrichers []na
 				}
 				data, err := callEnricher(r.Context(), e, sr)
 				if err != nil {
-					code := "unauthorized"
-					var coded interface{ Code() string }
-					if errors.As(err, &coded) {
-						code = coded.Code()
-					}
+					code := denialCode(err)
 					log.Info("issuance denied by enricher", "plugin", e.name, "provisioner", prov, "permanentIdentifier", sr.PermanentIdentifier, "reason", err.Error())
 					deny(code, err.Error())
 					return
@@ -239,11 +235,7 @@ func internalWebhookHandler(authorizers []plugins.SignAuthorizer, enrichers []na
 				continue
 			}
 			if err := callAuthorizer(r.Context(), a, sr); err != nil {
-				code := "unauthorized"
-				var coded interface{ Code() string }
-				if errors.As(err, &coded) {
-					code = coded.Code()
-				}
+				code := denialCode(err)
 				log.Info("issuance denied by plugin", "provisioner", prov, "permanentIdentifier", sr.PermanentIdentifier, "reason", err.Error())
 				deny(code, err.Error())
 				return
@@ -262,6 +254,17 @@ func callAuthorizer(ctx context.Context, a plugins.SignAuthorizer, sr plugins.Si
 	ctx, cancel := context.WithTimeout(ctx, 8*time.Second)
 	defer cancel()
 	return a.AuthorizeSign(ctx, sr)
+}
+
+// denialCode is the webhook error code for a plugin's denial: the error's
+// own Code() if it has one (it becomes the ACME subproblem
+// urn:smallstep:acme:error:<code>), else "unauthorized".
+func denialCode(err error) string {
+	var coded interface{ Code() string }
+	if errors.As(err, &coded) {
+		return coded.Code()
+	}
+	return "unauthorized"
 }
 
 func callEnricher(ctx context.Context, e namedEnricher, sr plugins.SignRequest) (data map[string]any, err error) {
