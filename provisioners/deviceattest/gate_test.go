@@ -2,7 +2,14 @@ package deviceattest
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/json"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +17,7 @@ import (
 	"time"
 
 	"github.com/smallstep/certificates/acme"
+	upconfig "github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/nosql"
 
@@ -167,4 +175,78 @@ func TestConfigValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRenewGate checks /renew and /rekey on their own (in the e2e flow a
+// disabled device's certificates are also revoked, which upstream refuses
+// first): an active device's certificate renews, a disabled device's does
+// not, and an unlinked certificate on a gated provisioner is refused.
+func TestRenewGate(t *testing.T) {
+	p, inv := newTestPlugin(t, defaultConfig())
+	d, err := inv.Create(inventory.DeviceInput{Identifiers: []string{"17255819"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agents, err := provisioner.NewController(&provisioner.ACME{Type: "ACME", Name: "agents"}, nil, provisioner.Config{Claims: upconfig.GlobalProvisionerClaims}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	device := certWithPermanentIdentifier(t, "17255819")
+	ctx := context.Background()
+	if err := p.AuthorizeRenew(ctx, agents, device); err != nil {
+		t.Fatalf("active device's renewal refused: %v", err)
+	}
+	if err := p.AuthorizeRenew(ctx, agents, certWithPermanentIdentifier(t, "")); err == nil {
+		t.Fatal("renewal of a certificate linked to no device allowed")
+	}
+	disabled := inventory.StatusDisabled
+	if _, err := inv.Update(d.ID, inventory.DevicePatch{Status: &disabled}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AuthorizeRenew(ctx, agents, device); err == nil || err.Error() != "device 17255819 is disabled" {
+		t.Fatalf("disabled device's renewal: %v", err)
+	}
+	other, err := provisioner.NewController(&provisioner.JWK{Type: "JWK", Name: "admin"}, nil, provisioner.Config{Claims: upconfig.GlobalProvisionerClaims}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AuthorizeRenew(ctx, other, device); err != nil {
+		t.Fatalf("ungated provisioner's renewal refused: %v", err)
+	}
+}
+
+func certWithPermanentIdentifier(t *testing.T, pid string) *x509.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "device"},
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	if pid != "" {
+		// SAN otherName PermanentIdentifier (RFC 4043), as the ACME
+		// device-attest-01 template writes it.
+		value, _ := asn1.Marshal(struct {
+			IdentifierValue string `asn1:"utf8"`
+		}{pid})
+		other, _ := asn1.Marshal(struct {
+			TypeID asn1.ObjectIdentifier
+			Value  asn1.RawValue
+		}{asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 8, 3}, asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: value}})
+		var seq asn1.RawValue
+		if _, err := asn1.Unmarshal(other, &seq); err != nil {
+			t.Fatal(err)
+		}
+		san, _ := asn1.Marshal([]asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: seq.Bytes}})
+		tmpl.ExtraExtensions = []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Value: san}}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := permanentIdentifier(cert); got != pid {
+		t.Fatalf("test certificate carries permanent identifier %q, want %q", got, pid)
+	}
+	return cert
 }
