@@ -304,6 +304,9 @@ func (s *Store) Import(rows []ImportRow, source string) (*ImportReport, error) {
 		id      string
 		cas     []*database.TxEntry // identifier claims
 		devOp   *database.TxEntry
+		// deactivated is the device this row disabled, for the listeners
+		// (certificates of disabled devices are revoked).
+		deactivated *Device
 	}
 	var batch []pending
 	var tx database.Tx
@@ -320,6 +323,9 @@ func (s *Store) Import(rows []ImportRow, source string) (*ImportReport, error) {
 				ok = ok && c.Swapped
 			}
 			if ok {
+				if p.deactivated != nil {
+					notifyDeactivated(DeviceChange{Device: p.deactivated})
+				}
 				continue
 			}
 			// Lost a race with a concurrent writer: undo what this row did.
@@ -440,6 +446,9 @@ func (s *Store) Import(rows []ImportRow, source string) (*ImportReport, error) {
 			p.devOp = &database.TxEntry{Bucket: DevicesTable, Key: []byte(merged.ID), CmpValue: stored[merged.ID], Value: b, Cmd: database.CmpAndSwap}
 			tx.Operations = append(tx.Operations, p.devOp)
 			p.id = merged.ID
+			if cur.Active() && !merged.Active() {
+				p.deactivated = merged
+			}
 			devices[merged.ID] = merged
 			stored[merged.ID] = b
 			res.Status = RowUpdated

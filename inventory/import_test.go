@@ -120,3 +120,27 @@ func TestImportKeepsStatusAndRejects(t *testing.T) {
 		t.Fatal("row limit not enforced")
 	}
 }
+
+func TestImportThatDisablesNotifiesListeners(t *testing.T) {
+	s := newTestStore(t)
+	var got []string
+	unregister := OnDeactivate(func(c DeviceChange) { got = append(got, c.Device.Identifiers[0]) })
+	defer unregister()
+	rows, _, err := ParseCSV(strings.NewReader("identifier,name,status\nA,a,active\nB,b,active\n"), nil, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Import(rows, ""); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 0 {
+		t.Fatalf("listeners called for active devices: %v", got)
+	}
+	rows, _, _ = ParseCSV(strings.NewReader("identifier,name,status\nA,a,disabled\nB,b,active\n"), nil, 10)
+	if rep, err := s.Import(rows, ""); err != nil || rep.Updated != 1 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	if strings.Join(got, ",") != "A" {
+		t.Fatalf("listeners saw %v, want the device the import disabled", got)
+	}
+}

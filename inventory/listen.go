@@ -17,10 +17,10 @@ var deactivateListeners struct {
 }
 
 // OnDeactivate registers fn to run, synchronously and in this process, after
-// Store.Update stores a disabled status or Store.Delete removes a device. It
-// returns a function that unregisters fn. Listeners must not rely on being
-// called (a crash can come between the write and the call; imports do not
-// call them): the device-attest plugin sweeps for missed changes.
+// Store.Update or an import stores a disabled status or Store.Delete removes a
+// device. It returns a function that unregisters fn. Listeners must not rely
+// on being called (a crash can come between the write and the call): the
+// device-attest plugin sweeps for missed changes.
 func OnDeactivate(fn func(DeviceChange)) (unregister func()) {
 	l := &deactivateListeners
 	l.Lock()
