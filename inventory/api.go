@@ -36,16 +36,16 @@ type API struct {
 func (a *API) Routes() []plugins.AdminRoute {
 	return []plugins.AdminRoute{
 		{Method: http.MethodGet, Pattern: "/devices", Scope: ScopeRead, Handler: a.listDevices},
-		{Method: http.MethodPost, Pattern: "/devices", Scope: ScopeWrite, Handler: a.createDevice},
+		{Method: http.MethodPost, Pattern: "/devices", Scope: ScopeWrite, Handler: a.createDevice()},
 		{Method: http.MethodPost, Pattern: "/devices/import", Scope: ScopeWrite, Handler: a.importDevices},
-		{Method: http.MethodGet, Pattern: "/devices/{id}", Scope: ScopeRead, Handler: a.getDevice},
-		{Method: http.MethodPatch, Pattern: "/devices/{id}", Scope: ScopeWrite, Handler: a.updateDevice},
-		{Method: http.MethodDelete, Pattern: "/devices/{id}", Scope: ScopeWrite, Handler: a.deleteDevice},
+		{Method: http.MethodGet, Pattern: "/devices/{id}", Scope: ScopeRead, Handler: a.getDevice()},
+		{Method: http.MethodPatch, Pattern: "/devices/{id}", Scope: ScopeWrite, Handler: a.updateDevice()},
+		{Method: http.MethodDelete, Pattern: "/devices/{id}", Scope: ScopeWrite, Handler: a.deleteDevice()},
 		{Method: http.MethodGet, Pattern: "/collections", Scope: ScopeRead, Handler: a.listCollections},
-		{Method: http.MethodPost, Pattern: "/collections", Scope: ScopeWrite, Handler: a.createCollection},
-		{Method: http.MethodGet, Pattern: "/collections/{name}", Scope: ScopeRead, Handler: a.getCollection},
-		{Method: http.MethodPatch, Pattern: "/collections/{name}", Scope: ScopeWrite, Handler: a.updateCollection},
-		{Method: http.MethodDelete, Pattern: "/collections/{name}", Scope: ScopeWrite, Handler: a.deleteCollection},
+		{Method: http.MethodPost, Pattern: "/collections", Scope: ScopeWrite, Handler: a.createCollection()},
+		{Method: http.MethodGet, Pattern: "/collections/{name}", Scope: ScopeRead, Handler: a.getCollection()},
+		{Method: http.MethodPatch, Pattern: "/collections/{name}", Scope: ScopeWrite, Handler: a.updateCollection()},
+		{Method: http.MethodDelete, Pattern: "/collections/{name}", Scope: ScopeWrite, Handler: a.deleteCollection()},
 	}
 }
 
@@ -123,23 +123,6 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) {
 	adminapi.WriteJSON(w, http.StatusOK, DeviceList{Devices: devs, NextCursor: next})
 }
 
-func (a *API) createDevice(w http.ResponseWriter, r *http.Request) {
-	s := a.store(w)
-	if s == nil {
-		return
-	}
-	var in DeviceInput
-	if !adminapi.ReadJSON(w, r, &in) {
-		return
-	}
-	d, err := s.Create(in)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	adminapi.WriteJSON(w, http.StatusCreated, d)
-}
-
 // lookup accepts a device ID or a permanent identifier in {id}.
 // Identifiers with "/" (EK URNs) must be sent percent-encoded; chi then
 // routes on the raw path and hands over the escaped value.
@@ -151,61 +134,6 @@ func lookup(s *Store, key string) (*Device, error) {
 		return s.Get(key)
 	}
 	return s.ByIdentifier(key)
-}
-
-func (a *API) getDevice(w http.ResponseWriter, r *http.Request) {
-	s := a.store(w)
-	if s == nil {
-		return
-	}
-	d, err := lookup(s, chi.URLParam(r, "id"))
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	adminapi.WriteJSON(w, http.StatusOK, d)
-}
-
-func (a *API) updateDevice(w http.ResponseWriter, r *http.Request) {
-	s := a.store(w)
-	if s == nil {
-		return
-	}
-	var p DevicePatch
-	if !adminapi.ReadJSON(w, r, &p) {
-		return
-	}
-	if p.Status != nil && !p.Status.Valid() {
-		adminapi.WriteError(w, http.StatusBadRequest, "status: must be active or disabled")
-		return
-	}
-	d, err := lookup(s, chi.URLParam(r, "id"))
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	if d, err = s.Update(d.ID, p); err != nil {
-		writeErr(w, err)
-		return
-	}
-	adminapi.WriteJSON(w, http.StatusOK, d)
-}
-
-func (a *API) deleteDevice(w http.ResponseWriter, r *http.Request) {
-	s := a.store(w)
-	if s == nil {
-		return
-	}
-	d, err := lookup(s, chi.URLParam(r, "id"))
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	if d, err = s.Delete(d.ID); err != nil {
-		writeErr(w, err)
-		return
-	}
-	adminapi.WriteJSON(w, http.StatusOK, d)
 }
 
 // importDevices takes CSV (text/csv, with ?map=field:Column,...) or JSON
@@ -277,62 +205,138 @@ func (a *API) listCollections(w http.ResponseWriter, _ *http.Request) {
 	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"collections": cs})
 }
 
-func (a *API) createCollection(w http.ResponseWriter, r *http.Request) {
-	s := a.store(w)
-	if s == nil {
-		return
+// reply is a handler's answer: a value to send as JSON with a status.
+type reply struct {
+	status int
+	body   any
+}
+
+// handle wraps fn with what every handler does: take the started store,
+// answer its result as JSON, or map its error to a status (writeErr).
+func (a *API) handle(fn func(s *Store, r *http.Request) (reply, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s := a.store(w)
+		if s == nil {
+			return
+		}
+		out, err := fn(s, r)
+		answer(w, out, err)
 	}
-	var c Collection
-	if !adminapi.ReadJSON(w, r, &c) {
-		return
+}
+
+// withBody is handle for handlers that take a JSON body (decoded strictly;
+// ReadJSON answers a bad body with 400 before fn runs).
+func withBody[In any](a *API, fn func(s *Store, r *http.Request, in In) (reply, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s := a.store(w)
+		if s == nil {
+			return
+		}
+		var in In
+		if !adminapi.ReadJSON(w, r, &in) {
+			return
+		}
+		out, err := fn(s, r, in)
+		answer(w, out, err)
 	}
-	out, err := s.CreateCollection(c)
+}
+
+func answer(w http.ResponseWriter, out reply, err error) {
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	adminapi.WriteJSON(w, http.StatusCreated, out)
+	adminapi.WriteJSON(w, out.status, out.body)
 }
 
-func (a *API) getCollection(w http.ResponseWriter, r *http.Request) {
-	s := a.store(w)
-	if s == nil {
-		return
-	}
-	c, err := s.GetCollection(chi.URLParam(r, "name"))
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	adminapi.WriteJSON(w, http.StatusOK, c)
+func ok(body any) (reply, error)      { return reply{http.StatusOK, body}, nil }
+func created(body any) (reply, error) { return reply{http.StatusCreated, body}, nil }
+
+func (a *API) createDevice() http.HandlerFunc {
+	return withBody(a, func(s *Store, _ *http.Request, in DeviceInput) (reply, error) {
+		d, err := s.Create(in)
+		if err != nil {
+			return reply{}, err
+		}
+		return created(d)
+	})
 }
 
-func (a *API) updateCollection(w http.ResponseWriter, r *http.Request) {
-	s := a.store(w)
-	if s == nil {
-		return
-	}
-	var p CollectionPatch
-	if !adminapi.ReadJSON(w, r, &p) {
-		return
-	}
-	c, err := s.UpdateCollection(chi.URLParam(r, "name"), p)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	adminapi.WriteJSON(w, http.StatusOK, c)
+func (a *API) getDevice() http.HandlerFunc {
+	return a.handle(func(s *Store, r *http.Request) (reply, error) {
+		d, err := lookup(s, chi.URLParam(r, "id"))
+		if err != nil {
+			return reply{}, err
+		}
+		return ok(d)
+	})
 }
 
-func (a *API) deleteCollection(w http.ResponseWriter, r *http.Request) {
-	s := a.store(w)
-	if s == nil {
-		return
-	}
-	name := chi.URLParam(r, "name")
-	if err := s.DeleteCollection(name); err != nil {
-		writeErr(w, err)
-		return
-	}
-	adminapi.WriteJSON(w, http.StatusOK, map[string]string{"deleted": name})
+func (a *API) updateDevice() http.HandlerFunc {
+	return withBody(a, func(s *Store, r *http.Request, p DevicePatch) (reply, error) {
+		if p.Status != nil && !p.Status.Valid() {
+			return reply{}, fmt.Errorf("%w: status: must be active or disabled", ErrInvalid)
+		}
+		d, err := lookup(s, chi.URLParam(r, "id"))
+		if err != nil {
+			return reply{}, err
+		}
+		if d, err = s.Update(d.ID, p); err != nil {
+			return reply{}, err
+		}
+		return ok(d)
+	})
+}
+
+func (a *API) deleteDevice() http.HandlerFunc {
+	return a.handle(func(s *Store, r *http.Request) (reply, error) {
+		d, err := lookup(s, chi.URLParam(r, "id"))
+		if err != nil {
+			return reply{}, err
+		}
+		if d, err = s.Delete(d.ID); err != nil {
+			return reply{}, err
+		}
+		return ok(d)
+	})
+}
+
+func (a *API) createCollection() http.HandlerFunc {
+	return withBody(a, func(s *Store, _ *http.Request, c Collection) (reply, error) {
+		out, err := s.CreateCollection(c)
+		if err != nil {
+			return reply{}, err
+		}
+		return created(out)
+	})
+}
+
+func (a *API) getCollection() http.HandlerFunc {
+	return a.handle(func(s *Store, r *http.Request) (reply, error) {
+		c, err := s.GetCollection(chi.URLParam(r, "name"))
+		if err != nil {
+			return reply{}, err
+		}
+		return ok(c)
+	})
+}
+
+func (a *API) updateCollection() http.HandlerFunc {
+	return withBody(a, func(s *Store, r *http.Request, p CollectionPatch) (reply, error) {
+		c, err := s.UpdateCollection(chi.URLParam(r, "name"), p)
+		if err != nil {
+			return reply{}, err
+		}
+		return ok(c)
+	})
+}
+
+func (a *API) deleteCollection() http.HandlerFunc {
+	return a.handle(func(s *Store, r *http.Request) (reply, error) {
+		name := chi.URLParam(r, "name")
+		if err := s.DeleteCollection(name); err != nil {
+			return reply{}, err
+		}
+		return ok(map[string]string{"deleted": name})
+	})
 }

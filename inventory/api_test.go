@@ -1,0 +1,67 @@
+package inventory
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/go-chi/chi/v5"
+)
+
+// TestAPIHandlers drives the device and collection handlers through a chi
+// router, as the admin API mounts them (authentication is the admin API's
+// job and tested there).
+func TestAPIHandlers(t *testing.T) {
+	var store *Store
+	api := &API{Store: func() *Store { return store }}
+	r := chi.NewRouter()
+	for _, rt := range api.Routes() {
+		r.Method(rt.Method, rt.Pattern, rt.Handler)
+	}
+	do := func(method, path, body string) (int, map[string]any) {
+		t.Helper()
+		req := httptest.NewRequest(method, path, strings.NewReader(body))
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		var out map[string]any
+		_ = json.Unmarshal(rec.Body.Bytes(), &out)
+		return rec.Code, out
+	}
+	if code, _ := do("GET", "/devices/dev_x", ""); code != http.StatusServiceUnavailable {
+		t.Fatalf("before start: %d", code)
+	}
+	store = newTestStore(t)
+
+	tests := []struct {
+		method, path, body string
+		want               int
+		message            string // substring of the error message
+	}{
+		{"POST", "/collections", `{"name":"laptops"}`, http.StatusCreated, ""},
+		{"POST", "/collections", `{"name":"laptops"}`, http.StatusConflict, ""},
+		{"POST", "/collections", `{"name":`, http.StatusBadRequest, "invalid request body"},
+		{"PATCH", "/collections/laptops", `{"description":"engineering"}`, http.StatusOK, ""},
+		{"GET", "/collections/laptops", "", http.StatusOK, ""},
+		{"GET", "/collections/nope", "", http.StatusNotFound, ""},
+		{"POST", "/devices", `{"identifiers":["SERIAL-1"],"name":"a","collection":"laptops"}`, http.StatusCreated, ""},
+		{"POST", "/devices", `{"identifiers":["SERIAL-1"]}`, http.StatusConflict, ""},
+		{"POST", "/devices", `{"identifiers":["SERIAL-2"],"unknown":1}`, http.StatusBadRequest, "unknown field"},
+		{"GET", "/devices/SERIAL-1", "", http.StatusOK, ""},
+		{"PATCH", "/devices/SERIAL-1", `{"status":"sleeping"}`, http.StatusBadRequest, "status: must be active or disabled"},
+		{"PATCH", "/devices/SERIAL-1", `{"status":"disabled"}`, http.StatusOK, ""},
+		{"DELETE", "/devices/SERIAL-1", "", http.StatusOK, ""},
+		{"GET", "/devices/SERIAL-1", "", http.StatusNotFound, ""},
+		{"DELETE", "/collections/laptops", "", http.StatusOK, ""},
+	}
+	for _, tt := range tests {
+		code, body := do(tt.method, tt.path, tt.body)
+		if code != tt.want {
+			t.Fatalf("%s %s %s: %d %v, want %d", tt.method, tt.path, tt.body, code, body, tt.want)
+		}
+		if tt.message != "" && !strings.Contains(body["message"].(string), tt.message) {
+			t.Fatalf("%s %s: message %q lacks %q", tt.method, tt.path, body["message"], tt.message)
+		}
+	}
+}
