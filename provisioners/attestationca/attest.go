@@ -104,16 +104,20 @@ func (pa *parsedAttest) activationChallenge() ([]byte, *attest.EncryptedCredenti
 	return secret, ec, nil
 }
 
-func (p *Plugin) handleAttest(w http.ResponseWriter, r *http.Request) {
-	st := p.state.Load()
-	rq := &request{step: "attest"}
-	defer p.guard(w, r, st, rq)
-	resp, d := p.attest(r, w, st, rq)
-	if d != nil {
-		p.fail(w, r, st, rq, d)
-		return
+// serveStep is the HTTP side shared by /attest and /secret: panic guard,
+// denial answer and audit event, or the JSON answer.
+func serveStep[Resp any](p *Plugin, step string, fn func(r *http.Request, w http.ResponseWriter, st *state, rq *request) (Resp, *denial)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		st := p.state.Load()
+		rq := &request{step: step}
+		defer p.guard(w, r, st, rq)
+		resp, d := fn(r, w, st, rq)
+		if d != nil {
+			p.fail(w, r, st, rq, d)
+			return
+		}
+		adminapi.WriteJSON(w, http.StatusOK, resp)
 	}
-	adminapi.WriteJSON(w, http.StatusOK, resp)
 }
 
 func (p *Plugin) attest(r *http.Request, w http.ResponseWriter, st *state, rq *request) (*AttestResponse, *denial) {

@@ -160,6 +160,6 @@ func (p *Plugin) Stop(context.Context) error {
 
 // Routes implements plugins.RouteProvider.
 func (p *Plugin) Routes(r chi.Router) {
-	r.Post(p.cfg.BasePath+"/attest", p.handleAttest)
-	r.Post(p.cfg.BasePath+"/secret", p.handleSecret)
+	r.Post(p.cfg.BasePath+"/attest", serveStep(p, "attest", p.attest))
+	r.Post(p.cfg.BasePath+"/secret", serveStep(p, "secret", p.secret))
 }

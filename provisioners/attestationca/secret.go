@@ -10,24 +10,11 @@ import (
 
 	"github.com/smallstep/go-attestation/attest"
 
-	"github.com/stepfort/stepfort/adminapi"
 	"github.com/stepfort/stepfort/inventory"
 )
 
 // maxSecretBytes bounds the activation secret (go-attestation uses 32).
 const maxSecretBytes = 64
-
-func (p *Plugin) handleSecret(w http.ResponseWriter, r *http.Request) {
-	st := p.state.Load()
-	rq := &request{step: "secret"}
-	defer p.guard(w, r, st, rq)
-	resp, d := p.secret(r, w, st, rq)
-	if d != nil {
-		p.fail(w, r, st, rq, d)
-		return
-	}
-	adminapi.WriteJSON(w, http.StatusOK, resp)
-}
 
 func (p *Plugin) secret(r *http.Request, w http.ResponseWriter, st *state, rq *request) (*SecretResponse, *denial) {
 	if st == nil {
