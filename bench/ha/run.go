@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/crypto/ocsp"
 
+	"github.com/stepfort/stepfort/bench/internal/signload"
 	"github.com/stepfort/stepfort/internal/testenv"
 )
 
@@ -23,7 +24,7 @@ type bench struct {
 	stepfort string
 	stepCA   string
 	c        *ca
-	sig      *signer
+	sig      *signload.Signer
 	summary  []string
 }
 
@@ -75,7 +76,7 @@ func run(ctx context.Context, o *options) (err error) {
 	if b.c, err = initCA(ctx, b.stepfort, filepath.Join(b.workdir, "init"), pg); err != nil {
 		return err
 	}
-	if b.sig, err = newSigner(b.c.cfg, provisionerName, b.c.password); err != nil {
+	if b.sig, err = signload.NewSigner(b.c.cfg, provisionerName, b.c.password); err != nil {
 		return err
 	}
 
@@ -147,7 +148,7 @@ func (b *bench) runRevocation(ctx context.Context) error {
 		return err
 	}
 	defer rb.stop()
-	client := newTLSClient(c.roots, o.workers)
+	client := signload.NewClient(c.roots, o.workers)
 	defer client.CloseIdleConnections()
 
 	m, err := b.prepareMix(ctx, c, a, client, o.propN, "2 stepfort replicas on one PostgreSQL")
@@ -188,13 +189,13 @@ type ocspMix struct {
 // never issued, and builds the requests.
 func (b *bench) prepareMix(ctx context.Context, c *ca, a *server, client *http.Client, extra int, setup string) (*ocspMix, error) {
 	o := b.o
-	sig, err := newSigner(c.cfg, provisionerName, c.password)
+	sig, err := signload.NewSigner(c.cfg, provisionerName, c.password)
 	if err != nil {
 		return nil, err
 	}
 	// Certificates: ocspCerts for the OCSP mix, propN for propagation.
 	n := o.ocspCerts + extra
-	csrs, err := makeCSRs("ocsp", n)
+	csrs, err := signload.MakeNamedCSRs("ocsp", n)
 	if err != nil {
 		return nil, err
 	}
@@ -202,7 +203,7 @@ func (b *bench) prepareMix(ctx context.Context, c *ca, a *server, client *http.C
 	bodies := make([][]byte, n)
 	for i := range csrs {
 		urls[i] = a.url
-		if bodies[i], err = sig.signBody(a.url, csrs[i]); err != nil {
+		if bodies[i], err = sig.SignBody(a.url, csrs[i]); err != nil {
 			return nil, err
 		}
 	}
@@ -423,7 +424,7 @@ type issuanceRun struct {
 
 func (b *bench) runIssuance(ctx context.Context) error {
 	o, c := b.o, b.c
-	csrs, err := makeCSRs("iss", o.warmup+o.issueN)
+	csrs, err := signload.MakeNamedCSRs("iss", o.warmup+o.issueN)
 	if err != nil {
 		return err
 	}
@@ -460,11 +461,11 @@ func (b *bench) runIssuance(ctx context.Context) error {
 			for j := range csrs {
 				urls[j] = servers[j%len(servers)].url
 				var err error
-				if bodies[j], err = b.sig.signBody(urls[j], csrs[j]); err != nil {
+				if bodies[j], err = b.sig.SignBody(urls[j], csrs[j]); err != nil {
 					return err
 				}
 			}
-			client := newTLSClient(c.roots, o.workers)
+			client := signload.NewClient(c.roots, o.workers)
 			defer client.CloseIdleConnections()
 			w := o.warmup
 			if warm, _ := sendSigns(ctx, client, urls[:w], bodies[:w], csrs[:w], o.workers); warm.failed > 0 {
@@ -515,7 +516,7 @@ func (b *bench) runOCSPBbolt(ctx context.Context) error {
 		return err
 	}
 	defer s.stop()
-	client := newTLSClient(c.roots, o.workers)
+	client := signload.NewClient(c.roots, o.workers)
 	defer client.CloseIdleConnections()
 	m, err := b.prepareMix(ctx, c, s, client, 0, "1 stepfort on bbolt")
 	if err != nil {

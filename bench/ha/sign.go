@@ -3,10 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -20,115 +16,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/smallstep/cli-utils/token"
-	"github.com/smallstep/cli-utils/token/provision"
-	"go.step.sm/crypto/jose"
-	"go.step.sm/crypto/randutil"
-	"go.step.sm/crypto/x509util"
+	"github.com/stepfort/stepfort/bench/internal/signload"
 )
 
-// Bench-local copy of bench/sign's token and CSR logic (JWK one-time tokens
-// as `step ca token` makes them), plus revocation tokens.
-
 const provisionerName = "admin"
-
-type csr struct {
-	cn  string
-	pem string
-}
-
-func makeCSRs(prefix string, n int) ([]csr, error) {
-	out := make([]csr, n)
-	for i := range out {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return nil, err
-		}
-		cn := fmt.Sprintf("%s-%06d.stepfort.test", prefix, i)
-		cr, err := x509util.CreateCertificateRequest(cn, []string{cn}, key)
-		if err != nil {
-			return nil, fmt.Errorf("create CSR: %w", err)
-		}
-		out[i] = csr{cn: cn, pem: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: cr.Raw}))}
-	}
-	return out, nil
-}
-
-type signer struct {
-	name string
-	key  *jose.JSONWebKey
-}
-
-func newSigner(cfg map[string]any, name, password string) (*signer, error) {
-	auth, _ := cfg["authority"].(map[string]any)
-	provs, _ := auth["provisioners"].([]any)
-	for _, p := range provs {
-		m, _ := p.(map[string]any)
-		if m["type"] != "JWK" || m["name"] != name {
-			continue
-		}
-		enc, _ := m["encryptedKey"].(string)
-		b, err := jose.Decrypt([]byte(enc), jose.WithPassword([]byte(password)))
-		if err != nil {
-			return nil, fmt.Errorf("decrypt key of provisioner %s: %w", name, err)
-		}
-		var key jose.JSONWebKey
-		if err := json.Unmarshal(b, &key); err != nil {
-			return nil, fmt.Errorf("parse key of provisioner %s: %w", name, err)
-		}
-		return &signer{name: name, key: &key}, nil
-	}
-	return nil, fmt.Errorf("ca.json has no JWK provisioner named %q", name)
-}
-
-// token returns a one-time token for subject and audience aud, with sans
-// (none for revocation).
-func (s *signer) token(subject, aud string, sans []string) (string, error) {
-	now := time.Now()
-	jti, err := randutil.Hex(64)
-	if err != nil {
-		return "", err
-	}
-	opts := []token.Options{token.WithJWTID(jti), token.WithKid(s.key.KeyID), token.WithIssuer(s.name),
-		token.WithAudience(aud), token.WithValidity(now, now.Add(token.MaxValidity))}
-	if sans != nil {
-		opts = append(opts, token.WithSANS(sans))
-	}
-	tok, err := provision.New(subject, opts...)
-	if err != nil {
-		return "", err
-	}
-	return tok.SignedString(s.key.Algorithm, s.key.Key)
-}
-
-// signBody returns a /1.0/sign body for c with a token for server base url.
-func (s *signer) signBody(url string, c csr) ([]byte, error) {
-	ott, err := s.token(c.cn, url+"/1.0/sign", []string{c.cn})
-	if err != nil {
-		return nil, err
-	}
-	return json.Marshal(map[string]string{"csr": c.pem, "ott": ott})
-}
-
-// revokeBody returns a passive /1.0/revoke body for serial (decimal).
-func (s *signer) revokeBody(url, serial string, reasonCode int) ([]byte, error) {
-	ott, err := s.token(serial, url+"/1.0/revoke", nil)
-	if err != nil {
-		return nil, err
-	}
-	return json.Marshal(map[string]any{"serial": serial, "ott": ott, "reasonCode": reasonCode, "reason": "bench", "passive": true})
-}
-
-func newTLSClient(roots *x509.CertPool, workers int) *http.Client {
-	tr := &http.Transport{
-		TLSClientConfig:     &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
-		MaxIdleConns:        workers,
-		MaxIdleConnsPerHost: workers,
-		IdleConnTimeout:     time.Minute,
-		TLSNextProto:        map[string]func(string, *tls.Conn) http.RoundTripper{}, // HTTP/1.1
-	}
-	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
-}
 
 // loadResult is the outcome of a batch of requests.
 type loadResult struct {
@@ -162,7 +53,7 @@ func (r *loadResult) addErr(mu *sync.Mutex, err error) {
 // sendSigns posts bodies[i] to urls[i]+"/1.0/sign" from workers goroutines
 // and checks each answer is the certificate for csrs[i]. Certificates are
 // returned in order (nil where the request failed).
-func sendSigns(ctx context.Context, client *http.Client, urls []string, bodies [][]byte, csrs []csr, workers int) (*loadResult, []*x509.Certificate) {
+func sendSigns(ctx context.Context, client *http.Client, urls []string, bodies [][]byte, csrs []signload.CSR, workers int) (*loadResult, []*x509.Certificate) {
 	res := &loadResult{}
 	lat := make([]time.Duration, len(bodies))
 	certs := make([]*x509.Certificate, len(bodies))
@@ -180,7 +71,7 @@ func sendSigns(ctx context.Context, client *http.Client, urls []string, bodies [
 					return
 				}
 				t0 := time.Now()
-				crt, err := signOne(ctx, client, urls[i], bodies[i], csrs[i].cn)
+				crt, err := signOne(ctx, client, urls[i], bodies[i], csrs[i].CN)
 				lat[i] = time.Since(t0)
 				if err != nil {
 					res.addErr(&mu, err)
@@ -229,8 +120,8 @@ func signOne(ctx context.Context, client *http.Client, url string, body []byte, 
 }
 
 // revoke revokes serial through the server at url (passive, OTT).
-func revoke(ctx context.Context, client *http.Client, sig *signer, url, serial string, reasonCode int) error {
-	body, err := sig.revokeBody(url, serial, reasonCode)
+func revoke(ctx context.Context, client *http.Client, sig *signload.Signer, url, serial string, reasonCode int) error {
+	body, err := sig.RevokeBody(url, serial, reasonCode)
 	if err != nil {
 		return err
 	}

@@ -37,14 +37,17 @@ type CSR struct {
 }
 
 // MakeCSRs returns n P-256 certificate requests for distinct names.
-func MakeCSRs(n int) ([]CSR, error) {
+func MakeCSRs(n int) ([]CSR, error) { return MakeNamedCSRs("bench", n) }
+
+// MakeNamedCSRs is MakeCSRs with names <prefix>-NNNNNN.stepfort.test.
+func MakeNamedCSRs(prefix string, n int) ([]CSR, error) {
 	out := make([]CSR, n)
 	for i := range out {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
 			return nil, err
 		}
-		cn := fmt.Sprintf("bench-%06d.stepfort.test", i)
+		cn := fmt.Sprintf("%s-%06d.stepfort.test", prefix, i)
 		cr, err := x509util.CreateCertificateRequest(cn, []string{cn}, key)
 		if err != nil {
 			return nil, fmt.Errorf("create CSR: %w", err)
@@ -89,32 +92,59 @@ func NewSigner(cfg map[string]any, name, password string) (*Signer, error) {
 // token for audience aud. Tokens are issued now: upstream refuses tokens
 // issued before the authority started.
 func (s *Signer) Bodies(aud string, csrs []CSR) ([][]byte, error) {
-	now := time.Now()
 	out := make([][]byte, len(csrs))
 	for i, c := range csrs {
-		jti, err := randutil.Hex(64)
+		ott, err := s.Token(c.CN, aud, []string{c.CN})
 		if err != nil {
 			return nil, err
-		}
-		tok, err := provision.New(c.CN,
-			token.WithJWTID(jti),
-			token.WithKid(s.key.KeyID),
-			token.WithIssuer(s.name),
-			token.WithAudience(aud),
-			token.WithValidity(now, now.Add(token.MaxValidity)),
-			token.WithSANS([]string{c.CN}))
-		if err != nil {
-			return nil, err
-		}
-		ott, err := tok.SignedString(s.key.Algorithm, s.key.Key)
-		if err != nil {
-			return nil, fmt.Errorf("sign token: %w", err)
 		}
 		if out[i], err = json.Marshal(map[string]string{"csr": c.PEM, "ott": ott}); err != nil {
 			return nil, err
 		}
 	}
 	return out, nil
+}
+
+// Token returns a one-time token for subject and audience aud, with sans
+// (nil for none, as for revocation).
+func (s *Signer) Token(subject, aud string, sans []string) (string, error) {
+	now := time.Now()
+	jti, err := randutil.Hex(64)
+	if err != nil {
+		return "", err
+	}
+	opts := []token.Options{token.WithJWTID(jti), token.WithKid(s.key.KeyID), token.WithIssuer(s.name),
+		token.WithAudience(aud), token.WithValidity(now, now.Add(token.MaxValidity))}
+	if sans != nil {
+		opts = append(opts, token.WithSANS(sans))
+	}
+	tok, err := provision.New(subject, opts...)
+	if err != nil {
+		return "", err
+	}
+	ott, err := tok.SignedString(s.key.Algorithm, s.key.Key)
+	if err != nil {
+		return "", fmt.Errorf("sign token: %w", err)
+	}
+	return ott, nil
+}
+
+// SignBody returns a /1.0/sign body for c with a token for server base url.
+func (s *Signer) SignBody(url string, c CSR) ([]byte, error) {
+	b, err := s.Bodies(url+"/1.0/sign", []CSR{c})
+	if err != nil {
+		return nil, err
+	}
+	return b[0], nil
+}
+
+// RevokeBody returns a passive /1.0/revoke body for serial (decimal).
+func (s *Signer) RevokeBody(url, serial string, reasonCode int) ([]byte, error) {
+	ott, err := s.Token(serial, url+"/1.0/revoke", nil)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(map[string]any{"serial": serial, "ott": ott, "reasonCode": reasonCode, "reason": "bench", "passive": true})
 }
 
 // NewClient returns an HTTP/1.1 client trusting roots that keeps one
