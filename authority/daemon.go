@@ -154,6 +154,11 @@ func (d *Daemon) openDB() error {
 	if d.db, err = events.NewDB(nosqlDB, d.outbox); err != nil {
 		return err
 	}
+	for _, p := range d.plugins {
+		if w, ok := p.(plugins.CertificateWatcher); ok {
+			d.db.Watch(w)
+		}
+	}
 	if d.file.Stepfort.Admin.IsEnabled() {
 		if d.tokens, err = admintoken.NewStore(nosqlDB, nil); err != nil {
 			return err

@@ -43,9 +43,15 @@ var (
 // authorize.
 type DB struct {
 	*db.DB
-	outbox *Outbox // nil: no observers, write no events
-	now    func() time.Time
+	outbox   *Outbox // nil: no observers, write no events
+	now      func() time.Time
+	watchers []plugins.CertificateWatcher
 }
+
+// Watch adds a watcher told about every committed issuance, renewal and
+// revocation on this replica before the storing call returns. Call it
+// before the DB is used.
+func (d *DB) Watch(w plugins.CertificateWatcher) { d.watchers = append(d.watchers, w) }
 
 // NewDB wraps base. With a nil outbox it behaves exactly like upstream.
 func NewDB(base *db.DB, outbox *Outbox) (*DB, error) {
@@ -143,7 +149,12 @@ func (d *DB) StoreRenewedCertificate(parent *x509.Certificate, chain ...*x509.Ce
 // the delete).
 func (d *DB) Revoke(rci *db.RevokedCertificateInfo) error {
 	if d.outbox == nil {
-		return d.DB.Revoke(rci)
+		if err := d.DB.Revoke(rci); err != nil {
+			return err
+		}
+		d.notify(&plugins.CertificateEvent{Kind: plugins.EventRevoked, Serial: rci.Serial, OccurredAt: d.now().UTC(),
+			Revocation: &plugins.Revocation{ReasonCode: rci.ReasonCode, Reason: rci.Reason, RevokedAt: rci.RevokedAt, MTLS: rci.MTLS, ACME: rci.ACME}})
+		return nil
 	}
 	rcib, err := json.Marshal(rci)
 	if err != nil {
@@ -193,7 +204,10 @@ func (d *DB) addEvent(tx *database.Tx, ev *plugins.CertificateEvent) error {
 }
 
 func (d *DB) notify(ev *plugins.CertificateEvent) {
-	if d.outbox != nil {
+	for _, w := range d.watchers {
+		w.CertificateCommitted(*ev)
+	}
+	if d.outbox != nil && ev.ID != "" {
 		d.outbox.Notify(ev.ID)
 	}
 }

@@ -22,33 +22,47 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/stepfort/stepfort/certstatus"
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/sqlpool"
 )
 
 // maxRequest bounds an OCSP request (a few hundred bytes in practice).
 const maxRequest = 16 << 10
 
-// Responder answers OCSP requests (RFC 6960, RFC 5019 profile) from the
-// shared database. Each request reads the revocation row, so a revocation
-// made through any replica is answered at once by every replica; signed
-// responses are cached per replica and reused while the status is unchanged
-// and the response is younger than half its validity.
+// maxCachedResponses bounds the signed-response cache of serials this CA
+// issued; unknown serials have their own, smaller bound (maxUnknownCached)
+// so a flood of made-up serials cannot evict the real ones.
+const maxCachedResponses = 1 << 20
+
+// Responder answers OCSP requests (RFC 6960, RFC 5019 profile). The status
+// of a serial comes from a statusIndex: in memory while the index is live
+// (kept current by this replica's writes and, on PostgreSQL, by
+// notifications from every replica), otherwise from the shared database on
+// every request. Signed responses are cached per replica, pre-signed when a
+// certificate is issued or revoked, reused while the status is unchanged and
+// the response is younger than half its validity, and re-signed in the
+// background before that.
 type Responder struct {
-	host     plugins.Host
-	store    nosql.DB
-	cfg      OCSPConfig
-	log      *slog.Logger
+	host  plugins.Host
+	store nosql.DB
+	cfg   OCSPConfig
+	log   *slog.Logger
+	idx   *statusIndex
+
 	requests *prometheus.CounterVec
 	cacheHit prometheus.Counter
+	byStatus map[string]prometheus.Counter
 
-	mu     sync.Mutex
-	signer *responderKey
-	cache  map[cacheKey]*cachedResponse
+	presign chan *big.Int
+
+	mu      sync.RWMutex
+	signer  *responderKey
+	cache   map[cacheKey]*cachedResponse // serials this CA issued
+	unknown map[cacheKey]*cachedResponse // serials it did not
 }
 
 type cacheKey struct {
@@ -56,17 +70,22 @@ type cacheKey struct {
 	hash   crypto.Hash
 }
 
+// cachedResponse is a signed response with its precomputed headers.
 type cachedResponse struct {
-	der        []byte
-	etag       string
-	revoked    bool
-	thisUpdate time.Time
-	nextUpdate time.Time
+	der          []byte
+	etag         []string
+	lastModified []string
+	expires      []string
+	status       certStatus
+	thisUpdate   time.Time
+	nextUpdate   time.Time
 }
 
-// NewResponder builds a responder for the host's current issuing CA.
+// NewResponder builds a responder for the host's current issuing CA. Until
+// StartStatusFeed runs it reads every status from the database.
 func NewResponder(h plugins.Host, cfg OCSPConfig) (*Responder, error) {
-	r := &Responder{host: h, store: h.DB(), cfg: cfg, log: h.Logger(), cache: map[cacheKey]*cachedResponse{}}
+	r := &Responder{host: h, store: h.DB(), cfg: cfg, log: h.Logger(), idx: newStatusIndex(),
+		cache: map[cacheKey]*cachedResponse{}, unknown: map[cacheKey]*cachedResponse{}, presign: make(chan *big.Int, 4096)}
 	r.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stepfort", Subsystem: "ocsp", Name: "responses_total", Help: "OCSP responses by certificate status or error"}, []string{"status"})
 	r.cacheHit = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "stepfort", Subsystem: "ocsp", Name: "cache_hits_total", Help: "OCSP responses served from the signed-response cache"})
 	for _, c := range []prometheus.Collector{r.requests, r.cacheHit} {
@@ -77,11 +96,94 @@ func NewResponder(h plugins.Host, cfg OCSPConfig) (*Responder, error) {
 			}
 		}
 	}
+	// Resolved once: a label lookup per response is measurable at 10k/s.
+	r.byStatus = map[string]prometheus.Counter{}
+	for _, s := range []string{"good", "revoked", "unknown", "malformedRequest", "unauthorized", "tryLater", "internalError"} {
+		r.byStatus[s] = r.requests.WithLabelValues(s)
+	}
 	if _, err := r.currentSigner(); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
+
+// StartStatusFeed loads the revoked set and keeps it current until ctx
+// ends: on PostgreSQL through notifications (the index is live only while
+// the feed is); on bbolt and badger, which one process at a time can open,
+// this replica's own writes are the complete feed. Other databases keep
+// reading per request. It also starts the pre-signer.
+func (r *Responder) StartStatusFeed(ctx context.Context) error {
+	go r.presignLoop(ctx)
+	if sqlpool.Pool(r.store) != nil {
+		if f := newPGFeed(ctx, r.store, r.idx, r.log, r.host.Metrics()); f != nil {
+			f.changed = r.schedulePresign
+			go f.Run(ctx)
+		}
+		return nil
+	}
+	r.idx.beginLoad()
+	revoked, err := loadRevoked(r.store)
+	if err != nil {
+		return err
+	}
+	r.idx.reset(revoked, true)
+	r.log.Info("OCSP status cache live", "revoked", len(revoked))
+	return nil
+}
+
+// Committed is told about this replica's issuances and revocations before
+// the request that made them is answered, so the replica reads its writes.
+func (r *Responder) Committed(ev plugins.CertificateEvent) {
+	switch ev.Kind {
+	case plugins.EventIssued, plugins.EventRenewed:
+		r.idx.issuedNow(ev.Serial)
+	case plugins.EventRevoked:
+		if ev.Revocation == nil {
+			return
+		}
+		r.idx.revokedNow(ev.Serial, revocation{at: ev.Revocation.RevokedAt, reason: ev.Revocation.ReasonCode})
+	default:
+		return
+	}
+	r.schedulePresign(ev.Serial)
+}
+
+// schedulePresign queues a SHA-1 response (what RFC 5019 clients ask for)
+// to be signed ahead of the first request; a full queue just means the
+// first request signs it.
+func (r *Responder) schedulePresign(serial string) {
+	sn, ok := new(big.Int).SetString(serial, 10)
+	if !ok {
+		return
+	}
+	select {
+	case r.presign <- sn:
+	default:
+	}
+}
+
+func (r *Responder) presignLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case sn := <-r.presign:
+			key, err := r.currentSigner()
+			if err != nil {
+				continue
+			}
+			if _, err := r.lookupAndSign(key, sn, crypto.SHA1, false); err != nil {
+				r.log.Debug("OCSP pre-sign", "serial", sn.String(), "error", err)
+			}
+		}
+	}
+}
+
+var (
+	hdrContentType  = []string{"application/ocsp-response"}
+	hdrNoStore      = []string{"no-store"}
+	cacheControlEnd = ", public, no-transform, must-revalidate"
+)
 
 // ServeHTTP handles POST (body) and GET (base64 in the path) requests.
 func (r *Responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
@@ -111,14 +213,16 @@ func (r *Responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		r.writeError(w, ocsp.TryLaterErrorResponse, "tryLater")
 		return
 	}
+	// Header values are assigned directly (canonical names, shared slices
+	// nobody mutates) to keep the hot path free of formatting.
 	h := w.Header()
-	h.Set("Content-Type", "application/ocsp-response")
-	h.Set("Last-Modified", resp.thisUpdate.UTC().Format(http.TimeFormat))
-	h.Set("Expires", resp.nextUpdate.UTC().Format(http.TimeFormat))
-	maxAge := max(0, int(time.Until(resp.nextUpdate).Seconds()))
-	h.Set("Cache-Control", "max-age="+strconv.Itoa(maxAge)+", public, no-transform, must-revalidate")
-	h.Set("ETag", resp.etag)
-	if match := req.Header.Get("If-None-Match"); match != "" && match == resp.etag {
+	h["Content-Type"] = hdrContentType
+	h["Last-Modified"] = resp.lastModified
+	h["Expires"] = resp.expires
+	h["Etag"] = resp.etag
+	maxAge := max(0, int(resp.nextUpdate.Sub(r.host.Now())/time.Second))
+	h["Cache-Control"] = []string{"max-age=" + strconv.Itoa(maxAge) + cacheControlEnd}
+	if match := req.Header.Get("If-None-Match"); match != "" && match == resp.etag[0] {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
@@ -155,67 +259,110 @@ func (r *Responder) respond(req *ocsp.Request) (*cachedResponse, error) {
 	if !key.issuedBy(req) {
 		return nil, errNotOurIssuer
 	}
-	serial := req.SerialNumber.String()
-	rci, err := certstatus.Revocation(r.store, serial)
+	resp, err := r.lookupAndSign(key, req.SerialNumber, req.HashAlgorithm, true)
 	if err != nil {
 		return nil, err
 	}
-	ck := cacheKey{serial, req.HashAlgorithm}
-	r.mu.Lock()
-	cached := r.cache[ck]
-	r.mu.Unlock()
-	if cached != nil && cached.revoked == (rci != nil) && r.host.Now().Before(cached.thisUpdate.Add(r.cfg.Validity.Duration/2)) {
-		r.cacheHit.Inc()
-		r.requests.WithLabelValues(statusName(cached.revoked, true)).Inc()
-		return cached, nil
-	}
-	known := rci != nil
-	if !known {
-		if known, err = certstatus.Issued(r.store, serial); err != nil {
-			return nil, err
-		}
-	}
-	resp, err := r.sign(key, req.SerialNumber, req.HashAlgorithm, rci, known)
-	if err != nil {
-		return nil, err
-	}
-	r.requests.WithLabelValues(statusName(rci != nil, known)).Inc()
+	r.byStatus[statusName(resp.status.code)].Inc()
 	return resp, nil
 }
 
-// sign makes a response and caches it when the serial is ours (unknown
-// serials are not cached, so a flood of made-up serials cannot fill memory).
-func (r *Responder) sign(key *responderKey, serialNumber *big.Int, hash crypto.Hash, rci *db.RevokedCertificateInfo, known bool) (*cachedResponse, error) {
+// lookupAndSign finds the serial's status and returns the cached response
+// for it if it is current, or signs (and caches) a new one.
+func (r *Responder) lookupAndSign(key *responderKey, serialNumber *big.Int, hash crypto.Hash, countHit bool) (*cachedResponse, error) {
+	serial := serialNumber.String()
+	st, err := r.status(serial)
+	if err != nil {
+		return nil, err
+	}
+	ck := cacheKey{serial, hash}
+	r.mu.RLock()
+	cached := r.cache[ck]
+	if cached == nil {
+		cached = r.unknown[ck]
+	}
+	r.mu.RUnlock()
+	if cached != nil && cached.status == st && r.host.Now().Before(cached.thisUpdate.Add(r.cfg.Validity.Duration/2)) {
+		if countHit {
+			r.cacheHit.Inc()
+		}
+		return cached, nil
+	}
+	return r.sign(key, serialNumber, serial, hash, st)
+}
+
+// status returns the serial's status from the index, or from the database
+// (teaching the index) when the index cannot answer.
+func (r *Responder) status(serial string) (certStatus, error) {
+	st, seq, ok := r.idx.lookup(serial)
+	if ok {
+		return st, nil
+	}
+	rci, err := certstatus.Revocation(r.store, serial)
+	if err != nil {
+		return certStatus{}, err
+	}
+	switch {
+	case rci != nil:
+		st = certStatus{code: statusRevoked, rev: fromInfo(rci)}
+	default:
+		issued, err := certstatus.Issued(r.store, serial)
+		if err != nil {
+			return certStatus{}, err
+		}
+		st = certStatus{code: statusUnknown}
+		if issued {
+			st.code = statusGood
+		}
+	}
+	r.idx.learn(serial, st, seq)
+	return st, nil
+}
+
+// sign makes a response and caches it (unknown serials in their own
+// bounded cache).
+func (r *Responder) sign(key *responderKey, serialNumber *big.Int, serial string, hash crypto.Hash, st certStatus) (*cachedResponse, error) {
 	now := r.host.Now()
 	tmpl := ocsp.Response{
 		SerialNumber: serialNumber,
 		ThisUpdate:   now.Add(-time.Minute).Truncate(time.Second), // clock skew
 		NextUpdate:   now.Add(r.cfg.Validity.Duration).Truncate(time.Second),
 		IssuerHash:   hash,
-		Status:       ocsp.Good,
+		Status:       st.code, // never "good" for a serial this CA did not issue
 		Certificate:  key.cert, // nil when the CA key signs
 	}
-	switch {
-	case rci != nil:
-		tmpl.Status = ocsp.Revoked
-		tmpl.RevokedAt = rci.RevokedAt
-		tmpl.RevocationReason = rci.ReasonCode
-	case !known:
-		tmpl.Status = ocsp.Unknown // never "good" for a serial this CA did not issue
+	if st.code == statusRevoked {
+		tmpl.RevokedAt = st.rev.at
+		tmpl.RevocationReason = st.rev.reason
 	}
 	der, err := ocsp.CreateResponse(key.issuer, key.responderCert(), tmpl, key.signer)
 	if err != nil {
 		return nil, fmt.Errorf("sign OCSP response: %w", err)
 	}
 	sum := sha256.Sum256(der)
-	resp := &cachedResponse{der: der, etag: `"` + hex.EncodeToString(sum[:16]) + `"`, revoked: rci != nil, thisUpdate: tmpl.ThisUpdate, nextUpdate: tmpl.NextUpdate}
-	if known {
-		r.mu.Lock()
-		if r.signer == key { // not replaced by a rotation meanwhile
-			r.cache[cacheKey{serialNumber.String(), hash}] = resp
-		}
-		r.mu.Unlock()
+	resp := &cachedResponse{
+		der: der, status: st, thisUpdate: tmpl.ThisUpdate, nextUpdate: tmpl.NextUpdate,
+		etag:         []string{`"` + hex.EncodeToString(sum[:16]) + `"`},
+		lastModified: []string{tmpl.ThisUpdate.UTC().Format(http.TimeFormat)},
+		expires:      []string{tmpl.NextUpdate.UTC().Format(http.TimeFormat)},
 	}
+	ck := cacheKey{serial, hash}
+	r.mu.Lock()
+	if r.signer == key { // not replaced by a rotation meanwhile
+		if st.code == statusUnknown {
+			if len(r.unknown) >= maxUnknownCached {
+				clear(r.unknown)
+			}
+			r.unknown[ck] = resp
+		} else {
+			delete(r.unknown, ck)
+			if len(r.cache) >= maxCachedResponses {
+				clear(r.cache)
+			}
+			r.cache[ck] = resp
+		}
+	}
+	r.mu.Unlock()
 	return resp, nil
 }
 
@@ -235,8 +382,9 @@ func (r *Responder) RefreshLoop(ctx context.Context) {
 	}
 }
 
-// Refresh re-signs every cached response older than 40% of its validity.
-// It returns how many it re-signed.
+// Refresh re-signs every cached response of an issued serial older than
+// 40% of its validity (unknown ones are signed again when asked). It
+// returns how many it re-signed.
 func (r *Responder) Refresh() int {
 	key, err := r.currentSigner()
 	if err != nil {
@@ -244,37 +392,37 @@ func (r *Responder) Refresh() int {
 		return 0
 	}
 	due := r.host.Now().Add(-r.cfg.Validity.Duration * 2 / 5)
-	r.mu.Lock()
+	r.mu.RLock()
 	var stale []cacheKey
 	for k, v := range r.cache {
 		if v.thisUpdate.Before(due) {
 			stale = append(stale, k)
 		}
 	}
-	r.mu.Unlock()
+	r.mu.RUnlock()
 	n := 0
 	for _, k := range stale {
 		serial, ok := new(big.Int).SetString(k.serial, 10)
 		if !ok {
 			continue
 		}
-		rci, err := certstatus.Revocation(r.store, k.serial)
+		st, err := r.status(k.serial)
 		if err != nil {
 			r.log.Warn("OCSP refresh", "serial", k.serial, "error", err)
 			continue
 		}
-		if _, err := r.sign(key, serial, k.hash, rci, true); err == nil {
+		if _, err := r.sign(key, serial, k.serial, k.hash, st); err == nil {
 			n++
 		}
 	}
 	return n
 }
 
-func statusName(revoked, known bool) string {
-	switch {
-	case revoked:
+func statusName(code int) string {
+	switch code {
+	case statusRevoked:
 		return "revoked"
-	case !known:
+	case statusUnknown:
 		return "unknown"
 	default:
 		return "good"
@@ -282,9 +430,9 @@ func statusName(revoked, known bool) string {
 }
 
 func (r *Responder) writeError(w http.ResponseWriter, body []byte, status string) {
-	r.requests.WithLabelValues(status).Inc()
-	w.Header().Set("Content-Type", "application/ocsp-response")
-	w.Header().Set("Cache-Control", "no-store")
+	r.byStatus[status].Inc()
+	w.Header()["Content-Type"] = hdrContentType
+	w.Header()["Cache-Control"] = hdrNoStore
 	_, _ = w.Write(body)
 }
 
@@ -317,10 +465,16 @@ func (k *responderKey) issuedBy(req *ocsp.Request) bool {
 // certificate when there is none or the current one is past half its life.
 // A response is never valid longer than its responder certificate.
 func (r *Responder) currentSigner() (*responderKey, error) {
+	now := r.host.Now()
+	r.mu.RLock()
+	k := r.signer
+	r.mu.RUnlock()
+	if k.fresh(now) {
+		return k, nil
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := r.host.Now()
-	if k := r.signer; k != nil && (k.cert == nil || now.Before(k.cert.NotBefore.Add(k.cert.NotAfter.Sub(k.cert.NotBefore)/2))) {
+	if k := r.signer; k.fresh(now) {
 		return k, nil
 	}
 	auth := r.host.Authority()
@@ -332,7 +486,7 @@ func (r *Responder) currentSigner() (*responderKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("OCSP signer: %w", err)
 	}
-	k := &responderKey{issuer: inters[0], signer: caSigner}
+	k = &responderKey{issuer: inters[0], signer: caSigner}
 	if err := k.hashIssuer(); err != nil {
 		return nil, err
 	}
@@ -343,8 +497,16 @@ func (r *Responder) currentSigner() (*responderKey, error) {
 		r.log.Info("OCSP responder certificate issued", "serial", k.cert.SerialNumber.String(), "notAfter", k.cert.NotAfter)
 	}
 	r.signer = k
-	r.cache = map[cacheKey]*cachedResponse{} // responses name the responder
+	// Responses name the responder.
+	r.cache = map[cacheKey]*cachedResponse{}
+	r.unknown = map[cacheKey]*cachedResponse{}
 	return k, nil
+}
+
+// fresh reports whether k can keep signing: the CA key always, a delegated
+// certificate until half its life.
+func (k *responderKey) fresh(now time.Time) bool {
+	return k != nil && (k.cert == nil || now.Before(k.cert.NotBefore.Add(k.cert.NotAfter.Sub(k.cert.NotBefore)/2)))
 }
 
 // oidOCSPNoCheck tells clients not to check the responder certificate's own

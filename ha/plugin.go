@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -120,6 +121,7 @@ type Plugin struct {
 	crlURL      string        // resolved CDP and IDP, "" when the CRL is disabled
 	crlValidity time.Duration // upstream's crl.cacheDuration
 	responder   *Responder
+	watching    atomic.Pointer[Responder] // the responder, once it can take writes
 	publisher   *Publisher
 	done        chan struct{}
 }
@@ -188,6 +190,10 @@ func (p *Plugin) Start(ctx context.Context, h plugins.Host) error {
 		return err
 	}
 	p.responder = r
+	p.watching.Store(r)
+	if err := r.StartStatusFeed(ctx); err != nil {
+		return err
+	}
 	go r.RefreshLoop(ctx)
 	p.done = make(chan struct{})
 	if p.crlURL == "" {
@@ -217,18 +223,33 @@ func (p *Plugin) Stop(ctx context.Context) error {
 
 // Health reports the CRL publisher lease holder and the CRL number.
 func (p *Plugin) Health(context.Context) (map[string]any, error) {
+	out := map[string]any{}
+	if r := p.responder; r != nil {
+		// "memory": statuses come from the live index; "database": read
+		// per request (no feed, or the feed is reconnecting).
+		out["ocspStatusSource"] = map[bool]string{true: "memory", false: "database"}[r.idx.isLive()]
+	}
 	if p.publisher == nil {
-		return nil, nil
+		return out, nil
 	}
 	l, err := p.publisher.leases.Get(crlLeaseName)
 	if err != nil {
 		return nil, fmt.Errorf("read CRL lease: %w", err)
 	}
-	out := map[string]any{"crlPublisher": l.Holder, "crlPublisherIsSelf": l.Holder == p.publisher.replica && time.Now().Before(l.Until)}
+	out["crlPublisher"] = l.Holder
+	out["crlPublisherIsSelf"] = l.Holder == p.publisher.replica && time.Now().Before(l.Until)
 	if info, _, err := p.publisher.current(); err == nil && info != nil {
 		out["crlNumber"] = info.Number
 	}
 	return out, nil
+}
+
+// CertificateCommitted keeps the responder's status index current with this
+// replica's own writes, before they are acknowledged.
+func (p *Plugin) CertificateCommitted(ev plugins.CertificateEvent) {
+	if r := p.watching.Load(); r != nil {
+		r.Committed(ev)
+	}
 }
 
 // ObserveCertificate marks the CRL dirty on every revocation.

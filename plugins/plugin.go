@@ -140,6 +140,16 @@ type CertificateObserver interface {
 	ObserveCertificate(ctx context.Context, ev CertificateEvent) error
 }
 
+// CertificateWatcher is told about a certificate change on this replica
+// synchronously, right after it is committed and before the request that
+// made it is answered, so a cache can read its own writes (the OCSP
+// responder answers "revoked" as soon as the revoke call returns). It must
+// be fast and cannot fail. It sees nothing from other replicas and nothing
+// is replayed after a crash: durable work belongs in CertificateObserver.
+type CertificateWatcher interface {
+	CertificateCommitted(ev CertificateEvent)
+}
+
 // CertificateEnforcer may change an X.509 certificate template just before
 // it is signed (upstream's WithX509Enforcers), for example to add the CRL
 // distribution point and OCSP URL. It runs for /sign, ACME and SCEP, after

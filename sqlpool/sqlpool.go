@@ -52,6 +52,11 @@ func Stats(d nosql.DB) (sql.DBStats, bool) {
 	return sql.DBStats{}, false
 }
 
+// Pool returns the *sql.DB inside d, or nil when d is not a SQL database.
+// Callers borrow it (for example to hold one connection for LISTEN); they
+// must not close it.
+func Pool(d nosql.DB) *sql.DB { return find(d) }
+
 func find(d nosql.DB) *sql.DB {
 	v := reflect.ValueOf(d)
 	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {

@@ -1,0 +1,213 @@
+package ha
+
+import (
+	"context"
+	"crypto"
+	"encoding/json"
+	"math/big"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/smallstep/certificates/db"
+	"github.com/smallstep/nosql"
+	"golang.org/x/crypto/ocsp"
+
+	"github.com/stepfort/stepfort/certstatus"
+	"github.com/stepfort/stepfort/internal/testenv"
+	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/sqlpool"
+)
+
+// ask sends a SHA-1 request (what RFC 5019 clients use) for serial.
+func ask(t *testing.T, r *Responder, serial *big.Int) *ocsp.Response {
+	t.Helper()
+	key, err := r.currentSigner()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := r.respond(&ocsp.Request{HashAlgorithm: crypto.SHA1, IssuerNameHash: key.nameHash[crypto.SHA1], IssuerKeyHash: key.keyHash[crypto.SHA1], SerialNumber: serial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ocsp.ParseResponseForCert(out.der, nil, key.issuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func revokeRow(t *testing.T, store nosql.DB, serial *big.Int, reason int, at time.Time) {
+	t.Helper()
+	b, _ := json.Marshal(db.RevokedCertificateInfo{Serial: serial.String(), ReasonCode: reason, RevokedAt: at.UTC().Truncate(time.Second)})
+	if err := store.Set(certstatus.RevokedCertsTable, []byte(serial.String()), b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > within {
+			t.Fatalf("%s: not within %s", what, within)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// On bbolt the index is loaded once and then fed by this replica's writes
+// (CertificateWatcher); it answers without reading the database.
+func TestStatusIndexLiveOnBbolt(t *testing.T) {
+	h := newFakeHost(t)
+	before := big.NewInt(1001)
+	if err := h.store.Set(certstatus.CertsTable, []byte(before.String()), []byte("der")); err != nil {
+		t.Fatal(err)
+	}
+	revokeRow(t, h.store, before, ocsp.Superseded, h.now.Add(-time.Hour))
+	r, err := NewResponder(h, DefaultConfig().OCSP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := r.StartStatusFeed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !r.idx.isLive() || r.idx.revokedCount() != 1 {
+		t.Fatalf("live=%v revoked=%d after load", r.idx.isLive(), r.idx.revokedCount())
+	}
+	if got := ask(t, r, before); got.Status != ocsp.Revoked || got.RevocationReason != ocsp.Superseded {
+		t.Fatalf("loaded revocation answered %d/%d", got.Status, got.RevocationReason)
+	}
+
+	// An unknown serial is cached as unknown until its issuance is announced.
+	fresh := big.NewInt(2002)
+	if got := ask(t, r, fresh); got.Status != ocsp.Unknown {
+		t.Fatalf("never-issued serial answered %d", got.Status)
+	}
+	if err := h.store.Set(certstatus.CertsTable, []byte(fresh.String()), []byte("der")); err != nil {
+		t.Fatal(err)
+	}
+	if got := ask(t, r, fresh); got.Status != ocsp.Unknown {
+		t.Fatal("the live index read the database for a cached unknown serial")
+	}
+	r.Committed(plugins.CertificateEvent{Kind: plugins.EventIssued, Serial: fresh.String()})
+	if got := ask(t, r, fresh); got.Status != ocsp.Good {
+		t.Fatalf("announced issuance answered %d", got.Status)
+	}
+
+	// A revocation is answered as soon as it is announced, reason and time
+	// included, and pre-signed for SHA-1 in the background.
+	at := h.now.Add(-time.Minute).UTC().Truncate(time.Second)
+	r.Committed(plugins.CertificateEvent{Kind: plugins.EventRevoked, Serial: fresh.String(), Revocation: &plugins.Revocation{ReasonCode: ocsp.KeyCompromise, RevokedAt: at}})
+	got := ask(t, r, fresh)
+	if got.Status != ocsp.Revoked || got.RevocationReason != ocsp.KeyCompromise || !got.RevokedAt.Equal(at) {
+		t.Fatalf("announced revocation answered %d/%d/%v", got.Status, got.RevocationReason, got.RevokedAt)
+	}
+
+	// A database read that raced an issuance announcement is not cached
+	// as unknown.
+	racy := "3003"
+	_, seq, _ := r.idx.lookup(racy)
+	r.idx.issuedNow("4004")
+	r.idx.learn(racy, certStatus{code: statusUnknown}, seq)
+	if _, _, ok := r.idx.lookup(racy); ok {
+		t.Fatal("unknown cached across an issuance announcement")
+	}
+}
+
+// On PostgreSQL the index follows other replicas through notifications,
+// goes stale (database reads) when its listener dies, and resyncs.
+func TestStatusFeedOnPostgres(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	open := func() nosql.DB {
+		d, err := nosql.New("postgresql", pg.DSN(), nosql.WithDatabase("feedtest"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = d.Close() })
+		for _, tbl := range [][]byte{certstatus.CertsTable, certstatus.RevokedCertsTable} {
+			if err := d.CreateTable(tbl); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return d
+	}
+	storeA, storeB := open(), open()
+	h := newFakeHost(t)
+	h.store, h.now = storeA, time.Now()
+	r, err := NewResponder(h, DefaultConfig().OCSP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := r.StartStatusFeed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "feed live", 10*time.Second, r.idx.isLive)
+
+	// Replica B issues and revokes; A's index follows within a second.
+	serial := big.NewInt(5005)
+	if err := storeB.Set(certstatus.CertsTable, []byte(serial.String()), []byte("der")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "issuance on B reaches A's index", time.Second, func() bool {
+		st, _, ok := r.idx.lookup(serial.String())
+		return ok && st.code == statusGood
+	})
+	revokeRow(t, storeB, serial, ocsp.CessationOfOperation, time.Now())
+	took := waitFor(t, "revocation on B reaches A's index", time.Second, func() bool {
+		st, _, ok := r.idx.lookup(serial.String())
+		return ok && st.code == statusRevoked && st.rev.reason == ocsp.CessationOfOperation
+	})
+	t.Logf("revocation on B seen by A's index after %s", took)
+	if got := ask(t, r, serial); got.Status != ocsp.Revoked {
+		t.Fatalf("A answered %d", got.Status)
+	}
+
+	// Kill A's listening session: the index goes stale at once, so a
+	// revocation B commits meanwhile is read from the database, and after
+	// the reconnect the resync has it in memory.
+	pool := sqlpool.Pool(storeB)
+	res, err := pool.Exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		t.Fatalf("terminated %d listening sessions, want 1", n)
+	}
+	waitFor(t, "index stale after its listener died", 2*time.Second, func() bool { return !r.idx.isLive() })
+	other := big.NewInt(6006)
+	if err := storeB.Set(certstatus.CertsTable, []byte(other.String()), []byte("der")); err != nil {
+		t.Fatal(err)
+	}
+	revokeRow(t, storeB, other, ocsp.KeyCompromise, time.Now())
+	if got := ask(t, r, other); got.Status != ocsp.Revoked {
+		t.Fatalf("while stale, A answered %d for a revoked serial", got.Status)
+	}
+	waitFor(t, "feed live again", 10*time.Second, r.idx.isLive)
+	if st, _, ok := r.idx.lookup(other.String()); !ok || st.code != statusRevoked {
+		t.Fatal("resync did not load the revocation made while the feed was down")
+	}
+	if n := testutilCounter(t, h.reg, "stepfort_ocsp_status_resyncs_total"); n < 2 {
+		t.Fatalf("resyncs = %v, want >= 2", n)
+	}
+}
+
+func testutilCounter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
+}

@@ -1,0 +1,257 @@
+package ha
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/smallstep/nosql"
+	"github.com/smallstep/nosql/database"
+
+	"github.com/stepfort/stepfort/certstatus"
+	"github.com/stepfort/stepfort/sqlpool"
+)
+
+// notifyChannel carries "i:<serial>" (issued), "r:<serial>" (revoked) and
+// "rd:<serial>" (revocation row deleted) from database triggers, so every
+// transaction that writes these rows announces them on commit, whichever
+// replica (or upstream step-ca process) made it.
+const notifyChannel = "stepfort_certs"
+
+// Feed timing: a quiet listener pings the server this often, and a ping or
+// reconnect attempt that takes longer than feedTimeout marks the index stale
+// (requests then read the database) until the feed is back and resynced.
+const (
+	feedIdle    = 400 * time.Millisecond
+	feedTimeout = 500 * time.Millisecond
+)
+
+// installNotifyTriggers creates the trigger function and the triggers on
+// upstream's x509_certs and revoked_x509_certs tables, once, under an
+// advisory lock so replicas starting together do not race. The triggers are
+// only created when missing: CREATE TRIGGER locks the table against writes.
+func installNotifyTriggers(ctx context.Context, pool *sql.DB) error {
+	const ddl = `
+DO $stepfort$
+BEGIN
+  PERFORM pg_advisory_xact_lock(7419001);
+  CREATE OR REPLACE FUNCTION stepfort_cert_notify() RETURNS trigger LANGUAGE plpgsql AS $f$
+  BEGIN
+    IF TG_OP = 'DELETE' THEN
+      PERFORM pg_notify('` + notifyChannel + `', TG_ARGV[0] || 'd:' || encode(OLD.nkey, 'escape'));
+      RETURN OLD;
+    END IF;
+    PERFORM pg_notify('` + notifyChannel + `', TG_ARGV[0] || ':' || encode(NEW.nkey, 'escape'));
+    RETURN NEW;
+  END $f$;
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'stepfort_notify' AND tgrelid = 'revoked_x509_certs'::regclass) THEN
+    CREATE TRIGGER stepfort_notify AFTER INSERT OR UPDATE OR DELETE ON revoked_x509_certs
+      FOR EACH ROW EXECUTE FUNCTION stepfort_cert_notify('r');
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'stepfort_notify' AND tgrelid = 'x509_certs'::regclass) THEN
+    CREATE TRIGGER stepfort_notify AFTER INSERT ON x509_certs
+      FOR EACH ROW EXECUTE FUNCTION stepfort_cert_notify('i');
+  END IF;
+END $stepfort$;`
+	tx, err := pool.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, ddl); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// pgFeed keeps a statusIndex live from PostgreSQL notifications. Each
+// session takes one connection out of upstream's pool, LISTENs, then loads
+// the revoked set (so nothing committed after the LISTEN is missed), marks
+// the index live and applies notifications until the connection fails or
+// stops answering pings; then the index goes stale and a new session starts.
+type pgFeed struct {
+	pool    *sql.DB
+	store   nosql.DB
+	idx     *statusIndex
+	log     *slog.Logger
+	changed func(serial string) // after the index learned about serial
+	resyncs prometheus.Counter
+}
+
+// newPGFeed returns a feed when store is PostgreSQL and the triggers could
+// be installed, or nil (with the reason logged) when requests must keep
+// reading the database.
+func newPGFeed(ctx context.Context, store nosql.DB, idx *statusIndex, log *slog.Logger, reg prometheus.Registerer) *pgFeed {
+	pool := sqlpool.Pool(store)
+	if pool == nil {
+		return nil
+	}
+	if _, ok := pool.Driver().(*stdlib.Driver); !ok {
+		log.Info("OCSP status cache off: the database is not PostgreSQL; every request reads the database")
+		return nil
+	}
+	ictx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := installNotifyTriggers(ictx, pool); err != nil {
+		log.Warn("OCSP status cache off: cannot install notification triggers; every request reads the database", "error", err)
+		return nil
+	}
+	f := &pgFeed{pool: pool, store: store, idx: idx, log: log}
+	f.resyncs = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "stepfort", Subsystem: "ocsp", Name: "status_resyncs_total",
+		Help: "Full reloads of the revoked set after the PostgreSQL notification feed (re)connected"})
+	registerOrReuse(reg, f.resyncs)
+	return f
+}
+
+// Run keeps sessions going until ctx ends.
+func (f *pgFeed) Run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := f.session(ctx)
+		f.idx.setLive(false)
+		if ctx.Err() != nil {
+			return
+		}
+		f.log.Warn("OCSP notification feed lost; answering from the database until it is back", "error", err)
+		if time.Since(start) > 10*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+func (f *pgFeed) session(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	conn, err := f.pool.Conn(cctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close()
+	return conn.Raw(func(dc any) error {
+		sc, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("unexpected driver connection %T", dc)
+		}
+		pc := sc.Conn()
+		// The connection never goes back to the pool listening.
+		defer func() { _ = pc.Close(context.Background()) }()
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := pc.Exec(lctx, "LISTEN "+notifyChannel)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("LISTEN: %w", err)
+		}
+		f.idx.beginLoad()
+		revoked, err := loadRevoked(f.store)
+		if err != nil {
+			return err
+		}
+		f.idx.reset(revoked, true)
+		f.resyncs.Inc()
+		f.log.Info("OCSP status cache live", "revoked", len(revoked))
+		return f.listen(ctx, pc)
+	})
+}
+
+// listen applies notifications, pinging the server whenever it is quiet.
+func (f *pgFeed) listen(ctx context.Context, pc *pgx.Conn) error {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, feedIdle)
+		n, err := pc.WaitForNotification(wctx)
+		cancel()
+		switch {
+		case err == nil:
+			if err := f.apply(n.Payload); err != nil {
+				return err
+			}
+			continue
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case !pgconn.Timeout(err):
+			return fmt.Errorf("wait for notification: %w", err)
+		}
+		pctx, cancel := context.WithTimeout(ctx, feedTimeout)
+		err = pc.Ping(pctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("ping: %w", err)
+		}
+	}
+}
+
+// apply updates the index from one notification. A failed read of a
+// revocation ends the session (the index goes stale, then resyncs) rather
+// than leaving the index without it.
+func (f *pgFeed) apply(payload string) error {
+	kind, serial, ok := strings.Cut(payload, ":")
+	if !ok || serial == "" {
+		f.log.Warn("OCSP feed: ignoring malformed notification", "payload", payload)
+		return nil
+	}
+	switch kind {
+	case "i":
+		f.idx.issuedNow(serial)
+	case "r":
+		b, err := f.store.Get(certstatus.RevokedCertsTable, []byte(serial))
+		if database.IsErrNotFound(err) {
+			return nil // rolled back, or deleted since
+		}
+		if err != nil {
+			return fmt.Errorf("read revocation %s: %w", serial, err)
+		}
+		r, err := decodeRevocation(b)
+		if err != nil {
+			return fmt.Errorf("revocation %s: %w", serial, err)
+		}
+		f.idx.revokedNow(serial, r)
+	case "rd":
+		f.idx.unrevokedNow(serial)
+	default:
+		return nil
+	}
+	if f.changed != nil {
+		f.changed(serial)
+	}
+	return nil
+}
+
+// loadRevoked reads the whole revoked table.
+func loadRevoked(store nosql.DB) (map[string]revocation, error) {
+	rows, err := store.List(certstatus.RevokedCertsTable)
+	if err != nil && !database.IsErrNotFound(err) {
+		return nil, fmt.Errorf("load revocations: %w", err)
+	}
+	out := make(map[string]revocation, len(rows))
+	for _, row := range rows {
+		r, err := decodeRevocation(row.Value)
+		if err != nil {
+			return nil, fmt.Errorf("revocation %s: %w", row.Key, err)
+		}
+		out[string(row.Key)] = r
+	}
+	return out, nil
+}
+
+func registerOrReuse(reg prometheus.Registerer, c prometheus.Collector) {
+	if err := reg.Register(c); err != nil {
+		var already prometheus.AlreadyRegisteredError
+		if !errors.As(err, &already) {
+			slog.Warn("register metric", "error", err)
+		}
+	}
+}
