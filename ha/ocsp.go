@@ -328,7 +328,7 @@ func (r *Responder) sign(key *responderKey, serialNumber *big.Int, serial string
 		ThisUpdate:   now.Add(-time.Minute).Truncate(time.Second), // clock skew
 		NextUpdate:   now.Add(r.cfg.Validity.Duration).Truncate(time.Second),
 		IssuerHash:   hash,
-		Status:       st.code, // never "good" for a serial this CA did not issue
+		Status:       st.code,  // never "good" for a serial this CA did not issue
 		Certificate:  key.cert, // nil when the CA key signs
 	}
 	if st.code == statusRevoked {
