@@ -218,7 +218,7 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 			return nil, err
 		}
 		traceHeader = logger.GetTraceHeader()
-		https, insecure = logger.Middleware(https), logger.Middleware(insecure)
+		https, insecure = d.withAccessLog(logger, https), d.withAccessLog(logger, insecure)
 	}
 	base := baseContext(auth, scepAuthority, acmeDB, linker)
 	https = d.common(https, base, "https")
@@ -226,6 +226,30 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 	gen.https = requestid.New(traceHeader).Middleware(https)
 	gen.http = requestid.New(traceHeader).Middleware(insecure)
 	return gen, nil
+}
+
+// withAccessLog wraps next in upstream's access log, except for the paths a
+// plugin exempts.
+func (d *Daemon) withAccessLog(logger *logging.Logger, next http.Handler) http.Handler {
+	var exempters []plugins.AccessLogExempter
+	for _, p := range d.plugins {
+		if e, ok := p.(plugins.AccessLogExempter); ok {
+			exempters = append(exempters, e)
+		}
+	}
+	logged := logger.Middleware(next)
+	if len(exempters) == 0 {
+		return logged
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, e := range exempters {
+			if e.AccessLogExempt(r.URL.Path) {
+				next.ServeHTTP(w, r)
+				return
+			}
+		}
+		logged.ServeHTTP(w, r)
+	})
 }
 
 // baseContext mirrors ca/ca.go buildContext: upstream handlers find the

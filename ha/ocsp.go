@@ -59,6 +59,9 @@ type Responder struct {
 
 	presign chan *big.Int
 
+	parsedMu sync.RWMutex
+	parsed   map[string]*parsedRequest // by request DER
+
 	mu      sync.RWMutex
 	signer  *responderKey
 	cache   map[cacheKey]*cachedResponse // serials this CA issued
@@ -85,7 +88,8 @@ type cachedResponse struct {
 // StartStatusFeed runs it reads every status from the database.
 func NewResponder(h plugins.Host, cfg OCSPConfig) (*Responder, error) {
 	r := &Responder{host: h, store: h.DB(), cfg: cfg, log: h.Logger(), idx: newStatusIndex(),
-		cache: map[cacheKey]*cachedResponse{}, unknown: map[cacheKey]*cachedResponse{}, presign: make(chan *big.Int, 4096)}
+		cache: map[cacheKey]*cachedResponse{}, unknown: map[cacheKey]*cachedResponse{}, presign: make(chan *big.Int, 4096),
+		parsed: map[string]*parsedRequest{}}
 	r.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stepfort", Subsystem: "ocsp", Name: "responses_total", Help: "OCSP responses by certificate status or error"}, []string{"status"})
 	r.cacheHit = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "stepfort", Subsystem: "ocsp", Name: "cache_hits_total", Help: "OCSP responses served from the signed-response cache"})
 	for _, c := range []prometheus.Collector{r.requests, r.cacheHit} {
@@ -172,7 +176,7 @@ func (r *Responder) presignLoop(ctx context.Context) {
 			if err != nil {
 				continue
 			}
-			if _, err := r.lookupAndSign(key, sn, crypto.SHA1, false); err != nil {
+			if _, err := r.lookupAndSign(key, sn, sn.String(), crypto.SHA1, false); err != nil {
 				r.log.Debug("OCSP pre-sign", "serial", sn.String(), "error", err)
 			}
 		}
@@ -198,18 +202,18 @@ func (r *Responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		r.writeError(w, ocsp.MalformedRequestErrorResponse, "malformedRequest")
 		return
 	}
-	ocspReq, err := ocsp.ParseRequest(raw)
+	q, err := r.parse(raw)
 	if err != nil {
 		r.writeError(w, ocsp.MalformedRequestErrorResponse, "malformedRequest")
 		return
 	}
-	resp, err := r.respond(ocspReq)
+	resp, err := r.respondTo(q)
 	if errors.Is(err, errNotOurIssuer) {
 		r.writeError(w, ocsp.UnauthorizedErrorResponse, "unauthorized")
 		return
 	}
 	if err != nil {
-		r.log.Error("ocsp response", "serial", ocspReq.SerialNumber.String(), "error", err)
+		r.log.Error("ocsp response", "serial", q.serial, "error", err)
 		r.writeError(w, ocsp.TryLaterErrorResponse, "tryLater")
 		return
 	}
@@ -250,16 +254,57 @@ func requestBytes(req *http.Request) ([]byte, error) {
 
 var errNotOurIssuer = errors.New("request names another issuer")
 
+// parsedRequest is what the responder needs from a request, kept per
+// distinct request so repeated requests (the normal case: clients and
+// caches ask again and again) skip ASN.1 parsing.
+type parsedRequest struct {
+	serialNumber *big.Int
+	serial       string // decimal, as upstream keys certificates
+	hash         crypto.Hash
+	issuerName   []byte
+	issuerKey    []byte
+}
+
+// maxParsedCached bounds the parsed-request cache.
+const maxParsedCached = 1 << 16
+
+func (r *Responder) parse(raw []byte) (*parsedRequest, error) {
+	r.parsedMu.RLock()
+	q := r.parsed[string(raw)]
+	r.parsedMu.RUnlock()
+	if q != nil {
+		return q, nil
+	}
+	req, err := ocsp.ParseRequest(raw)
+	if err != nil {
+		return nil, err
+	}
+	q = &parsedRequest{serialNumber: req.SerialNumber, serial: req.SerialNumber.String(), hash: req.HashAlgorithm,
+		issuerName: req.IssuerNameHash, issuerKey: req.IssuerKeyHash}
+	r.parsedMu.Lock()
+	if len(r.parsed) >= maxParsedCached {
+		clear(r.parsed)
+	}
+	r.parsed[string(raw)] = q
+	r.parsedMu.Unlock()
+	return q, nil
+}
+
 // respond returns a signed response for the request, from cache if valid.
 func (r *Responder) respond(req *ocsp.Request) (*cachedResponse, error) {
+	return r.respondTo(&parsedRequest{serialNumber: req.SerialNumber, serial: req.SerialNumber.String(), hash: req.HashAlgorithm,
+		issuerName: req.IssuerNameHash, issuerKey: req.IssuerKeyHash})
+}
+
+func (r *Responder) respondTo(q *parsedRequest) (*cachedResponse, error) {
 	key, err := r.currentSigner()
 	if err != nil {
 		return nil, err
 	}
-	if !key.issuedBy(req) {
+	if !key.issuedBy(q.hash, q.issuerName, q.issuerKey) {
 		return nil, errNotOurIssuer
 	}
-	resp, err := r.lookupAndSign(key, req.SerialNumber, req.HashAlgorithm, true)
+	resp, err := r.lookupAndSign(key, q.serialNumber, q.serial, q.hash, true)
 	if err != nil {
 		return nil, err
 	}
@@ -269,8 +314,7 @@ func (r *Responder) respond(req *ocsp.Request) (*cachedResponse, error) {
 
 // lookupAndSign finds the serial's status and returns the cached response
 // for it if it is current, or signs (and caches) a new one.
-func (r *Responder) lookupAndSign(key *responderKey, serialNumber *big.Int, hash crypto.Hash, countHit bool) (*cachedResponse, error) {
-	serial := serialNumber.String()
+func (r *Responder) lookupAndSign(key *responderKey, serialNumber *big.Int, serial string, hash crypto.Hash, countHit bool) (*cachedResponse, error) {
 	st, err := r.status(serial)
 	if err != nil {
 		return nil, err
@@ -453,12 +497,12 @@ func (k *responderKey) responderCert() *x509.Certificate {
 	return k.issuer
 }
 
-func (k *responderKey) issuedBy(req *ocsp.Request) bool {
-	nh, ok := k.nameHash[req.HashAlgorithm]
+func (k *responderKey) issuedBy(hash crypto.Hash, nameHash, keyHash []byte) bool {
+	nh, ok := k.nameHash[hash]
 	if !ok {
 		return false
 	}
-	return bytes.Equal(nh, req.IssuerNameHash) && bytes.Equal(k.keyHash[req.HashAlgorithm], req.IssuerKeyHash)
+	return bytes.Equal(nh, nameHash) && bytes.Equal(k.keyHash[hash], keyHash)
 }
 
 // currentSigner returns the signing key, issuing a new delegated responder

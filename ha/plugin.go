@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -69,6 +70,11 @@ type OCSPConfig struct {
 	Signer string `json:"signer"`
 	// ResponderLifetime is the delegated responder certificate's lifetime.
 	ResponderLifetime config.Duration `json:"responderLifetime"`
+	// AccessLog puts every OCSP request into upstream's access log. Off by
+	// default: at thousands of requests per second the log line costs more
+	// than the answer; stepfort_ocsp_responses_total counts them by status
+	// and errors are logged either way.
+	AccessLog bool `json:"accessLog"`
 }
 
 // DefaultConfig is the configuration with defaults.
@@ -242,6 +248,15 @@ func (p *Plugin) Health(context.Context) (map[string]any, error) {
 		out["crlNumber"] = info.Number
 	}
 	return out, nil
+}
+
+// AccessLogExempt keeps OCSP requests out of the access log unless
+// ocsp.accessLog is set.
+func (p *Plugin) AccessLogExempt(path string) bool {
+	if p.cfg.OCSP.AccessLog {
+		return false
+	}
+	return strings.HasPrefix(path, "/ocsp") || strings.HasPrefix(path, "/1.0/ocsp")
 }
 
 // CertificateCommitted keeps the responder's status index current with this

@@ -140,6 +140,13 @@ type CertificateObserver interface {
 	ObserveCertificate(ctx context.Context, ev CertificateEvent) error
 }
 
+// AccessLogExempter keeps high-rate paths (OCSP) out of upstream's
+// per-request access log, which would otherwise cost more than answering
+// them. Exempt requests are still counted in metrics.
+type AccessLogExempter interface {
+	AccessLogExempt(path string) bool
+}
+
 // CertificateWatcher is told about a certificate change on this replica
 // synchronously, right after it is committed and before the request that
 // made it is answered, so a cache can read its own writes (the OCSP

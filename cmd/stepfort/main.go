@@ -57,6 +57,7 @@ func init() {
 }
 
 func main() {
+	startPprof()
 	app := cli.NewApp()
 	app.Name = "stepfort"
 	app.HelpName = "stepfort"
