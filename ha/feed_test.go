@@ -75,6 +75,9 @@ func TestStatusIndexLiveOnBbolt(t *testing.T) {
 	if err := r.StartStatusFeed(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if _, kind := backend(h.store); kind != "bolt" {
+		t.Fatalf("backend of upstream's bbolt database = %q", kind)
+	}
 	if !r.idx.isLive() || r.idx.revokedCount() != 1 {
 		t.Fatalf("live=%v revoked=%d after load", r.idx.isLive(), r.idx.revokedCount())
 	}
@@ -137,7 +140,8 @@ func TestStatusFeedOnPostgres(t *testing.T) {
 	}
 	storeA, storeB := open(), open()
 	h := newFakeHost(t)
-	h.store, h.now = storeA, time.Now()
+	// The daemon hands plugins upstream's *db.DB around the nosql store.
+	h.store, h.now = &db.DB{DB: storeA}, time.Now()
 	r, err := NewResponder(h, DefaultConfig().OCSP)
 	if err != nil {
 		t.Fatal(err)
@@ -148,6 +152,8 @@ func TestStatusFeedOnPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "feed live", 10*time.Second, r.idx.isLive)
+	// Several idle periods (wait timeouts and pings) pass first.
+	time.Sleep(3 * feedIdle)
 
 	// Replica B issues and revokes; A's index follows within a second.
 	serial := big.NewInt(5005)
@@ -172,7 +178,7 @@ func TestStatusFeedOnPostgres(t *testing.T) {
 	// revocation B commits meanwhile is read from the database, and after
 	// the reconnect the resync has it in memory.
 	pool := sqlpool.Pool(storeB)
-	res, err := pool.Exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()`)
+	res, err := pool.Exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'stepfort-ocsp-feed' AND pid <> pg_backend_pid()`)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,6 @@ import (
 
 	"github.com/stepfort/stepfort/certstatus"
 	"github.com/stepfort/stepfort/plugins"
-	"github.com/stepfort/stepfort/sqlpool"
 )
 
 // maxRequest bounds an OCSP request (a few hundred bytes in practice).
@@ -114,25 +113,31 @@ func NewResponder(h plugins.Host, cfg OCSPConfig) (*Responder, error) {
 // StartStatusFeed loads the revoked set and keeps it current until ctx
 // ends: on PostgreSQL through notifications (the index is live only while
 // the feed is); on bbolt and badger, which one process at a time can open,
-// this replica's own writes are the complete feed. Other databases keep
-// reading per request. It also starts the pre-signer.
+// this replica's own writes are the complete feed. Other databases (MySQL)
+// keep reading per request. It also starts the pre-signer.
 func (r *Responder) StartStatusFeed(ctx context.Context) error {
 	go r.presignLoop(ctx)
-	if sqlpool.Pool(r.store) != nil {
+	_, kind := backend(r.store)
+	switch {
+	case kind == "postgresql":
 		if f := newPGFeed(ctx, r.store, r.idx, r.log, r.host.Metrics()); f != nil {
 			f.changed = r.schedulePresign
 			go f.Run(ctx)
 		}
 		return nil
+	case kind == "bolt" || strings.HasPrefix(kind, "badger"):
+		r.idx.beginLoad()
+		revoked, err := loadRevoked(r.store)
+		if err != nil {
+			return err
+		}
+		r.idx.reset(revoked, true)
+		r.log.Info("OCSP status cache live", "revoked", len(revoked), "database", kind)
+		return nil
+	default:
+		r.log.Info("OCSP status cache off: no change feed for this database; every request reads the database", "database", kind)
+		return nil
 	}
-	r.idx.beginLoad()
-	revoked, err := loadRevoked(r.store)
-	if err != nil {
-		return err
-	}
-	r.idx.reset(revoked, true)
-	r.log.Info("OCSP status cache live", "revoked", len(revoked))
-	return nil
 }
 
 // Committed is told about this replica's issuances and revocations before

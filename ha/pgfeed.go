@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 	"time"
 
@@ -13,12 +14,26 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
 
 	"github.com/stepfort/stepfort/certstatus"
 	"github.com/stepfort/stepfort/sqlpool"
 )
+
+// backend names the nosql implementation under store (upstream's *db.DB
+// embeds it): "postgresql", "bolt", "badger/v1", "mysql", ...
+func backend(store nosql.DB) (nosql.DB, string) {
+	if u, ok := store.(*db.DB); ok {
+		store = u.DB
+	}
+	t := reflect.TypeOf(store)
+	if t == nil || t.Kind() != reflect.Pointer {
+		return store, ""
+	}
+	return store, strings.TrimPrefix(t.Elem().PkgPath(), "github.com/smallstep/nosql/")
+}
 
 // notifyChannel carries "i:<serial>" (issued), "r:<serial>" (revoked) and
 // "rd:<serial>" (revocation row deleted) from database triggers, so every
@@ -90,12 +105,10 @@ type pgFeed struct {
 // be installed, or nil (with the reason logged) when requests must keep
 // reading the database.
 func newPGFeed(ctx context.Context, store nosql.DB, idx *statusIndex, log *slog.Logger, reg prometheus.Registerer) *pgFeed {
-	pool := sqlpool.Pool(store)
+	inner, _ := backend(store)
+	pool := sqlpool.Pool(inner)
 	if pool == nil {
-		return nil
-	}
-	if _, ok := pool.Driver().(*stdlib.Driver); !ok {
-		log.Info("OCSP status cache off: the database is not PostgreSQL; every request reads the database")
+		log.Warn("OCSP status cache off: PostgreSQL connection pool not found; every request reads the database")
 		return nil
 	}
 	ictx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -151,7 +164,8 @@ func (f *pgFeed) session(ctx context.Context) error {
 		// The connection never goes back to the pool listening.
 		defer func() { _ = pc.Close(context.Background()) }()
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := pc.Exec(lctx, "LISTEN "+notifyChannel)
+		// The name shows the session in pg_stat_activity.
+		_, err := pc.Exec(lctx, "SET application_name = 'stepfort-ocsp-feed'; LISTEN "+notifyChannel)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("LISTEN: %w", err)

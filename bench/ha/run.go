@@ -243,7 +243,7 @@ func (b *bench) prepareMix(ctx context.Context, c *ca, a *server, client *http.C
 func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targets []ocspTarget, good, revoked, unknown int) error {
 	o, c := b.o, b.c
 	mix := fmt.Sprintf("%d good / %d revoked / %d unknown serials, each by POST and GET (%d distinct requests, SHA-1 CertIDs)", good, revoked, unknown, len(reqs))
-	fmt.Printf("\nOCSP: %s, %d keep-alive workers in-process\n", mix, o.ocspWorkers)
+	fmt.Printf("\nOCSP: %s, %d workers in-process, each on its own HTTP/1.1 connection (bench/ha/rawload.go; openssl gets a new connection per request)\n", mix, o.ocspWorkers)
 	client := ocspClient(o.ocspWorkers, true)
 	defer client.CloseIdleConnections()
 	for _, s := range []*server{a, rb} {
@@ -253,13 +253,18 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 	}
 	fmt.Printf("  every answer from both replicas checked (signature, serial, status, reason)\n")
 	base := a.httpURL + "/ocsp"
-	_ = ocspLoad(ctx, client, base, reqs, o.ocspWorkers, time.Second) // warm-up
+	if _, err := rawLoad(ctx, base, reqs, o.ocspWorkers, time.Second, true); err != nil { // warm-up
+		return err
+	}
 	sess0, err := c.pgSessions(ctx, revocationDB)
 	if err != nil {
 		return err
 	}
 	cpu0, _ := cpuTime(a.proc.Pid())
-	sf := ocspLoad(ctx, client, base, reqs, o.ocspWorkers, o.ocspDur)
+	sf, err := rawLoad(ctx, base, reqs, o.ocspWorkers, o.ocspDur, true)
+	if err != nil {
+		return err
+	}
 	cpu1, _ := cpuTime(a.proc.Pid())
 	sess1, err := c.pgSessions(ctx, revocationDB)
 	if err != nil {
@@ -274,12 +279,21 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 	fmt.Printf("  stepfort (replica A)  %8.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  %d responses in %.1fs, server CPU %.1f us/response, %d PostgreSQL sessions opened (and closed) during the load\n",
 		sf.perSecond(), ms(sf.percentile(50)), ms(sf.percentile(99)), sf.ok, sf.elapsed.Seconds(), float64(cpu1-cpu0)/float64(time.Microsecond)/float64(sf.ok), sess1-sess0)
 	loadSessions := sess1 - sess0
+	// Diagnostic: the same load from net/http's client, which costs about
+	// as much CPU per request as the server's answer.
+	if nh := ocspLoad(ctx, client, base, reqs, o.ocspWorkers, 3*time.Second); nh.failed == 0 {
+		fmt.Printf("  stepfort, net/http client %5.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  (diagnostic: Go's HTTP client as the load generator)\n",
+			nh.perSecond(), ms(nh.percentile(50)), ms(nh.percentile(99)))
+	}
 	diag := ""
 	// Diagnostic: 2 workers, no more than database/sql's default of two
 	// idle connections, so the pool does not churn.
 	if o.ocspWorkers > 2 {
 		sess0, _ = c.pgSessions(ctx, revocationDB)
-		d2 := ocspLoad(ctx, client, base, reqs, 2, 3*time.Second)
+		d2, err := rawLoad(ctx, base, reqs, 2, 3*time.Second, true)
+		if err != nil {
+			return err
+		}
 		sess1, _ = c.pgSessions(ctx, revocationDB)
 		if d2.failed > 0 {
 			return fmt.Errorf("stepfort OCSP (2 workers): %d failed, e.g. %s", d2.failed, strings.Join(d2.errs, " | "))
@@ -319,9 +333,14 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 			if err := checkOCSP(ctx, oc, url, reqs, targets, c.inter); err != nil {
 				return fmt.Errorf("openssl ocsp answers: %w\n%s", err, tail(p.Log(), 2000))
 			}
-			_ = ocspLoad(ctx, oc, url, reqs, o.ocspWorkers, 500*time.Millisecond)
+			if _, err := rawLoad(ctx, url, reqs, o.ocspWorkers, 500*time.Millisecond, false); err != nil {
+				return err
+			}
 			cpu0, _ := cpuTime(p.Pid())
-			ol := ocspLoad(ctx, oc, url, reqs, o.ocspWorkers, o.opensslDur)
+			ol, err := rawLoad(ctx, url, reqs, o.ocspWorkers, o.opensslDur, false)
+			if err != nil {
+				return err
+			}
 			cpu1, _ := cpuTime(p.Pid())
 			if ol.failed > 0 {
 				return fmt.Errorf("openssl ocsp: %d of %d requests failed, e.g. %s", ol.failed, ol.failed+ol.ok, strings.Join(ol.errs, " | "))
@@ -528,9 +547,14 @@ func (b *bench) runOCSPBbolt(ctx context.Context) error {
 	if err := checkOCSP(ctx, oc, base, m.reqs, m.targets, c.inter); err != nil {
 		return fmt.Errorf("stepfort on bbolt OCSP answers: %w", err)
 	}
-	_ = ocspLoad(ctx, oc, base, m.reqs, o.ocspWorkers, time.Second)
+	if _, err := rawLoad(ctx, base, m.reqs, o.ocspWorkers, time.Second, true); err != nil {
+		return err
+	}
 	cpu0, _ := cpuTime(s.proc.Pid())
-	r := ocspLoad(ctx, oc, base, m.reqs, o.ocspWorkers, o.ocspDur/2)
+	r, err := rawLoad(ctx, base, m.reqs, o.ocspWorkers, o.ocspDur/2, true)
+	if err != nil {
+		return err
+	}
 	cpu1, _ := cpuTime(s.proc.Pid())
 	if r.failed > 0 {
 		return fmt.Errorf("stepfort on bbolt OCSP: %d of %d requests failed, e.g. %s", r.failed, r.failed+r.ok, strings.Join(r.errs, " | "))

@@ -143,8 +143,13 @@ func TestOCSPPropagatesAcrossReplicas(t *testing.T) {
 	pg := testenv.StartPostgres(t)
 	c := initCA(t, "--db", "postgresql", "--db-dsn", pg.DSN(), "--db-name", "ocsp")
 	configB, portB := replicaConfig(t, c, "replica-b")
-	serve(t, c.Config, c.Password, c.Port)
-	serve(t, configB, c.Password, portB)
+	pa := serve(t, c.Config, c.Password, c.Port)
+	pb := serve(t, configB, c.Password, portB)
+	defer func() {
+		if t.Failed() {
+			t.Logf("A:\n%s\nB:\n%s", pa.Log(), pb.Log())
+		}
+	}()
 	a, b := newStepCLI(t), newStepCLI(t)
 	a.bootstrap(c, c.URL)
 	b.bootstrap(c, fmt.Sprintf("https://localhost:%d", portB))
