@@ -42,6 +42,24 @@ type contractPlugin struct {
 	nonces    int
 	acmeWraps int
 	enriched  []string
+	committed []plugins.CertificateEvent
+}
+
+// DirectRoute answers /contract/direct before any middleware.
+func (p *contractPlugin) DirectRoute(r *http.Request) http.Handler {
+	if r.URL.Path != "/contract/direct" {
+		return nil
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// No request id: the middleware did not run.
+		io.WriteString(w, "direct:"+w.Header().Get("X-Request-Id"))
+	})
+}
+
+func (p *contractPlugin) CertificateCommitted(ev plugins.CertificateEvent) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.committed = append(p.committed, ev)
 }
 
 func (p *contractPlugin) Name() string { return "contract" }
@@ -201,6 +219,11 @@ func TestPluginContract(t *testing.T) {
 	if code, body := get(fmt.Sprintf("http://127.0.0.1:%d/contract/ping", httpPort), ""); code != 200 || body != "http-pong" {
 		t.Fatalf("HTTP route: %d %q", code, body)
 	}
+	for _, u := range []string{base, fmt.Sprintf("http://127.0.0.1:%d", httpPort)} {
+		if code, body := get(u+"/contract/direct", ""); code != 200 || body != "direct:" {
+			t.Fatalf("direct route on %s: %d %q", u, code, body)
+		}
+	}
 	adminToken, _ := os.ReadFile(res.AdminTokenFile)
 	if code, body := get(base+"/api/v1/contract", strings.TrimSpace(string(adminToken))); code != 200 || !strings.Contains(body, `"init"`) {
 		t.Fatalf("admin route: %d %s", code, body)
@@ -219,6 +242,12 @@ func TestPluginContract(t *testing.T) {
 	dir := t.TempDir()
 	crt, key := filepath.Join(dir, "ok.crt"), filepath.Join(dir, "ok.key")
 	step("ca", "certificate", "allowed.example", crt, key, "--provisioner", "admin", "--provisioner-password-file", res.PasswordFile)
+	// The watcher heard of the issuance before the CLI got its answer.
+	p.mu.Lock()
+	if len(p.committed) != 1 || p.committed[0].Kind != plugins.EventIssued || p.committed[0].Serial != readPEMCert(t, crt).SerialNumber.String() {
+		t.Fatalf("CertificateWatcher saw %+v", p.committed)
+	}
+	p.mu.Unlock()
 	if out, err := stepErr(t, res, "ca", "certificate", "forbidden.example", filepath.Join(dir, "f.crt"), filepath.Join(dir, "f.key"),
 		"--provisioner", "admin", "--provisioner-password-file", res.PasswordFile); err == nil {
 		t.Fatalf("SignAuthorizer denial ignored:\n%s", out)
@@ -280,6 +309,9 @@ func TestPluginContract(t *testing.T) {
 	}
 	if kinds[plugins.EventIssued] != 2 || kinds[plugins.EventRenewed] != 1 {
 		t.Fatalf("observer events %v", kinds)
+	}
+	if len(p.committed) != 3 || p.committed[1].Kind != plugins.EventRenewed {
+		t.Fatalf("watcher events %+v", p.committed)
 	}
 }
 

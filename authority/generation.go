@@ -218,37 +218,36 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 			return nil, err
 		}
 		traceHeader = logger.GetTraceHeader()
-		https, insecure = d.withAccessLog(logger, https), d.withAccessLog(logger, insecure)
+		https, insecure = logger.Middleware(https), logger.Middleware(insecure)
 	}
 	base := baseContext(auth, scepAuthority, acmeDB, linker)
 	https = d.common(https, base, "https")
 	insecure = d.common(insecure, base, "http")
-	gen.https = requestid.New(traceHeader).Middleware(https)
-	gen.http = requestid.New(traceHeader).Middleware(insecure)
+	gen.https = d.withDirectRoutes(requestid.New(traceHeader).Middleware(https))
+	gen.http = d.withDirectRoutes(requestid.New(traceHeader).Middleware(insecure))
 	return gen, nil
 }
 
-// withAccessLog wraps next in upstream's access log, except for the paths a
-// plugin exempts.
-func (d *Daemon) withAccessLog(logger *logging.Logger, next http.Handler) http.Handler {
-	var exempters []plugins.AccessLogExempter
+// withDirectRoutes lets plugins answer some requests before any
+// middleware (plugins.DirectRouteProvider).
+func (d *Daemon) withDirectRoutes(next http.Handler) http.Handler {
+	var direct []plugins.DirectRouteProvider
 	for _, p := range d.plugins {
-		if e, ok := p.(plugins.AccessLogExempter); ok {
-			exempters = append(exempters, e)
+		if dr, ok := p.(plugins.DirectRouteProvider); ok {
+			direct = append(direct, dr)
 		}
 	}
-	logged := logger.Middleware(next)
-	if len(exempters) == 0 {
-		return logged
+	if len(direct) == 0 {
+		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		for _, e := range exempters {
-			if e.AccessLogExempt(r.URL.Path) {
-				next.ServeHTTP(w, r)
+		for _, dr := range direct {
+			if h := dr.DirectRoute(r); h != nil {
+				h.ServeHTTP(w, r)
 				return
 			}
 		}
-		logged.ServeHTTP(w, r)
+		next.ServeHTTP(w, r)
 	})
 }
 

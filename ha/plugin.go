@@ -250,13 +250,20 @@ func (p *Plugin) Health(context.Context) (map[string]any, error) {
 	return out, nil
 }
 
-// AccessLogExempt keeps OCSP requests out of the access log unless
-// ocsp.accessLog is set.
-func (p *Plugin) AccessLogExempt(path string) bool {
-	if p.cfg.OCSP.AccessLog {
-		return false
+// DirectRoute answers OCSP requests ahead of upstream's middleware and
+// router unless ocsp.accessLog asks for them in the access log. The
+// responder recovers its own panics and counts responses by status.
+func (p *Plugin) DirectRoute(r *http.Request) http.Handler {
+	if p.cfg.OCSP.AccessLog || p.responder == nil {
+		return nil
 	}
-	return strings.HasPrefix(path, "/ocsp") || strings.HasPrefix(path, "/1.0/ocsp")
+	path := strings.TrimPrefix(r.URL.Path, "/1.0")
+	switch {
+	case r.Method == http.MethodPost && path == "/ocsp",
+		(r.Method == http.MethodGet || r.Method == http.MethodHead) && strings.HasPrefix(path, "/ocsp/"):
+		return p.responder
+	}
+	return nil
 }
 
 // CertificateCommitted keeps the responder's status index current with this

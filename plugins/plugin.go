@@ -140,11 +140,13 @@ type CertificateObserver interface {
 	ObserveCertificate(ctx context.Context, ev CertificateEvent) error
 }
 
-// AccessLogExempter keeps high-rate paths (OCSP) out of upstream's
-// per-request access log, which would otherwise cost more than answering
-// them. Exempt requests are still counted in metrics.
-type AccessLogExempter interface {
-	AccessLogExempt(path string) bool
+// DirectRouteProvider serves high-rate requests (OCSP) straight from the
+// listeners, ahead of upstream's request id, access log and router, which
+// together cost more than answering them. Returning nil sends the request
+// the normal way. The handler must recover its own panics and keep its own
+// metrics.
+type DirectRouteProvider interface {
+	DirectRoute(r *http.Request) http.Handler
 }
 
 // CertificateWatcher is told about a certificate change on this replica
