@@ -6,7 +6,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"sort"
 	"strconv"
@@ -217,4 +219,27 @@ func rawLoad(ctx context.Context, base string, reqs []ocspReq, workers int, d ti
 	res.ok, res.failed = len(res.latencies), int(failed.Load())
 	sort.Slice(res.latencies, func(a, b int) bool { return res.latencies[a] < res.latencies[b] })
 	return res, nil
+}
+
+// ceilingLoad measures what this machine's loopback HTTP allows at all: a
+// net/http server (in this process) whose handler reads the request and
+// writes a fixed body of bodySize bytes with OCSP-like headers, under the
+// same load as the responders. No responder built on net/http can be
+// faster; stepfort's rate is printed against it.
+func ceilingLoad(ctx context.Context, reqs []ocspReq, workers int, d time.Duration, bodySize int) (*loadResult, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	body := bytes.Repeat([]byte{0x30}, bodySize)
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		h := w.Header()
+		h["Content-Type"] = []string{"application/ocsp-response"}
+		h["Cache-Control"] = []string{"max-age=86400, public, no-transform, must-revalidate"}
+		_, _ = w.Write(body)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	return rawLoad(ctx, "http://"+ln.Addr().String()+"/ocsp", reqs, workers, d, true)
 }

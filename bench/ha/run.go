@@ -303,6 +303,21 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 		diag = fmt.Sprintf("; with 2 workers (no pool churn) %.0f/s, p99 %.2f ms, %d sessions", d2.perSecond(), ms(d2.percentile(99)), sess1-sess0)
 	}
 
+	// The machine's ceiling for any net/http responder, same load.
+	sampleBody, err := doOCSP(ctx, client, base, &reqs[0])
+	if err != nil {
+		return err
+	}
+	ceil, err := ceilingLoad(ctx, reqs, o.ocspWorkers, 5*time.Second, len(sampleBody))
+	if err != nil {
+		return err
+	}
+	if ceil.failed > 0 {
+		return fmt.Errorf("ceiling server: %d failed, e.g. %s", ceil.failed, strings.Join(ceil.errs, " | "))
+	}
+	fmt.Printf("  net/http fixed answer %8.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  (ceiling: an in-process net/http handler writing %d fixed bytes, no OCSP work)\n",
+		ceil.perSecond(), ms(ceil.percentile(50)), ms(ceil.percentile(99)), len(sampleBody))
+
 	// openssl ocsp -index with the same certificates.
 	dir := filepath.Join(b.workdir, "openssl")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -365,6 +380,8 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 		loadSessions, o.ocspWorkers, float64(loadSessions)/float64(sf.ok), diag)
 	b.sum("OCSP openssl ocsp -index: %.0f responses/s, p99 %.2f ms; stepfort/openssl = %.1fx (target >= 10x: %s)",
 		osslRate, ms(osslP99), sf.perSecond()/osslRate, verdict(sf.perSecond() >= 10*osslRate))
+	b.sum("OCSP ceiling: a net/http handler writing a fixed body answers %.0f/s under the same load; stepfort reaches %.0f%% of it; 10x openssl (%.0f/s) is %.1fx that ceiling",
+		ceil.perSecond(), 100*sf.perSecond()/ceil.perSecond(), 10*osslRate, 10*osslRate/ceil.perSecond())
 	return nil
 }
 
