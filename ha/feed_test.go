@@ -217,3 +217,38 @@ func testutilCounter(t *testing.T, reg *prometheus.Registry, name string) float6
 	t.Fatalf("metric %s not registered", name)
 	return 0
 }
+
+// The signed-response cache stays within ocsp.cacheSize however many
+// certificates are asked about, dropping entries one at a time.
+func TestResponseCacheBounded(t *testing.T) {
+	h := newFakeHost(t)
+	cfg := DefaultConfig().OCSP
+	cfg.CacheSize = 1000
+	r, err := NewResponder(h, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := r.StartStatusFeed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1200 {
+		serial := big.NewInt(int64(100000 + i))
+		r.Committed(plugins.CertificateEvent{Kind: plugins.EventIssued, Serial: serial.String()})
+		if got := ask(t, r, serial); got.Status != ocsp.Good {
+			t.Fatalf("serial %s answered %d", serial, got.Status)
+		}
+		r.mu.RLock()
+		n := len(r.cache)
+		r.mu.RUnlock()
+		if n > cfg.CacheSize {
+			t.Fatalf("cache holds %d responses, bound %d", n, cfg.CacheSize)
+		}
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if len(r.cache) < cfg.CacheSize*9/10 {
+		t.Fatalf("cache emptied instead of evicting one at a time: %d entries", len(r.cache))
+	}
+}

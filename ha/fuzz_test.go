@@ -36,6 +36,7 @@ func TestConfigValidate(t *testing.T) {
 		{"defaults", func(*Config) {}, ""},
 		{"validity too short", func(c *Config) { c.OCSP.Validity.Duration = 1 }, "ocsp.validity"},
 		{"bad signer", func(c *Config) { c.OCSP.Signer = "hsm" }, "ocsp.signer"},
+		{"cache too small", func(c *Config) { c.OCSP.CacheSize = 10 }, "ocsp.cacheSize"},
 		{"relative url", func(c *Config) { c.OCSP.URL = "/ocsp" }, "ocsp.url"},
 		{"crl url scheme", func(c *Config) { c.CRL.URL = "ldap://x" }, "crl.url"},
 		{"publish delay", func(c *Config) { c.CRL.PublishDelay.Duration = 0 }, "crl.publishDelay"},

@@ -23,6 +23,18 @@ const (
 	maxUnknownCached = 1 << 16
 )
 
+// evictOne makes room for one entry in a map bounded to limit by deleting
+// an arbitrary one (Go randomises where iteration starts), so a full cache
+// degrades gradually instead of being emptied at once.
+func evictOne[K comparable, V any](m map[K]V, limit int) {
+	for k := range m {
+		if len(m) < limit {
+			return
+		}
+		delete(m, k)
+	}
+}
+
 // revocation is what an OCSP response says about a revoked serial.
 type revocation struct {
 	at     time.Time
@@ -100,17 +112,13 @@ func (x *statusIndex) learn(serial string, st certStatus, seq uint64) {
 		if seq != x.issueSeq {
 			return // an issuance was announced meanwhile; it may be this one
 		}
-		if len(x.unknown) >= maxUnknownCached {
-			clear(x.unknown)
-		}
+		evictOne(x.unknown, maxUnknownCached)
 		x.unknown[serial] = struct{}{}
 	}
 }
 
 func (x *statusIndex) addIssued(serial string) {
-	if len(x.issued) >= maxIssuedCached {
-		clear(x.issued)
-	}
+	evictOne(x.issued, maxIssuedCached)
 	x.issued[serial] = struct{}{}
 }
 

@@ -32,10 +32,6 @@ import (
 // maxRequest bounds an OCSP request (a few hundred bytes in practice).
 const maxRequest = 16 << 10
 
-// maxCachedResponses bounds the signed-response cache of serials this CA
-// issued; unknown serials have their own, smaller bound (maxUnknownCached)
-// so a flood of made-up serials cannot evict the real ones.
-const maxCachedResponses = 1 << 20
 
 // Responder answers OCSP requests (RFC 6960, RFC 5019 profile). The status
 // of a serial comes from a statusIndex: in memory while the index is live
@@ -287,9 +283,7 @@ func (r *Responder) parse(raw []byte) (*parsedRequest, error) {
 	q = &parsedRequest{serialNumber: req.SerialNumber, serial: req.SerialNumber.String(), hash: req.HashAlgorithm,
 		issuerName: req.IssuerNameHash, issuerKey: req.IssuerKeyHash}
 	r.parsedMu.Lock()
-	if len(r.parsed) >= maxParsedCached {
-		clear(r.parsed)
-	}
+	evictOne(r.parsed, maxParsedCached)
 	r.parsed[string(raw)] = q
 	r.parsedMu.Unlock()
 	return q, nil
@@ -399,15 +393,11 @@ func (r *Responder) sign(key *responderKey, serialNumber *big.Int, serial string
 	r.mu.Lock()
 	if r.signer == key { // not replaced by a rotation meanwhile
 		if st.code == statusUnknown {
-			if len(r.unknown) >= maxUnknownCached {
-				clear(r.unknown)
-			}
+			evictOne(r.unknown, maxUnknownCached)
 			r.unknown[ck] = resp
 		} else {
 			delete(r.unknown, ck)
-			if len(r.cache) >= maxCachedResponses {
-				clear(r.cache)
-			}
+			evictOne(r.cache, r.cfg.CacheSize)
 			r.cache[ck] = resp
 		}
 	}

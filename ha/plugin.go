@@ -70,6 +70,11 @@ type OCSPConfig struct {
 	Signer string `json:"signer"`
 	// ResponderLifetime is the delegated responder certificate's lifetime.
 	ResponderLifetime config.Duration `json:"responderLifetime"`
+	// CacheSize bounds the signed responses kept for certificates this CA
+	// issued (about 1 KiB each); past it an arbitrary one is dropped and
+	// signed again when asked. Responses for unknown serials have their own
+	// bound (65,536) so made-up serials cannot push real ones out.
+	CacheSize int `json:"cacheSize"`
 	// AccessLog puts every OCSP request into upstream's access log. Off by
 	// default: at thousands of requests per second the log line costs more
 	// than the answer; stepfort_ocsp_responses_total counts them by status
@@ -84,6 +89,7 @@ func DefaultConfig() *Config {
 			Validity:          config.Duration{Duration: 24 * time.Hour},
 			Signer:            "delegated",
 			ResponderLifetime: config.Duration{Duration: 7 * 24 * time.Hour},
+			CacheSize:         200_000,
 		},
 		CRL: CRLConfig{
 			PublishDelay: config.Duration{Duration: 5 * time.Second},
@@ -96,6 +102,9 @@ func DefaultConfig() *Config {
 func (c *Config) Validate() error {
 	if v := c.OCSP.Validity.Duration; v < 8*time.Hour || v > 10*24*time.Hour {
 		return config.Errorf("ocsp.validity", "must be between 8h and 240h (10 days), got %s", v)
+	}
+	if n := c.OCSP.CacheSize; n < 1000 || n > 50_000_000 {
+		return config.Errorf("ocsp.cacheSize", "must be between 1000 and 50000000 responses, got %d", n)
 	}
 	if c.OCSP.Signer != "delegated" && c.OCSP.Signer != "ca" {
 		return config.Errorf("ocsp.signer", `must be "delegated" or "ca", got %q`, c.OCSP.Signer)
