@@ -32,7 +32,6 @@ import (
 // maxRequest bounds an OCSP request (a few hundred bytes in practice).
 const maxRequest = 16 << 10
 
-
 // Responder answers OCSP requests (RFC 6960, RFC 5019 profile). The status
 // of a serial comes from a statusIndex: in memory while the index is live
 // (kept current by this replica's writes and, on PostgreSQL, by
