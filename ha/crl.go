@@ -2,7 +2,6 @@ package ha
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -12,10 +11,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
-	"math/big"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +25,7 @@ import (
 
 	"github.com/stepfort/stepfort/certstatus"
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/storescan"
 )
 
 // Upstream keeps the CRL in x509_crl under the key "crl" as JSON
@@ -37,6 +38,10 @@ var (
 	// necessarily included yet (written by the revoked-event observer).
 	crlStateTable = []byte("stepfort_crl_state")
 	crlDirtyKey   = []byte("dirty")
+	// crlPublishedKey holds the ETag of the CRL last published, so
+	// replicas can tell whether their cached copy is current without
+	// reading the CRL.
+	crlPublishedKey = []byte("published")
 )
 
 const crlLeaseName = "crl-publisher"
@@ -63,6 +68,10 @@ type Publisher struct {
 	number, held prometheus.Gauge
 	changes      prometheus.Counter
 	lastChanges  int64
+
+	mu      sync.Mutex // guards cache
+	cache   *crlCache
+	loading sync.Mutex // held by the one caller refreshing the cache
 }
 
 // NewPublisher prepares the tables and metrics.
@@ -147,12 +156,17 @@ func (p *Publisher) step() {
 }
 
 // due reports whether a new CRL is needed: none yet, a revocation newer than
-// the current CRL, or two thirds of its validity gone.
+// the current CRL, two thirds of its validity gone, or the fingerprint row
+// not naming it.
 func (p *Publisher) due() (bool, error) {
-	info, crl, err := p.current()
-	if err != nil || info == nil {
+	c, err := p.cached()
+	if err != nil || c == nil {
 		return true, err
 	}
+	if !c.confirmed {
+		return true, nil
+	}
+	crl := c.crl
 	now := p.host.Now()
 	if now.After(crl.ThisUpdate.Add(crl.NextUpdate.Sub(crl.ThisUpdate) * 2 / 3)) {
 		return true, nil
@@ -171,39 +185,165 @@ func (p *Publisher) due() (bool, error) {
 	return !dirty.Before(crl.ThisUpdate), nil
 }
 
-// current returns the stored CRL, or nil if none was published.
+// crlCache is the current CRL as this replica last read or wrote it, so
+// that ServeCRL, due and the age metric do not fetch and decode the whole
+// row (tens of megabytes at a million entries) on every call. It is
+// immutable once built.
+type crlCache struct {
+	info    *db.CertificateRevocationListInfo
+	crl     *x509.RevocationList // header only: no entries
+	etag    string               // also the published fingerprint
+	rowSum  uint64               // maphash of the stored row
+	checked time.Time            // last comparison with the fingerprint
+	loaded  time.Time            // last comparison with the row itself
+	// confirmed: the fingerprint row names this CRL. When it does not (a
+	// CRL from a stepfort without fingerprints, or a publisher that died
+	// between the two writes) every refresh reads the row, and due asks
+	// for a new CRL, which writes both.
+	confirmed bool
+}
+
+// How long a cached CRL is used without looking at the database: the
+// fingerprint row at most crlRecheck apart (the staleness a replica that
+// is not the publisher may serve), the whole row at most crlReload apart
+// (in case the fingerprint was not updated, e.g. a crash between the two
+// writes).
+const (
+	crlRecheck = time.Second
+	crlReload  = time.Minute
+)
+
+// current returns the stored CRL, or nil if none was published. The
+// *x509.RevocationList has every field of the CRL but its entries
+// (RevokedCertificateEntries is empty; parse info.DER for them). Both are
+// shared: callers must not modify them.
 func (p *Publisher) current() (*db.CertificateRevocationListInfo, *x509.RevocationList, error) {
-	b, err := p.store.Get(crlTable, crlKey)
-	if database.IsErrNotFound(err) {
-		return nil, nil, nil
-	}
-	if err != nil {
+	c, err := p.cached()
+	if c == nil || err != nil {
 		return nil, nil, err
 	}
-	var info db.CertificateRevocationListInfo
-	if err := json.Unmarshal(b, &info); err != nil {
-		return nil, nil, fmt.Errorf("decode stored CRL: %w", err)
+	return c.info, c.crl, nil
+}
+
+func (p *Publisher) cached() (*crlCache, error) {
+	p.mu.Lock()
+	c := p.cache
+	p.mu.Unlock()
+	if c != nil && time.Since(c.checked) < crlRecheck {
+		return c, nil
 	}
-	crl, err := x509.ParseRevocationList(info.DER)
+	// One caller refreshes; the others keep serving what is cached.
+	if !p.loading.TryLock() {
+		if c != nil {
+			return c, nil
+		}
+		p.loading.Lock()
+	}
+	defer p.loading.Unlock()
+	p.mu.Lock()
+	c = p.cache
+	p.mu.Unlock()
+	if c != nil && time.Since(c.checked) < crlRecheck {
+		return c, nil
+	}
+	n, err := p.refresh(c)
 	if err != nil {
-		return nil, nil, fmt.Errorf("parse stored CRL: %w", err)
+		if c != nil {
+			// Still valid for clients; the next call tries again.
+			return c, nil
+		}
+		return nil, err
 	}
-	p.number.Set(float64(info.Number))
-	return &info, crl, nil
+	p.setCache(n)
+	return n, nil
+}
+
+// refresh compares c with the database and returns what is current.
+func (p *Publisher) refresh(c *crlCache) (*crlCache, error) {
+	now := time.Now()
+	fp, err := p.store.Get(crlStateTable, crlPublishedKey)
+	if err != nil && !database.IsErrNotFound(err) {
+		return nil, err
+	}
+	if c != nil && c.confirmed && string(fp) == c.etag && now.Sub(c.loaded) < crlReload {
+		return c.touched(now, c.loaded, true), nil
+	}
+	row, err := p.store.Get(crlTable, crlKey)
+	if database.IsErrNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	sum := maphash.Bytes(crlSeed, row)
+	if c != nil && sum == c.rowSum {
+		return c.touched(now, now, string(fp) == c.etag), nil
+	}
+	var info db.CertificateRevocationListInfo
+	if err := json.Unmarshal(row, &info); err != nil {
+		return nil, fmt.Errorf("decode stored CRL: %w", err)
+	}
+	n, err := newCRLCache(&info, sum, now)
+	if err != nil {
+		return nil, err
+	}
+	n.confirmed = string(fp) == n.etag
+	return n, nil
+}
+
+// touched is c compared with the database at checked (fingerprint) and
+// loaded (row).
+func (c *crlCache) touched(checked, loaded time.Time, confirmed bool) *crlCache {
+	n := *c
+	n.checked, n.loaded, n.confirmed = checked, loaded, confirmed
+	return &n
+}
+
+var crlSeed = maphash.MakeSeed()
+
+func newCRLCache(info *db.CertificateRevocationListInfo, rowSum uint64, now time.Time) (*crlCache, error) {
+	crl, err := parseCRLHeader(info.DER)
+	if err != nil {
+		return nil, fmt.Errorf("parse stored CRL: %w", err)
+	}
+	return &crlCache{info: info, crl: crl, etag: crlETag(info.Number, info.DER), rowSum: rowSum, checked: now, loaded: now}, nil
+}
+
+func (p *Publisher) setCache(c *crlCache) {
+	p.mu.Lock()
+	p.cache = c
+	p.mu.Unlock()
+	if c != nil {
+		p.number.Set(float64(c.info.Number))
+	}
+}
+
+// crlETag names a CRL for HTTP caches; the publisher also stores it as the
+// fingerprint replicas compare their cached CRL with.
+func crlETag(number int64, der []byte) string {
+	sum := sha256.Sum256(der)
+	return `"` + strconv.FormatInt(number, 10) + "-" + hex.EncodeToString(sum[:8]) + `"`
 }
 
 // Publish generates and stores the next CRL. The number is the stored one
 // plus one, written with a compare-and-swap on the row it was read from.
+//
+// The revocation table is streamed (storescan) and every entry encoded
+// straight into the CRL's buffer (crlEncoder), so memory is a small
+// multiple of the CRL's size, not of the table's.
 func (p *Publisher) Publish() error {
+	t0 := time.Now()
 	old, err := p.store.Get(crlTable, crlKey)
 	if err != nil && !database.IsErrNotFound(err) {
 		return err
 	}
-	var prev db.CertificateRevocationListInfo
-	if old != nil {
-		if err := json.Unmarshal(old, &prev); err != nil {
-			return fmt.Errorf("decode stored CRL: %w", err)
-		}
+	oldFP, err := p.store.Get(crlStateTable, crlPublishedKey)
+	if err != nil && !database.IsErrNotFound(err) {
+		return err
+	}
+	prevNumber, err := p.storedNumber(old)
+	if err != nil {
+		return err
 	}
 	auth := p.host.Authority()
 	inters := auth.GetIntermediateCertificates()
@@ -214,8 +354,7 @@ func (p *Publisher) Publish() error {
 	if err != nil {
 		return fmt.Errorf("CRL signer: %w", err)
 	}
-	now := p.host.Now().UTC().Truncate(time.Second)
-	entries, err := p.revokedEntries(now)
+	sig, err := newCRLSigner(signer)
 	if err != nil {
 		return err
 	}
@@ -223,53 +362,83 @@ func (p *Publisher) Publish() error {
 	if err != nil {
 		return err
 	}
-	number := prev.Number + 1
-	tmpl := &x509.RevocationList{
-		Number:                    big.NewInt(number),
-		ThisUpdate:                now,
-		NextUpdate:                now.Add(p.validity),
-		RevokedCertificateEntries: entries,
-		ExtraExtensions:           []pkix.Extension{idp},
-	}
-	der, err := x509.CreateRevocationList(rand.Reader, tmpl, inters[0], signer)
+	now := p.host.Now().UTC().Truncate(time.Second)
+	nextUpdate := now.Add(p.validity)
+	// The previous CRL's size (three quarters of its base64 row) is the
+	// best guess of this one's.
+	enc, err := newCRLEncoder(inters[0], sig, now, nextUpdate, len(old)*3/4+len(old)/64)
 	if err != nil {
-		return fmt.Errorf("sign CRL: %w", err)
+		return err
 	}
-	b, _ := json.Marshal(&db.CertificateRevocationListInfo{Number: number, ExpiresAt: tmpl.NextUpdate, Duration: p.validity, DER: der})
-	_, swapped, err := p.store.CmpAndSwap(crlTable, crlKey, old, b)
+	cutoff := now.Add(-expiredGrace)
+	err = storescan.ForEach(p.store, certstatus.RevokedCertsTable, func(key, value []byte) error {
+		r, err := decodeCRLRow(value)
+		if err != nil {
+			return fmt.Errorf("decode revocation %s: %w", key, err)
+		}
+		if !r.expiresAt.IsZero() && r.expiresAt.Before(cutoff) {
+			return nil
+		}
+		return enc.add(r.serial, r.revokedAt, r.reason)
+	})
+	if err != nil {
+		return fmt.Errorf("read revocations: %w", err)
+	}
+	tScan := time.Since(t0)
+	number := prevNumber + 1
+	der, err := enc.finish(number, idp)
+	if err != nil {
+		return err
+	}
+	tSign := time.Since(t0)
+	row, err := encodeCRLInfo(number, nextUpdate, p.validity, der)
+	if err != nil {
+		return err
+	}
+	_, swapped, err := p.store.CmpAndSwap(crlTable, crlKey, old, row)
 	if err != nil {
 		return fmt.Errorf("store CRL: %w", err)
 	}
 	if !swapped {
 		return errors.New("another replica published a CRL meanwhile; will retry")
 	}
-	p.number.Set(float64(number))
-	p.log.Info("CRL published", "number", number, "entries", len(entries), "nextUpdate", tmpl.NextUpdate)
+	info := &db.CertificateRevocationListInfo{Number: number, ExpiresAt: nextUpdate, Duration: p.validity, DER: der}
+	c, err := newCRLCache(info, maphash.Bytes(crlSeed, row), time.Now())
+	if err != nil {
+		return err
+	}
+	// Only from the fingerprint this publisher read: a late write of an
+	// older publisher must not replace a newer one's.
+	_, c.confirmed, err = p.store.CmpAndSwap(crlStateTable, crlPublishedKey, oldFP, []byte(c.etag))
+	if err != nil || !c.confirmed {
+		p.log.Warn("CRL fingerprint not updated; replicas read the whole CRL until the next one", "error", err)
+	}
+	// After any refresh under way, which may have read the previous row.
+	p.loading.Lock()
+	p.setCache(c)
+	p.loading.Unlock()
+	p.log.Info("CRL published", "number", number, "entries", enc.entries, "bytes", len(der), "nextUpdate", nextUpdate,
+		"scanSeconds", tScan.Seconds(), "signSeconds", (tSign - tScan).Seconds(), "storeSeconds", (time.Since(t0) - tSign).Seconds())
 	return nil
 }
 
-func (p *Publisher) revokedEntries(now time.Time) ([]x509.RevocationListEntry, error) {
-	rows, err := p.store.List(certstatus.RevokedCertsTable)
-	if err != nil && !database.IsErrNotFound(err) {
-		return nil, fmt.Errorf("list revocations: %w", err)
+// storedNumber is the Number of the stored row old (0 when there is none),
+// from the cache when it holds that row.
+func (p *Publisher) storedNumber(old []byte) (int64, error) {
+	if old == nil {
+		return 0, nil
 	}
-	cutoff := now.Add(-expiredGrace)
-	entries := make([]x509.RevocationListEntry, 0, len(rows))
-	for _, row := range rows {
-		var rci db.RevokedCertificateInfo
-		if err := json.Unmarshal(row.Value, &rci); err != nil {
-			return nil, fmt.Errorf("decode revocation %s: %w", row.Key, err)
-		}
-		if !rci.ExpiresAt.IsZero() && rci.ExpiresAt.Before(cutoff) {
-			continue
-		}
-		sn, ok := new(big.Int).SetString(rci.Serial, 10)
-		if !ok {
-			return nil, fmt.Errorf("revocation with bad serial %q", rci.Serial)
-		}
-		entries = append(entries, x509.RevocationListEntry{SerialNumber: sn, RevocationTime: rci.RevokedAt, ReasonCode: rci.ReasonCode})
+	p.mu.Lock()
+	c := p.cache
+	p.mu.Unlock()
+	if c != nil && c.rowSum == maphash.Bytes(crlSeed, old) {
+		return c.info.Number, nil
 	}
-	return entries, nil
+	var prev struct{ Number int64 } // not the DER: only the number is needed
+	if err := json.Unmarshal(old, &prev); err != nil {
+		return 0, fmt.Errorf("decode stored CRL: %w", err)
+	}
+	return prev.Number, nil
 }
 
 // MarkDirty records that a revocation happened, for the lease holder.
@@ -299,17 +468,16 @@ func issuingDistributionPoint(uri string) (pkix.Extension, error) {
 // ServeCRL answers /crl and /1.0/crl like upstream's api.CRL (DER, or PEM
 // with ?pem), plus ETag and Last-Modified.
 func (p *Publisher) ServeCRL(w http.ResponseWriter, r *http.Request) {
-	info, crl, err := p.current()
+	c, err := p.cached()
 	if err != nil {
 		http.Error(w, "CRL unavailable", http.StatusServiceUnavailable)
 		return
 	}
-	if info == nil {
+	if c == nil {
 		http.Error(w, "no CRL published yet", http.StatusServiceUnavailable)
 		return
 	}
-	sum := sha256.Sum256(info.DER)
-	etag := `"` + strconv.FormatInt(info.Number, 10) + "-" + hex.EncodeToString(sum[:8]) + `"`
+	info, crl, etag := c.info, c.crl, c.etag
 	h := w.Header()
 	h.Set("ETag", etag)
 	h.Set("Last-Modified", crl.ThisUpdate.UTC().Format(http.TimeFormat))

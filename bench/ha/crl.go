@@ -1,13 +1,13 @@
 package main
 
 import (
-	"crypto/rand"
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/big"
+	"net/http/httptest"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -22,26 +22,55 @@ import (
 
 	"github.com/stepfort/stepfort/certstatus"
 	"github.com/stepfort/stepfort/ha"
+	"github.com/stepfort/stepfort/storescan"
 )
 
 // The CRL part runs in a child process (this binary with -crl-child) so that
 // its RSS is not mixed with the load generator's or the other parts' heap.
 
 // benchHost is the plugins.Host the publisher needs: an upstream authority
-// (for the intermediate and its signer) over a bbolt database.
+// (for the intermediate and its signer) over a bbolt database. Its logger
+// keeps the attributes of the publisher's "CRL published" line, which
+// break the publication down.
 type benchHost struct {
-	auth  *authority.Authority
-	store nosql.DB
-	reg   *prometheus.Registry
+	auth      *authority.Authority
+	store     nosql.DB
+	reg       *prometheus.Registry
+	published map[string]float64
 }
 
 func (h *benchHost) Authority() *authority.Authority { return h.auth }
 func (h *benchHost) DB() nosql.DB                    { return h.store }
-func (h *benchHost) Logger() *slog.Logger            { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func (h *benchHost) Logger() *slog.Logger            { return slog.New(publishedHandler{h}) }
 func (h *benchHost) Now() time.Time                  { return time.Now() }
 func (h *benchHost) Metrics() prometheus.Registerer  { return h.reg }
 
+// publishedHandler records the numeric attributes of "CRL published".
+type publishedHandler struct{ h *benchHost }
+
+func (publishedHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (p publishedHandler) WithAttrs([]slog.Attr) slog.Handler     { return p }
+func (p publishedHandler) WithGroup(string) slog.Handler          { return p }
+func (p publishedHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != "CRL published" {
+		return nil
+	}
+	p.h.published = map[string]float64{}
+	r.Attrs(func(a slog.Attr) bool {
+		switch a.Value.Kind() {
+		case slog.KindFloat64:
+			p.h.published[a.Key] = a.Value.Float64()
+		case slog.KindInt64:
+			p.h.published[a.Key] = float64(a.Value.Int64())
+		}
+		return true
+	})
+	return nil
+}
+
 // crlStep is the measurement of one CRL publication at a table size.
+// bench/ha/run.go reads Entries, PublishSec, CRLBytes, RSSBefore and
+// PeakDuring.
 type crlStep struct {
 	Entries     int     `json:"entries"`
 	PopulateSec float64 `json:"populateSec"` // time to add the rows of this step
@@ -52,11 +81,38 @@ type crlStep struct {
 	PeakDuring  float64 `json:"peakDuringMiB"` // VmHWM, reset before Publish
 	RSSAfter    float64 `json:"rssAfterMiB"`
 	HWMReset    bool    `json:"hwmReset"` // false: VmHWM could not be reset, peak is process-wide
-	ListSec     float64 `json:"listSec"`  // store.List of the table alone
-	ListPeak    float64 `json:"listPeakMiB"`
-	DecodeSec   float64 `json:"decodeSec"` // JSON decode + serial parse of the listed rows
-	SignSec     float64 `json:"signSec"`   // x509.CreateRevocationList alone
-	DBBytes     int64   `json:"dbBytes"`
+	// Breakdown of Publish, from its log line: streaming the table while
+	// decoding and encoding every entry, then the extensions, hash and
+	// signature, then the JSON row and the compare-and-swap.
+	ScanEncodeSec float64 `json:"scanEncodeSec"`
+	SignSec       float64 `json:"signSec"`
+	StoreSec      float64 `json:"storeSec"`
+	// The table read alone: storescan.ForEach with an empty callback, and
+	// RSS before it (which includes the bbolt pages of the CRL row the
+	// check before it read: the scan releases them as it goes).
+	ForEachSec    float64 `json:"forEachSec"`
+	ForEachBefore float64 `json:"forEachBeforeMiB"`
+	ForEachPeak   float64 `json:"forEachPeakMiB"`
+	// The steady state: Publish again over the same table, with the
+	// previous CRL (same size) cached and in the row being replaced.
+	AgainSec  float64 `json:"againSec"`
+	AgainPeak float64 `json:"againPeakMiB"`
+	// A replica that did not publish reading the new CRL (the row's JSON
+	// and the CRL header) on its first request, then serving from cache.
+	ReloadSec float64 `json:"reloadSec"`
+	DBBytes   int64   `json:"dbBytes"`
+}
+
+func (s crlStep) String() string {
+	reset := ""
+	if !s.HWMReset {
+		reset = " (VmHWM not resettable: process-wide peak)"
+	}
+	return fmt.Sprintf("%8d revoked: populate %5.1fs (bbolt %4.0f MiB), Publish %5.2fs, CRL %5.1f MiB / %d entries, RSS before %6.1f MiB, peak during Publish %6.1f MiB%s, after %6.1f MiB; "+
+		"breakdown: scan+decode+encode %4.2fs, sign %4.2fs, store %4.2fs; storescan.ForEach alone %4.2fs (RSS %6.1f -> peak %6.1f MiB); "+
+		"Publish again (same size, steady state) %4.2fs (peak %6.1f MiB); other replica's first read of the new CRL %4.2fs",
+		s.Entries, s.PopulateSec, float64(s.DBBytes)/(1<<20), s.PublishSec, float64(s.CRLBytes)/(1<<20), s.CRLEntries, s.RSSBefore, s.PeakDuring, reset, s.RSSAfter,
+		s.ScanEncodeSec, s.SignSec, s.StoreSec, s.ForEachSec, s.ForEachBefore, s.ForEachPeak, s.AgainSec, s.AgainPeak, s.ReloadSec)
 }
 
 // crlChild populates revoked_x509_certs in a fresh bbolt file up to each
@@ -113,91 +169,91 @@ func crlChild(caConfig, password, dbPath string, sizes []int) error {
 		if fi, err := os.Stat(dbPath); err == nil {
 			st.DBBytes = fi.Size()
 		}
-		runtime.GC()
-		debug.FreeOSMemory()
-		st.RSSBefore, _, _ = procMemory("self")
-		st.HWMReset = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
 
-		t0 = time.Now()
-		if err := pub.Publish(); err != nil {
+		st.RSSBefore, st.HWMReset = settle()
+		st.PublishSec, err = timed(pub.Publish)
+		if err != nil {
 			return fmt.Errorf("publish %d entries: %w", n, err)
 		}
-		st.PublishSec = time.Since(t0).Seconds()
 		st.RSSAfter, st.PeakDuring, _ = procMemory("self")
+		st.ScanEncodeSec, st.SignSec, st.StoreSec = h.published["scanSeconds"], h.published["signSeconds"], h.published["storeSeconds"]
 
 		// Check what was stored (outside the measurement).
-		row, err := store.Get([]byte("x509_crl"), []byte("crl"))
-		if err != nil {
-			return fmt.Errorf("read published CRL: %w", err)
-		}
-		var info db.CertificateRevocationListInfo
-		if err := json.Unmarshal(row, &info); err != nil {
+		if st.CRLBytes, st.CRLEntries, err = storedCRL(store); err != nil {
 			return err
 		}
-		st.CRLBytes = len(info.DER)
-		st.CRLEntries, err = countCRLEntries(info.DER)
-		if err != nil {
-			return err
-		}
-		row, info = nil, db.CertificateRevocationListInfo{}
-		_ = row
 
-		// The table scan alone (what the publisher does first).
-		runtime.GC()
-		debug.FreeOSMemory()
-		_ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
-		t0 = time.Now()
-		rows, err := store.List(certstatus.RevokedCertsTable)
+		// The table read alone.
+		st.ForEachBefore, _ = settle()
+		rows := 0
+		st.ForEachSec, err = timed(func() error {
+			return storescan.ForEach(store, certstatus.RevokedCertsTable, func(_, _ []byte) error { rows++; return nil })
+		})
 		if err != nil {
 			return err
 		}
-		st.ListSec = time.Since(t0).Seconds()
-		_, st.ListPeak, _ = procMemory("self")
-		if len(rows) != n {
-			return fmt.Errorf("table has %d rows, want %d", len(rows), n)
+		_, st.ForEachPeak, _ = procMemory("self")
+		if rows != n {
+			return fmt.Errorf("table has %d rows, want %d", rows, n)
 		}
-		// Breakdown of the rest of Publish, repeated outside it: decoding
-		// the rows (as ha.Publisher does) and signing the CRL.
-		t0 = time.Now()
-		entries := make([]x509.RevocationListEntry, 0, len(rows))
-		for _, row := range rows {
-			var rci db.RevokedCertificateInfo
-			if err := json.Unmarshal(row.Value, &rci); err != nil {
-				return err
+
+		// Steady state, then another replica's first read.
+		settle()
+		if st.AgainSec, err = timed(pub.Publish); err != nil {
+			return err
+		}
+		_, st.AgainPeak, _ = procMemory("self")
+		other, err := ha.NewPublisher(&benchHost{auth: auth, store: store, reg: prometheus.NewRegistry()}, "other", "http://localhost/1.0/crl", 24*time.Hour, 5*time.Second, 15*time.Second)
+		if err != nil {
+			return err
+		}
+		st.ReloadSec, err = timed(func() error {
+			w := httptest.NewRecorder()
+			other.ServeCRL(w, httptest.NewRequest("GET", "/1.0/crl", nil))
+			if w.Code != 200 || w.Body.Len() == 0 {
+				return fmt.Errorf("other replica's CRL: %d, %d bytes", w.Code, w.Body.Len())
 			}
-			sn, _ := new(big.Int).SetString(rci.Serial, 10)
-			entries = append(entries, x509.RevocationListEntry{SerialNumber: sn, RevocationTime: rci.RevokedAt, ReasonCode: rci.ReasonCode})
-		}
-		st.DecodeSec = time.Since(t0).Seconds()
-		rows = nil
-		_ = rows
-		signer, err := auth.GetX509Signer()
+			return nil
+		})
 		if err != nil {
 			return err
 		}
-		t0 = time.Now()
-		if _, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(1), ThisUpdate: now, NextUpdate: now.Add(time.Hour),
-			RevokedCertificateEntries: entries}, auth.GetIntermediateCertificates()[0], signer); err != nil {
-			return err
-		}
-		st.SignSec = time.Since(t0).Seconds()
-		entries = nil
-		_ = entries
 
 		b, _ := json.Marshal(st)
 		fmt.Printf("CRLSTEP %s\n", b)
-		runtime.GC()
-		debug.FreeOSMemory()
 	}
 	return nil
 }
 
-// countCRLEntries parses the CRL (checking it is well formed) and counts
-// its entries.
-func countCRLEntries(der []byte) (int, error) {
-	crl, err := x509.ParseRevocationList(der)
+// settle collects garbage, returns the RSS and resets VmHWM (reporting
+// whether it could).
+func settle() (rss float64, reset bool) {
+	runtime.GC()
+	debug.FreeOSMemory()
+	rss, _, _ = procMemory("self")
+	return rss, os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
+}
+
+func timed(f func() error) (float64, error) {
+	t0 := time.Now()
+	err := f()
+	return time.Since(t0).Seconds(), err
+}
+
+// storedCRL parses the published CRL (checking it is well formed) and
+// returns its size and number of entries.
+func storedCRL(store nosql.DB) (size, entries int, err error) {
+	row, err := store.Get([]byte("x509_crl"), []byte("crl"))
 	if err != nil {
-		return 0, fmt.Errorf("parse published CRL: %w", err)
+		return 0, 0, fmt.Errorf("read published CRL: %w", err)
 	}
-	return len(crl.RevokedCertificateEntries), nil
+	var info db.CertificateRevocationListInfo
+	if err := json.Unmarshal(row, &info); err != nil {
+		return 0, 0, err
+	}
+	crl, err := x509.ParseRevocationList(info.DER)
+	if err != nil {
+		return 0, 0, fmt.Errorf("parse published CRL: %w", err)
+	}
+	return len(info.DER), len(crl.RevokedCertificateEntries), nil
 }

@@ -12,7 +12,10 @@
 //     through /1.0/revoke, poll OCSP on B until it answers revoked.
 //  3. CRL: 1,000,000 rows in revoked_x509_certs (bbolt, batched Update
 //     transactions) and one ha.Publisher.Publish(), in a child process:
-//     time, CRL size and RSS (VmHWM reset before publishing).
+//     time, CRL size and RSS (VmHWM reset before publishing), broken down
+//     (scan and encode, sign, store; the table scan alone), then a second
+//     Publish at the same size (steady state) and another replica's first
+//     read of the new CRL.
 //  4. Issuance on PostgreSQL: POST /1.0/sign on one stepfort replica, on two
 //     replicas (requests alternate between them), and on upstream step-ca
 //     v0.30.2, each on a fresh copy of the same initialised database.
@@ -186,15 +189,6 @@ func runCRL(ctx context.Context, o *options, c *ca, dir string) ([]crlStep, erro
 		return nil, fmt.Errorf("CRL child: %w\n%s", err, tail(stderr.String(), 3000))
 	}
 	return steps, nil
-}
-
-func (s crlStep) String() string {
-	reset := ""
-	if !s.HWMReset {
-		reset = " (VmHWM not resettable: process-wide peak)"
-	}
-	return fmt.Sprintf("%8d revoked: populate %5.1fs (bbolt %4.0f MiB), Publish %5.2fs, CRL %5.1f MiB / %d entries, RSS before %6.1f MiB, peak during Publish %6.1f MiB%s, after %6.1f MiB; breakdown (repeated outside Publish): store.List %4.2fs (peak %6.1f MiB, bbolt pages included), JSON decode %4.2fs, x509.CreateRevocationList %4.2fs",
-		s.Entries, s.PopulateSec, float64(s.DBBytes)/(1<<20), s.PublishSec, float64(s.CRLBytes)/(1<<20), s.CRLEntries, s.RSSBefore, s.PeakDuring, reset, s.RSSAfter, s.ListSec, s.ListPeak, s.DecodeSec, s.SignSec)
 }
 
 func envInt(name string, def int) int {
