@@ -1,8 +1,6 @@
 package ha
 
 import (
-	"encoding/json"
-	"fmt"
 	"sync"
 	"time"
 
@@ -193,21 +191,6 @@ func (x *statusIndex) revokedCount() int {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	return len(x.revoked)
-}
-
-// revocationRow is the part of upstream's db.RevokedCertificateInfo JSON an
-// OCSP response needs; decoding only it keeps loading a large table cheap.
-type revocationRow struct {
-	ReasonCode int
-	RevokedAt  time.Time
-}
-
-func decodeRevocation(b []byte) (revocation, error) {
-	var r revocationRow
-	if err := json.Unmarshal(b, &r); err != nil {
-		return revocation{}, fmt.Errorf("decode revocation: %w", err)
-	}
-	return revocation{at: r.RevokedAt, reason: r.ReasonCode}, nil
 }
 
 func fromInfo(rci *db.RevokedCertificateInfo) revocation {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/stepfort/stepfort/certstatus"
 	"github.com/stepfort/stepfort/sqlpool"
+	"github.com/stepfort/stepfort/storescan"
 )
 
 // backend names the nosql implementation under store (upstream's *db.DB
@@ -228,11 +229,11 @@ func (f *pgFeed) apply(payload string) error {
 		if err != nil {
 			return fmt.Errorf("read revocation %s: %w", serial, err)
 		}
-		r, err := decodeRevocation(b)
+		row, err := decodeCRLRow(b)
 		if err != nil {
 			return fmt.Errorf("revocation %s: %w", serial, err)
 		}
-		f.idx.revokedNow(serial, r)
+		f.idx.revokedNow(serial, revocation{at: row.revokedAt, reason: row.reason})
 	case "rd":
 		f.idx.unrevokedNow(serial)
 	default:
@@ -244,19 +245,20 @@ func (f *pgFeed) apply(payload string) error {
 	return nil
 }
 
-// loadRevoked reads the whole revoked table.
+// loadRevoked reads the whole revoked table, streaming it (a million
+// revocations are about 100 MB in the index, not the table's gigabytes).
 func loadRevoked(store nosql.DB) (map[string]revocation, error) {
-	rows, err := store.List(certstatus.RevokedCertsTable)
-	if err != nil && !database.IsErrNotFound(err) {
-		return nil, fmt.Errorf("load revocations: %w", err)
-	}
-	out := make(map[string]revocation, len(rows))
-	for _, row := range rows {
-		r, err := decodeRevocation(row.Value)
+	out := map[string]revocation{}
+	err := storescan.ForEach(store, certstatus.RevokedCertsTable, func(key, value []byte) error {
+		row, err := decodeCRLRow(value)
 		if err != nil {
-			return nil, fmt.Errorf("revocation %s: %w", row.Key, err)
+			return fmt.Errorf("revocation %s: %w", key, err)
 		}
-		out[string(row.Key)] = r
+		out[string(key)] = revocation{at: row.revokedAt, reason: row.reason}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load revocations: %w", err)
 	}
 	return out, nil
 }
