@@ -6,29 +6,23 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"math/big"
 	mrand "math/rand"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	upstream "github.com/smallstep/certificates/authority"
-	upconfig "github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
 
 	"github.com/stepfort/stepfort/certstatus"
-	"github.com/stepfort/stepfort/internal/testenv"
-	"github.com/stepfort/stepfort/setup"
 )
 
 // crlHost is a plugins.Host with a real upstream authority (for the
@@ -70,30 +64,8 @@ func (s *countingStore) gets() int {
 
 func newCRLHost(t *testing.T) *crlHost {
 	t.Helper()
-	port, err := testenv.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	res, err := setup.Init(setup.Options{Dir: filepath.Join(dir, "ca"), Address: fmt.Sprintf("127.0.0.1:%d", port), InsecureAddress: fmt.Sprintf("127.0.0.1:%d", port+1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := upconfig.LoadConfiguration(res.ConfigFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := db.New(cfg.DB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pw, _ := os.ReadFile(res.PasswordFile)
-	auth, err := upstream.New(cfg, upstream.WithDatabase(d), upstream.WithPassword([]byte(strings.TrimSpace(string(pw)))), upstream.WithQuietInit())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = auth.Shutdown() })
-	store, err := nosql.New("bbolt", filepath.Join(dir, "crl.db"))
+	auth, _ := newTestAuthority(t)
+	store, err := nosql.New("bbolt", filepath.Join(t.TempDir(), "crl.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,11 +22,18 @@ import (
 // ask sends a SHA-1 request (what RFC 5019 clients use) for serial.
 func ask(t *testing.T, r *Responder, serial *big.Int) *ocsp.Response {
 	t.Helper()
+	return askWith(t, r, serial, crypto.SHA1)
+}
+
+// askWith asks about serial with CertID hash algorithm hash and parses the
+// signed answer.
+func askWith(t *testing.T, r *Responder, serial *big.Int, hash crypto.Hash) *ocsp.Response {
+	t.Helper()
 	key, err := r.currentSigner()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := r.respond(&ocsp.Request{HashAlgorithm: crypto.SHA1, IssuerNameHash: key.nameHash[crypto.SHA1], IssuerKeyHash: key.keyHash[crypto.SHA1], SerialNumber: serial})
+	out, err := r.respond(&ocsp.Request{HashAlgorithm: hash, IssuerNameHash: key.nameHash[hash], IssuerKeyHash: key.keyHash[hash], SerialNumber: serial})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,6 +42,22 @@ func ask(t *testing.T, r *Responder, serial *big.Int) *ocsp.Response {
 		t.Fatal(err)
 	}
 	return resp
+}
+
+// startResponder builds a responder with cfg and starts its status feed
+// for the test's lifetime.
+func startResponder(t *testing.T, h *fakeHost, cfg OCSPConfig) *Responder {
+	t.Helper()
+	r, err := NewResponder(h, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := r.StartStatusFeed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 func revokeRow(t *testing.T, store nosql.DB, serial *big.Int, reason int, at time.Time) {
@@ -66,15 +89,7 @@ func TestStatusIndexLiveOnBbolt(t *testing.T) {
 		t.Fatal(err)
 	}
 	revokeRow(t, h.store, before, ocsp.Superseded, h.now.Add(-time.Hour))
-	r, err := NewResponder(h, DefaultConfig().OCSP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := r.StartStatusFeed(ctx); err != nil {
-		t.Fatal(err)
-	}
+	r := startResponder(t, h, DefaultConfig().OCSP)
 	if _, kind := backend(h.store); kind != "bolt" {
 		t.Fatalf("backend of upstream's bbolt database = %q", kind)
 	}
@@ -142,15 +157,7 @@ func TestStatusFeedOnPostgres(t *testing.T) {
 	h := newFakeHost(t)
 	// The daemon hands plugins upstream's *db.DB around the nosql store.
 	h.store, h.now = &db.DB{DB: storeA}, time.Now()
-	r, err := NewResponder(h, DefaultConfig().OCSP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := r.StartStatusFeed(ctx); err != nil {
-		t.Fatal(err)
-	}
+	r := startResponder(t, h, DefaultConfig().OCSP)
 	waitFor(t, "feed live", 10*time.Second, r.idx.isLive)
 	// Several idle periods (wait timeouts and pings) pass first.
 	time.Sleep(3 * feedIdle)
@@ -224,15 +231,7 @@ func TestResponseCacheBounded(t *testing.T) {
 	h := newFakeHost(t)
 	cfg := DefaultConfig().OCSP
 	cfg.CacheSize = 1000
-	r, err := NewResponder(h, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := r.StartStatusFeed(ctx); err != nil {
-		t.Fatal(err)
-	}
+	r := startResponder(t, h, cfg)
 	for i := range 1200 {
 		serial := big.NewInt(int64(100000 + i))
 		r.Committed(plugins.CertificateEvent{Kind: plugins.EventIssued, Serial: serial.String()})

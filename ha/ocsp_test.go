@@ -46,12 +46,25 @@ func (h *fakeHost) responses(r *Responder, s string) float64 {
 
 func newFakeHost(t *testing.T) *fakeHost {
 	t.Helper()
-	port, _ := testenv.FreePort()
+	auth, d := newTestAuthority(t)
+	return &fakeHost{auth: auth, store: d, now: time.Now(), reg: prometheus.NewRegistry()}
+}
+
+// newTestAuthority is a real upstream authority over a fresh `stepfort
+// init` directory (bbolt), with its database.
+func newTestAuthority(t *testing.T) (*upstream.Authority, *db.DB) {
+	t.Helper()
+	port, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
 	res, err := setup.Init(setup.Options{Dir: filepath.Join(t.TempDir(), "ca"), Address: "127.0.0.1:" + itoa(port), InsecureAddress: "127.0.0.1:" + itoa(port+1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := configOnly(res.ConfigFile)
+	// Only upstream's part of ca.json: the plugins init enables are not
+	// registered in this package's tests.
+	cfg, err := upconfig.LoadConfiguration(res.ConfigFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +78,7 @@ func newFakeHost(t *testing.T) *fakeHost {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = auth.Shutdown() })
-	return &fakeHost{auth: auth, store: d.(*db.DB), now: time.Now(), reg: prometheus.NewRegistry()}
+	return auth, d.(*db.DB)
 }
 
 func TestResponderStatusCacheAndRefresh(t *testing.T) {
@@ -82,16 +95,7 @@ func TestResponderStatusCacheAndRefresh(t *testing.T) {
 	}
 	request := func(serial *big.Int) *ocsp.Response {
 		t.Helper()
-		req := &ocsp.Request{HashAlgorithm: crypto.SHA256, IssuerNameHash: key.nameHash[crypto.SHA256], IssuerKeyHash: key.keyHash[crypto.SHA256], SerialNumber: serial}
-		out, err := r.respond(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := ocsp.ParseResponseForCert(out.der, nil, key.issuer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp
+		return askWith(t, r, serial, crypto.SHA256)
 	}
 
 	first := request(issued)
@@ -218,9 +222,3 @@ func TestPublisherNumbersOnlyIncrease(t *testing.T) {
 }
 
 func itoa(i int) string { return big.NewInt(int64(i)).String() }
-
-// configOnly loads upstream's part of ca.json (the plugins init enables are
-// not registered in this package's tests).
-func configOnly(path string) (*upconfig.Config, error) {
-	return upconfig.LoadConfiguration(path)
-}

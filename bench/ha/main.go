@@ -64,9 +64,12 @@ type options struct {
 
 	// child mode
 	crlChild bool
-	caConfig string
-	pwFile   string
-	crlDB    string
+	// fixedServer: serve a fixed answer on this address (the ceiling)
+	fixedServer string
+	fixedSize   int
+	caConfig    string
+	pwFile      string
+	crlDB       string
 }
 
 func parseFlags() (*options, error) {
@@ -87,6 +90,8 @@ func parseFlags() (*options, error) {
 	flag.StringVar(&o.workdir, "workdir", envStr("BENCH_WORKDIR_HA", ""), "scratch directory (env BENCH_WORKDIR_HA)")
 	flag.BoolVar(&o.keep, "keep", os.Getenv("BENCH_KEEP") != "", "keep the scratch directory (env BENCH_KEEP)")
 	flag.BoolVar(&o.crlChild, "crl-child", false, "internal: run the CRL measurement")
+	flag.StringVar(&o.fixedServer, "fixed-server", "", "internal: serve a fixed OCSP-sized answer on this address (the ceiling measurement)")
+	flag.IntVar(&o.fixedSize, "fixed-size", 776, "internal: body size for -fixed-server")
 	flag.StringVar(&o.caConfig, "ca-config", "", "internal: ca.json for -crl-child")
 	flag.StringVar(&o.pwFile, "password-file", "", "internal: password file for -crl-child")
 	flag.StringVar(&o.crlDB, "crl-db", "", "internal: bbolt file for -crl-child")
@@ -121,6 +126,13 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench/ha:", err)
 		os.Exit(2)
+	}
+	if o.fixedServer != "" {
+		if err := serveFixed(o.fixedServer, o.fixedSize); err != nil {
+			fmt.Fprintln(os.Stderr, "fixed server:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if o.crlChild {
 		pw, err := os.ReadFile(o.pwFile)

@@ -137,14 +137,26 @@ func checkOCSP(ctx context.Context, client *http.Client, base string, reqs []ocs
 	return nil
 }
 
-// ocspLoad sends the requests round-robin from workers goroutines for d
-// and returns the completed requests, their latencies and failures.
+// ocspLoad sends the requests round-robin through net/http's client from
+// workers goroutines for d.
 func ocspLoad(ctx context.Context, client *http.Client, base string, reqs []ocspReq, workers int, d time.Duration) *loadResult {
+	return timedLoad(ctx, workers, d, func() (func(i int64) error, func()) {
+		return func(i int64) error {
+			_, err := doOCSP(ctx, client, base, &reqs[int(i)%len(reqs)])
+			return err
+		}, func() {}
+	})
+}
+
+// timedLoad runs workers goroutines for d; each gets its own step function
+// from newWorker (with its connection state) and calls it with a shared
+// request counter until the time is up. It returns the successful
+// requests' latencies, sorted, and the failures.
+func timedLoad(ctx context.Context, workers int, d time.Duration, newWorker func() (step func(i int64) error, done func())) *loadResult {
 	res := &loadResult{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	var next atomic.Int64
-	var failed atomic.Int64
+	var next, failed atomic.Int64
 	lats := make([][]time.Duration, workers)
 	start := time.Now()
 	deadline := start.Add(d)
@@ -152,15 +164,15 @@ func ocspLoad(ctx context.Context, client *http.Client, base string, reqs []ocsp
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			step, done := newWorker()
+			defer done()
 			l := make([]time.Duration, 0, 1<<16)
 			for ctx.Err() == nil {
 				t0 := time.Now()
 				if t0.After(deadline) {
 					break
 				}
-				r := &reqs[int(next.Add(1)-1)%len(reqs)]
-				_, err := doOCSP(ctx, client, base, r)
-				if err != nil {
+				if err := step(next.Add(1) - 1); err != nil {
 					failed.Add(1)
 					res.addErr(&mu, err)
 					continue

@@ -10,11 +10,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"sort"
+	"os"
+	"path/filepath"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/stepfort/stepfort/internal/testenv"
 )
 
 // The timed OCSP loads use this small HTTP/1.1 client instead of net/http's:
@@ -163,83 +164,68 @@ func rawLoad(ctx context.Context, base string, reqs []ocspReq, workers int, d ti
 	if err != nil {
 		return nil, err
 	}
-	res := &loadResult{}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	var next, failed atomic.Int64
-	lats := make([][]time.Duration, workers)
-	start := time.Now()
-	deadline := start.Add(d)
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			l := make([]time.Duration, 0, 1<<16)
-			body := make([]byte, 64<<10)
-			var rc *rawConn
-			defer func() {
-				if rc != nil {
-					rc.c.Close()
+	return timedLoad(ctx, workers, d, func() (func(i int64) error, func()) {
+		body := make([]byte, 64<<10)
+		var rc *rawConn
+		step := func(i int64) error {
+			if rc == nil {
+				var err error
+				if rc, err = dialRaw(addr); err != nil {
+					time.Sleep(time.Millisecond)
+					return err
 				}
-			}()
-			for ctx.Err() == nil {
-				t0 := time.Now()
-				if t0.After(deadline) {
-					break
-				}
-				if rc == nil {
-					var derr error
-					if rc, derr = dialRaw(addr); derr != nil {
-						failed.Add(1)
-						res.addErr(&mu, derr)
-						time.Sleep(time.Millisecond)
-						continue
-					}
-				}
-				_, closed, err := rc.roundTrip(wire[int(next.Add(1)-1)%len(wire)], body)
-				if closed || err != nil || !keepAlive {
-					rc.c.Close()
-					rc = nil
-				}
-				if err != nil {
-					failed.Add(1)
-					res.addErr(&mu, err)
-					continue
-				}
-				l = append(l, time.Since(t0))
 			}
-			lats[w] = l
-		}()
-	}
-	wg.Wait()
-	res.elapsed = time.Since(start)
-	for _, l := range lats {
-		res.latencies = append(res.latencies, l...)
-	}
-	res.ok, res.failed = len(res.latencies), int(failed.Load())
-	sort.Slice(res.latencies, func(a, b int) bool { return res.latencies[a] < res.latencies[b] })
-	return res, nil
+			_, closed, err := rc.roundTrip(wire[int(i)%len(wire)], body)
+			if closed || err != nil || !keepAlive {
+				rc.c.Close()
+				rc = nil
+			}
+			return err
+		}
+		return step, func() {
+			if rc != nil {
+				rc.c.Close()
+			}
+		}
+	}), nil
 }
 
 // ceilingLoad measures what this machine's loopback HTTP allows at all: a
-// net/http server (in this process) whose handler reads the request and
-// writes a fixed body of bodySize bytes with OCSP-like headers, under the
-// same load as the responders. No responder built on net/http can be
-// faster; stepfort's rate is printed against it.
-func ceilingLoad(ctx context.Context, reqs []ocspReq, workers int, d time.Duration, bodySize int) (*loadResult, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// net/http server in a child process (this binary with -fixed-server) whose
+// handler reads the request and writes a fixed body of bodySize bytes with
+// OCSP-like headers, under the same load as the responders. A responder
+// built on net/http cannot be faster; stepfort's rate is printed against it.
+func ceilingLoad(ctx context.Context, dir string, reqs []ocspReq, workers int, d time.Duration, bodySize int) (*loadResult, error) {
+	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	body := bytes.Repeat([]byte{0x30}, bodySize)
-	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	port, err := testenv.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	p, err := testenv.NewProcess(filepath.Join(dir, "fixed-server.log"), self, []string{"-fixed-server", addr, "-fixed-size", strconv.Itoa(bodySize)}, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = p.Kill9() }()
+	if err := testenv.WaitTCP(addr, 10*time.Second); err != nil {
+		return nil, fmt.Errorf("fixed server: %w\n%s", err, p.Log())
+	}
+	return rawLoad(ctx, "http://"+addr+"/ocsp", reqs, workers, d, true)
+}
+
+// serveFixed is the ceiling server: net/http, a handler that reads the
+// request body and writes size fixed bytes.
+func serveFixed(addr string, size int) error {
+	body := bytes.Repeat([]byte{0x30}, size)
+	srv := &http.Server{Addr: addr, ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		h := w.Header()
 		h["Content-Type"] = []string{"application/ocsp-response"}
 		h["Cache-Control"] = []string{"max-age=86400, public, no-transform, must-revalidate"}
 		_, _ = w.Write(body)
 	})}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
-	return rawLoad(ctx, "http://"+ln.Addr().String()+"/ocsp", reqs, workers, d, true)
+	return srv.ListenAndServe()
 }

@@ -309,14 +309,14 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 	if err != nil {
 		return err
 	}
-	ceil, err := ceilingLoad(ctx, reqs, o.ocspWorkers, 5*time.Second, len(sampleBody))
+	ceil, err := ceilingLoad(ctx, b.workdir, reqs, o.ocspWorkers, 5*time.Second, len(sampleBody))
 	if err != nil {
 		return err
 	}
 	if ceil.failed > 0 {
 		return fmt.Errorf("ceiling server: %d failed, e.g. %s", ceil.failed, strings.Join(ceil.errs, " | "))
 	}
-	fmt.Printf("  net/http fixed answer %8.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  (ceiling: an in-process net/http handler writing %d fixed bytes, no OCSP work)\n",
+	fmt.Printf("  net/http fixed answer %8.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  (ceiling: a net/http server process writing %d fixed bytes, no OCSP work)\n",
 		ceil.perSecond(), ms(ceil.percentile(50)), ms(ceil.percentile(99)), len(sampleBody))
 
 	// openssl ocsp -index with the same certificates.
