@@ -20,6 +20,7 @@ import (
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
 
+	"github.com/stepfort/stepfort/bench/internal/benchproc"
 	"github.com/stepfort/stepfort/certstatus"
 	"github.com/stepfort/stepfort/ha"
 	"github.com/stepfort/stepfort/storescan"
@@ -175,7 +176,7 @@ func crlChild(caConfig, password, dbPath string, sizes []int) error {
 		if err != nil {
 			return fmt.Errorf("publish %d entries: %w", n, err)
 		}
-		st.RSSAfter, st.PeakDuring, _ = procMemory("self")
+		st.RSSAfter, st.PeakDuring, _ = benchproc.ProcMemory("self")
 		st.ScanEncodeSec, st.SignSec, st.StoreSec = h.published["scanSeconds"], h.published["signSeconds"], h.published["storeSeconds"]
 
 		// Check what was stored (outside the measurement).
@@ -192,7 +193,7 @@ func crlChild(caConfig, password, dbPath string, sizes []int) error {
 		if err != nil {
 			return err
 		}
-		_, st.ForEachPeak, _ = procMemory("self")
+		_, st.ForEachPeak, _ = benchproc.ProcMemory("self")
 		if rows != n {
 			return fmt.Errorf("table has %d rows, want %d", rows, n)
 		}
@@ -202,7 +203,7 @@ func crlChild(caConfig, password, dbPath string, sizes []int) error {
 		if st.AgainSec, err = timed(pub.Publish); err != nil {
 			return err
 		}
-		_, st.AgainPeak, _ = procMemory("self")
+		_, st.AgainPeak, _ = benchproc.ProcMemory("self")
 		other, err := ha.NewPublisher(&benchHost{auth: auth, store: store, reg: prometheus.NewRegistry()}, "other", "http://localhost/1.0/crl", 24*time.Hour, 5*time.Second, 15*time.Second)
 		if err != nil {
 			return err
@@ -230,7 +231,7 @@ func crlChild(caConfig, password, dbPath string, sizes []int) error {
 func settle() (rss float64, reset bool) {
 	runtime.GC()
 	debug.FreeOSMemory()
-	rss, _, _ = procMemory("self")
+	rss, _, _ = benchproc.ProcMemory("self")
 	return rss, os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
 }
 

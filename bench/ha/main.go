@@ -43,6 +43,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/stepfort/stepfort/bench/internal/benchproc"
 )
 
 type options struct {
@@ -198,7 +200,7 @@ func runCRL(ctx context.Context, o *options, c *ca, dir string) ([]crlStep, erro
 		steps = append(steps, st)
 	}
 	if err := cmd.Wait(); err != nil {
-		return nil, fmt.Errorf("CRL child: %w\n%s", err, tail(stderr.String(), 3000))
+		return nil, fmt.Errorf("CRL child: %w\n%s", err, benchproc.Tail(stderr.String(), 3000))
 	}
 	return steps, nil
 }

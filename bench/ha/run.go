@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/crypto/ocsp"
 
+	"github.com/stepfort/stepfort/bench/internal/benchproc"
 	"github.com/stepfort/stepfort/bench/internal/signload"
 	"github.com/stepfort/stepfort/internal/testenv"
 )
@@ -57,13 +58,14 @@ func run(ctx context.Context, o *options) (err error) {
 		return err
 	}
 	if o.parts["issuance"] {
-		if b.stepCA, err = findStepCA(o.stepCA); err != nil {
+		if b.stepCA, err = benchproc.FindStepCA(o.stepCA); err != nil {
 			return err
 		}
 	}
 	if b.stepfort = o.stepfort; b.stepfort == "" {
 		fmt.Println("building stepfort (CGO_ENABLED=0) ...")
-		if b.stepfort, err = buildStepfort(ctx, root, b.workdir); err != nil {
+		b.stepfort = filepath.Join(b.workdir, "stepfort")
+		if err := benchproc.BuildStepfort(ctx, root, b.stepfort); err != nil {
 			return err
 		}
 	}
@@ -143,12 +145,12 @@ func (b *bench) runRevocation(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer a.stop()
+	defer a.Stop()
 	rb, err := c.startServer(ctx, "replica-b", b.stepfort, true, filepath.Join(b.workdir, "rev-b"), dbName)
 	if err != nil {
 		return err
 	}
-	defer rb.stop()
+	defer rb.Stop()
 	client := signload.NewClient(c.roots, o.workers)
 	defer client.CloseIdleConnections()
 
@@ -170,7 +172,7 @@ func (b *bench) runRevocation(ctx context.Context) error {
 		}
 	}
 	for _, s := range []*server{a, rb} {
-		if err := s.check(); err != nil {
+		if err := s.Check(); err != nil {
 			return err
 		}
 	}
@@ -203,8 +205,8 @@ func (b *bench) prepareMix(ctx context.Context, c *ca, a *server, client *http.C
 	urls := make([]string, n)
 	bodies := make([][]byte, n)
 	for i := range csrs {
-		urls[i] = a.url
-		if bodies[i], err = sig.SignBody(a.url, csrs[i]); err != nil {
+		urls[i] = a.URL
+		if bodies[i], err = sig.SignBody(a.URL, csrs[i]); err != nil {
 			return nil, err
 		}
 	}
@@ -212,7 +214,7 @@ func (b *bench) prepareMix(ctx context.Context, c *ca, a *server, client *http.C
 	if res.failed > 0 {
 		return nil, fmt.Errorf("issuing OCSP certificates: %d failed, e.g. %s", res.failed, strings.Join(res.errs, " | "))
 	}
-	fmt.Printf("\nrevocation set-up: %s; %d certificates issued on %s in %.1fs\n", setup, n, a.name, res.elapsed.Seconds())
+	fmt.Printf("\nrevocation set-up: %s; %d certificates issued on %s in %.1fs\n", setup, n, a.Name, res.elapsed.Seconds())
 
 	// Revoke every third OCSP certificate through A (keyCompromise).
 	var targets []ocspTarget
@@ -220,7 +222,7 @@ func (b *bench) prepareMix(ctx context.Context, c *ca, a *server, client *http.C
 	for i, crt := range certs[:o.ocspCerts] {
 		t := ocspTarget{cert: crt, want: ocsp.Good}
 		if i%3 == 0 {
-			if err := revoke(ctx, client, sig, a.url, crt.SerialNumber.String(), ocsp.KeyCompromise); err != nil {
+			if err := revoke(ctx, client, sig, a.URL, crt.SerialNumber.String(), ocsp.KeyCompromise); err != nil {
 				return nil, err
 			}
 			t.want, t.revokedAt, t.reason = ocsp.Revoked, time.Now(), ocsp.KeyCompromise
@@ -228,7 +230,7 @@ func (b *bench) prepareMix(ctx context.Context, c *ca, a *server, client *http.C
 		targets = append(targets, t)
 	}
 	revoked := (o.ocspCerts + 2) / 3
-	fmt.Printf("  %d revoked through %s's /1.0/revoke in %.1fs\n", revoked, a.name, time.Since(t0).Seconds())
+	fmt.Printf("  %d revoked through %s's /1.0/revoke in %.1fs\n", revoked, a.Name, time.Since(t0).Seconds())
 	for i := range o.ocspCerts / 2 {
 		targets = append(targets, ocspTarget{cert: &x509Cert{SerialNumber: randomSerial(i)}, want: ocsp.Unknown})
 	}
@@ -249,7 +251,7 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 	defer client.CloseIdleConnections()
 	for _, s := range []*server{a, rb} {
 		if err := checkOCSP(ctx, client, s.httpURL+"/ocsp", reqs, targets, c.inter); err != nil {
-			return fmt.Errorf("stepfort %s OCSP answers: %w", s.name, err)
+			return fmt.Errorf("stepfort %s OCSP answers: %w", s.Name, err)
 		}
 	}
 	fmt.Printf("  every answer from both replicas checked (signature, serial, status, reason)\n")
@@ -261,12 +263,12 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 	if err != nil {
 		return err
 	}
-	cpu0, _ := cpuTime(a.proc.Pid())
+	cpu0, _ := benchproc.CPUTime(a.Proc.Pid())
 	sf, err := rawLoad(ctx, base, reqs, o.ocspWorkers, o.ocspDur, true)
 	if err != nil {
 		return err
 	}
-	cpu1, _ := cpuTime(a.proc.Pid())
+	cpu1, _ := benchproc.CPUTime(a.Proc.Pid())
 	sess1, err := c.pgSessions(ctx, revocationDB)
 	if err != nil {
 		return err
@@ -274,7 +276,7 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 	if sf.failed > 0 {
 		return fmt.Errorf("stepfort OCSP: %d of %d requests failed, e.g. %s", sf.failed, sf.failed+sf.ok, strings.Join(sf.errs, " | "))
 	}
-	if err := a.check(); err != nil {
+	if err := a.Check(); err != nil {
 		return err
 	}
 	fmt.Printf("  stepfort (replica A)  %8.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  %d responses in %.1fs, server CPU %.1f us/response, %d PostgreSQL sessions opened (and closed) during the load\n",
@@ -347,17 +349,17 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 			oc := ocspClient(o.ocspWorkers, false)
 			defer oc.CloseIdleConnections()
 			if err := checkOCSP(ctx, oc, url, reqs, targets, c.inter); err != nil {
-				return fmt.Errorf("openssl ocsp answers: %w\n%s", err, tail(p.Log(), 2000))
+				return fmt.Errorf("openssl ocsp answers: %w\n%s", err, benchproc.Tail(p.Log(), 2000))
 			}
 			if _, err := rawLoad(ctx, url, reqs, o.ocspWorkers, 500*time.Millisecond, false); err != nil {
 				return err
 			}
-			cpu0, _ := cpuTime(p.Pid())
+			cpu0, _ := benchproc.CPUTime(p.Pid())
 			ol, err := rawLoad(ctx, url, reqs, o.ocspWorkers, o.opensslDur, false)
 			if err != nil {
 				return err
 			}
-			cpu1, _ := cpuTime(p.Pid())
+			cpu1, _ := benchproc.CPUTime(p.Pid())
 			if ol.failed > 0 {
 				return fmt.Errorf("openssl ocsp: %d of %d requests failed, e.g. %s", ol.failed, ol.failed+ol.ok, strings.Join(ol.errs, " | "))
 			}
@@ -416,7 +418,7 @@ func (b *bench) runPropagation(ctx context.Context, client *http.Client, a, rb *
 			return fmt.Errorf("propagation: B answers %d (%v) before the revocation, want good", st, err)
 		}
 		t0 := time.Now()
-		if err := revoke(ctx, client, b.sig, a.url, crt.SerialNumber.String(), ocsp.Superseded); err != nil {
+		if err := revoke(ctx, client, b.sig, a.URL, crt.SerialNumber.String(), ocsp.Superseded); err != nil {
 			return err
 		}
 		ack := time.Now()
@@ -468,7 +470,7 @@ func (b *bench) runIssuance(ctx context.Context) error {
 	fmt.Printf("\nissuance on PostgreSQL: POST /1.0/sign, JWK tokens, P-256 CSRs, %d timed + %d warm-up, %d workers (HTTP/1.1 keep-alive), fresh copy of the database per run\n",
 		o.issueN, o.warmup, o.workers)
 	runs := []issuanceRun{
-		{"upstream step-ca " + upstreamVersion, b.stepCA, false, 1},
+		{"upstream step-ca " + benchproc.UpstreamVersion, b.stepCA, false, 1},
 		{"stepfort 1 replica", b.stepfort, true, 1},
 		{"stepfort 2 replicas", b.stepfort, true, 2},
 	}
@@ -482,7 +484,7 @@ func (b *bench) runIssuance(ctx context.Context) error {
 		err := func() error {
 			defer func() {
 				for _, s := range servers {
-					s.stop()
+					s.Stop()
 				}
 			}()
 			for k := range r.replicas {
@@ -496,7 +498,7 @@ func (b *bench) runIssuance(ctx context.Context) error {
 			urls := make([]string, len(csrs))
 			bodies := make([][]byte, len(csrs))
 			for j := range csrs {
-				urls[j] = servers[j%len(servers)].url
+				urls[j] = servers[j%len(servers)].URL
 				var err error
 				if bodies[j], err = b.sig.SignBody(urls[j], csrs[j]); err != nil {
 					return err
@@ -510,15 +512,15 @@ func (b *bench) runIssuance(ctx context.Context) error {
 			}
 			var cpu0 time.Duration
 			for _, s := range servers {
-				t, _ := cpuTime(s.proc.Pid())
+				t, _ := benchproc.CPUTime(s.Proc.Pid())
 				cpu0 += t
 			}
 			res, _ := sendSigns(ctx, client, urls[w:], bodies[w:], csrs[w:], o.workers)
 			var cpu1 time.Duration
 			for _, s := range servers {
-				t, _ := cpuTime(s.proc.Pid())
+				t, _ := benchproc.CPUTime(s.Proc.Pid())
 				cpu1 += t
-				if err := s.check(); err != nil {
+				if err := s.Check(); err != nil {
 					return err
 				}
 			}
@@ -552,7 +554,7 @@ func (b *bench) runOCSPBbolt(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer s.stop()
+	defer s.Stop()
 	client := signload.NewClient(c.roots, o.workers)
 	defer client.CloseIdleConnections()
 	m, err := b.prepareMix(ctx, c, s, client, 0, "1 stepfort on bbolt")
@@ -568,16 +570,16 @@ func (b *bench) runOCSPBbolt(ctx context.Context) error {
 	if _, err := rawLoad(ctx, base, m.reqs, o.ocspWorkers, time.Second, true); err != nil {
 		return err
 	}
-	cpu0, _ := cpuTime(s.proc.Pid())
+	cpu0, _ := benchproc.CPUTime(s.Proc.Pid())
 	r, err := rawLoad(ctx, base, m.reqs, o.ocspWorkers, o.ocspDur/2, true)
 	if err != nil {
 		return err
 	}
-	cpu1, _ := cpuTime(s.proc.Pid())
+	cpu1, _ := benchproc.CPUTime(s.Proc.Pid())
 	if r.failed > 0 {
 		return fmt.Errorf("stepfort on bbolt OCSP: %d of %d requests failed, e.g. %s", r.failed, r.failed+r.ok, strings.Join(r.errs, " | "))
 	}
-	if err := s.check(); err != nil {
+	if err := s.Check(); err != nil {
 		return err
 	}
 	fmt.Printf("  stepfort (bbolt)      %8.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  %d responses in %.1fs, server CPU %.1f us/response, same mix, %d workers\n",

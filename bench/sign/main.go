@@ -65,7 +65,7 @@ func parseFlags() (*options, error) {
 	flag.StringVar(&o.workdir, "workdir", envStr("BENCH_WORKDIR", ""), "scratch directory; empty makes a temporary one (env BENCH_WORKDIR)")
 	flag.BoolVar(&o.keep, "keep", os.Getenv("BENCH_KEEP") != "", "keep the scratch directory (logs, configs) (env BENCH_KEEP)")
 	flag.DurationVar(&o.settle, "settle", 2*time.Second, "pause after start-up and after warm-up before reading RSS")
-	flag.DurationVar(&o.profile, "cpuprofile", 0, "if > 0, take a CPU profile of this length of each server during the timed load (via STEP_PROF_ADDR; stepfort is then built with a pprof listener added by go build -overlay) and keep the profiles in the scratch directory")
+	flag.DurationVar(&o.profile, "cpuprofile", 0, "if > 0, take a CPU profile of this length of each server during the timed load (via STEP_PROF_ADDR, which stepfort honours like step-ca) and keep the profiles in the scratch directory")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %v", flag.Args())
@@ -91,9 +91,6 @@ func parseFlags() (*options, error) {
 		return nil, fmt.Errorf("-db and -servers must not be empty")
 	}
 	if o.profile > 0 {
-		if o.stepfort != "" {
-			return nil, fmt.Errorf("-cpuprofile builds its own stepfort; do not set -stepfort")
-		}
 		o.keep = true
 	}
 	return o, nil

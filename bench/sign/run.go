@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/stepfort/stepfort/bench/internal/benchproc"
 	"github.com/stepfort/stepfort/bench/internal/signload"
 	"github.com/stepfort/stepfort/internal/testenv"
 )
@@ -51,17 +52,18 @@ func run(ctx context.Context, o *options) (err error) {
 			_ = os.RemoveAll(b.workdir)
 		}
 	}()
-	if b.stepCA, err = findStepCA(o.stepCA); err != nil {
+	if b.stepCA, err = benchproc.FindStepCA(o.stepCA); err != nil {
 		return err
 	}
 	if b.stepfort = o.stepfort; b.stepfort == "" {
 		fmt.Println("building stepfort (CGO_ENABLED=0) ...")
-		if b.stepfort, err = buildStepfort(ctx, root, b.workdir, o.profile > 0); err != nil {
+		b.stepfort = filepath.Join(b.workdir, "stepfort")
+		if err := benchproc.BuildStepfort(ctx, root, b.stepfort); err != nil {
 			return err
 		}
 	}
 	fmt.Printf("stepfort vs upstream step-ca %s: POST /1.0/sign, JWK tokens, P-256 CSRs, %d timed + %d warm-up requests per run, %d workers (HTTP/1.1 keep-alive), %d rounds, %s, %d CPUs\n",
-		upstreamVersion, o.n, o.warmup, o.workers, o.rounds, runtime.Version(), runtime.NumCPU())
+		benchproc.UpstreamVersion, o.n, o.warmup, o.workers, o.rounds, runtime.Version(), runtime.NumCPU())
 	fmt.Printf("  upstream: %s\n  stepfort: %s (plugins %s)\n", b.stepCA, b.stepfort, o.plugins)
 	if b.csrs, err = signload.MakeCSRs(o.warmup + o.n); err != nil {
 		return err
@@ -182,7 +184,7 @@ func (b *bench) runOne(ctx context.Context, c *ca, sig *signload.Signer, roots *
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	port, insecurePort, err := twoPorts()
+	port, insecurePort, err := benchproc.TwoPorts()
 	if err != nil {
 		return nil, err
 	}
@@ -205,29 +207,29 @@ func (b *bench) runOne(ctx context.Context, c *ca, sig *signload.Signer, roots *
 	if err != nil {
 		return nil, err
 	}
-	defer srv.stop()
-	r := &runResult{server: name, round: round, log: srv.proc.LogPath()}
+	defer srv.Stop()
+	r := &runResult{server: name, round: round, log: srv.Proc.LogPath()}
 	if err := sleep(ctx, b.o.settle); err != nil {
 		return nil, err
 	}
-	if r.startRSS, _, err = srv.memory(); err != nil {
+	if r.startRSS, _, err = srv.Memory(); err != nil {
 		return nil, err
 	}
 
-	bodies, err := sig.Bodies(srv.url+"/1.0/sign", b.csrs)
+	bodies, err := sig.Bodies(srv.URL+"/1.0/sign", b.csrs)
 	if err != nil {
 		return nil, err
 	}
 	client := signload.NewClient(roots, b.o.workers)
 	defer client.CloseIdleConnections()
 	w := b.o.warmup
-	if warm := signload.SendAll(ctx, client, srv.url, bodies[:w], b.csrs[:w], b.o.workers); warm.Failed > 0 {
+	if warm := signload.SendAll(ctx, client, srv.URL, bodies[:w], b.csrs[:w], b.o.workers); warm.Failed > 0 {
 		return nil, fmt.Errorf("%d of %d warm-up requests failed, e.g. %s", warm.Failed, w, strings.Join(warm.Errs, " | "))
 	}
 	if err := sleep(ctx, b.o.settle); err != nil {
 		return nil, err
 	}
-	if r.idleRSS, _, err = srv.memory(); err != nil {
+	if r.idleRSS, _, err = srv.Memory(); err != nil {
 		return nil, err
 	}
 
@@ -236,15 +238,15 @@ func (b *bench) runOne(ctx context.Context, c *ca, sig *signload.Signer, roots *
 		profErr = make(chan error, 1)
 		go func() { profErr <- cpuProfile(ctx, profAddr, b.o.profile, filepath.Join(dir, "cpu.pprof")) }()
 	}
-	cpu0, err := srv.cpuTime()
+	cpu0, err := srv.CPUTime()
 	if err != nil {
 		return nil, err
 	}
-	res := signload.SendAll(ctx, client, srv.url, bodies[w:], b.csrs[w:], b.o.workers)
+	res := signload.SendAll(ctx, client, srv.URL, bodies[w:], b.csrs[w:], b.o.workers)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	cpu1, err := srv.cpuTime()
+	cpu1, err := srv.CPUTime()
 	if err != nil {
 		return nil, err
 	}
@@ -256,17 +258,17 @@ func (b *bench) runOne(ctx context.Context, c *ca, sig *signload.Signer, roots *
 			return nil, err
 		}
 	}
-	if err := srv.check(); err != nil {
+	if err := srv.Check(); err != nil {
 		return nil, err
 	}
-	if _, r.peakRSS, err = srv.memory(); err != nil {
+	if _, r.peakRSS, err = srv.Memory(); err != nil {
 		return nil, err
 	}
 	r.certsPerSec, r.p50, r.p99 = res.PerSecond(), res.Percentile(50), res.Percentile(99)
 	r.ok, r.failed, r.errs, r.elapsed = res.OK, res.Failed, res.Errs, res.Elapsed
 	r.load = loadAverage()
 	if c.pg != nil {
-		srv.stop() // sessions are counted when they end
+		srv.Stop() // sessions are counted when they end
 		if r.pgSessions, err = c.pgSessions(ctx, runName); err != nil {
 			return nil, err
 		}
@@ -303,24 +305,6 @@ func loadAverage() float64 {
 	}
 	v, _ := strconv.ParseFloat(f[0], 64)
 	return v
-}
-
-// twoPorts returns two distinct free loopback ports.
-func twoPorts() (int, int, error) {
-	a, err := testenv.FreePort()
-	if err != nil {
-		return 0, 0, err
-	}
-	for range 10 {
-		b, err := testenv.FreePort()
-		if err != nil {
-			return 0, 0, err
-		}
-		if b != a {
-			return a, b, nil
-		}
-	}
-	return 0, 0, errors.New("no second free port")
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -14,58 +14,6 @@ import (
 	"github.com/stepfort/stepfort/internal/testenv"
 )
 
-// upstreamVersion is the step-ca release stepfort is built on.
-const upstreamVersion = "0.30.2"
-
-// buildStepfort builds ./cmd/stepfort into dir with CGO_ENABLED=0 and the
-// same flags scripts/install-tools.sh uses for step-ca, so that neither
-// binary has an advantage from how it was built. With pprof, the build adds
-// overlay/pprof.go.in to the command (see there) without touching the
-// source tree.
-func buildStepfort(ctx context.Context, root, dir string, pprof bool) (string, error) {
-	out := filepath.Join(dir, "stepfort")
-	args := []string{"build", "-trimpath", "-ldflags", "-s -w", "-o", out}
-	if pprof {
-		overlay, err := json.Marshal(map[string]any{"Replace": map[string]string{
-			filepath.Join(root, "cmd", "stepfort", "zz_bench_pprof.go"): filepath.Join(root, "bench", "sign", "overlay", "pprof.go.in"),
-		}})
-		if err != nil {
-			return "", err
-		}
-		file := filepath.Join(dir, "overlay.json")
-		if err := os.WriteFile(file, overlay, 0o644); err != nil {
-			return "", err
-		}
-		args = append(args, "-overlay", file)
-	}
-	cmd := exec.CommandContext(ctx, "go", append(args, "./cmd/stepfort")...)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build stepfort: %w\n%s", err, b)
-	}
-	return out, nil
-}
-
-// findStepCA returns the upstream step-ca binary and checks its version.
-func findStepCA(path string) (string, error) {
-	if path == "" {
-		p, err := testenv.Tool("step-ca")
-		if err != nil {
-			return "", err
-		}
-		path = p
-	}
-	b, err := exec.Command(path, "version").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("%s version: %w: %s", path, err, b)
-	}
-	if !strings.Contains(string(b), "/"+upstreamVersion+" ") {
-		return "", fmt.Errorf("%s is not step-ca %s (it says %q); run scripts/install-tools.sh", path, upstreamVersion, strings.TrimSpace(string(b)))
-	}
-	return path, nil
-}
-
 // ca is one installation written by `stepfort init`: every run of a database
 // type starts from its ca.json and a copy of its freshly initialised
 // database.
