@@ -34,6 +34,30 @@ func ocspStatus(t *testing.T, c *ca, ocspURL string, target ...string) string {
 	return out
 }
 
+// ocspGET asks about cert with a GET (the request openssl -reqout builds,
+// base64 and URL-encoded in the path, fetched with curl) and returns what
+// openssl prints for the response, and curl's response headers.
+func ocspGET(t *testing.T, c *ca, httpPort int, cert string) (status, headers string) {
+	t.Helper()
+	inter := filepath.Join(c.Dir, "certs", "intermediate_ca.crt")
+	dir := t.TempDir()
+	reqFile, respFile := filepath.Join(dir, "req.der"), filepath.Join(dir, "resp.der")
+	if out, err := openssl(t, "ocsp", "-issuer", inter, "-cert", cert, "-reqout", reqFile, "-no_nonce"); err != nil {
+		t.Fatalf("reqout: %v\n%s", err, out)
+	}
+	der, _ := os.ReadFile(reqFile)
+	getURL := fmt.Sprintf("http://127.0.0.1:%d/ocsp/%s", httpPort, url.PathEscape(base64.StdEncoding.EncodeToString(der)))
+	hdr, err := exec.Command(testenv.MustTool(t, "curl"), "-sS", "-D", "-", "-o", respFile, getURL).CombinedOutput()
+	if err != nil {
+		t.Fatalf("curl GET: %v\n%s", err, hdr)
+	}
+	out, err := openssl(t, "ocsp", "-respin", respFile, "-issuer", inter, "-cert", cert, "-CAfile", c.Root, "-verify_other", inter, "-no_nonce")
+	if err != nil || !strings.Contains(out, "Response verify OK") {
+		t.Fatalf("GET response: %v\n%s", err, out)
+	}
+	return out, string(hdr)
+}
+
 // TestOCSPAndCRLSingleNode: certificates from a fresh init carry the OCSP
 // URL and CRL distribution point; OpenSSL sees good, then revoked (with the
 // reason) over POST and GET; a serial never issued is unknown; the CRL
@@ -72,27 +96,18 @@ func TestOCSPAndCRLSingleNode(t *testing.T) {
 	}
 
 	// GET: the request built by openssl, base64 and URL-encoded in the path.
-	inter := filepath.Join(c.Dir, "certs", "intermediate_ca.crt")
-	reqFile, respFile := filepath.Join(dir, "req.der"), filepath.Join(dir, "resp.der")
-	if out, err := openssl(t, "ocsp", "-issuer", inter, "-cert", bad, "-reqout", reqFile, "-no_nonce"); err != nil {
-		t.Fatalf("reqout: %v\n%s", err, out)
-	}
-	der, _ := os.ReadFile(reqFile)
-	getURL := fmt.Sprintf("http://127.0.0.1:%d/ocsp/%s", c.HTTPPort, url.PathEscape(base64.StdEncoding.EncodeToString(der)))
-	curl := testenv.MustTool(t, "curl")
-	hdr, err := exec.Command(curl, "-sS", "-D", "-", "-o", respFile, getURL).CombinedOutput()
-	if err != nil {
-		t.Fatalf("curl GET: %v\n%s", err, hdr)
-	}
+	out, hdr := ocspGET(t, c, c.HTTPPort, bad)
 	for _, want := range []string{"Content-Type: application/ocsp-response", "Cache-Control: max-age=", "Expires:", "Last-Modified:", "Etag:"} {
-		if !strings.Contains(strings.ToLower(string(hdr)), strings.ToLower(want)) {
+		if !strings.Contains(strings.ToLower(hdr), strings.ToLower(want)) {
 			t.Errorf("GET response lacks header %q:\n%s", want, hdr)
 		}
 	}
-	out, err = openssl(t, "ocsp", "-respin", respFile, "-issuer", inter, "-cert", bad, "-CAfile", c.Root, "-verify_other", inter, "-no_nonce")
-	if err != nil || !strings.Contains(out, bad+": revoked") {
-		t.Fatalf("GET response: %v\n%s", err, out)
+	if !strings.Contains(out, bad+": revoked") {
+		t.Fatalf("GET response:\n%s", out)
 	}
+	curl := testenv.MustTool(t, "curl")
+	inter := filepath.Join(c.Dir, "certs", "intermediate_ca.crt")
+	respFile := filepath.Join(dir, "resp.der")
 	// Garbage gets malformedRequest, not a crash.
 	out2, err := exec.Command(curl, "-sS", "-o", respFile, "--data-binary", "not ocsp", "-H", "Content-Type: application/ocsp-request", ocspURL).CombinedOutput()
 	if err != nil {
@@ -137,17 +152,21 @@ func TestOCSPAndCRLSingleNode(t *testing.T) {
 	}
 }
 
-// TestOCSPPropagatesAcrossReplicas revokes through replica B and asks
-// replica A's responder, on PostgreSQL: the answer changes within 1 s.
+// TestOCSPPropagatesAcrossReplicas: three replicas on one PostgreSQL. A
+// certificate issued on A is good on every replica; after `step ca revoke`
+// through B, A (POST with openssl) and C (GET with curl) answer revoked with
+// the reason within 1 s; a serial never issued is unknown on C.
 func TestOCSPPropagatesAcrossReplicas(t *testing.T) {
 	pg := testenv.StartPostgres(t)
 	c := initCA(t, "--db", "postgresql", "--db-dsn", pg.DSN(), "--db-name", "ocsp")
 	configB, portB := replicaConfig(t, c, "replica-b")
+	configC, portC, httpC := replicaConfigPorts(t, c, "replica-c")
 	pa := serve(t, c.Config, c.Password, c.Port)
 	pb := serve(t, configB, c.Password, portB)
+	pc := serve(t, configC, c.Password, portC)
 	defer func() {
 		if t.Failed() {
-			t.Logf("A:\n%s\nB:\n%s", pa.Log(), pb.Log())
+			t.Logf("A:\n%s\nB:\n%s\nC:\n%s", pa.Log(), pb.Log(), pc.Log())
 		}
 	}()
 	a, b := newStepCLI(t), newStepCLI(t)
@@ -158,15 +177,25 @@ func TestOCSPPropagatesAcrossReplicas(t *testing.T) {
 	a.must("ca", "certificate", "replicated.example", crt, key, "--provisioner", "admin", "--provisioner-password-file", c.Password)
 	ocspA := fmt.Sprintf("http://127.0.0.1:%d/ocsp", c.HTTPPort)
 	if out := ocspStatus(t, c, ocspA, "-cert", crt); !strings.Contains(out, ": good") {
-		t.Fatalf("before revocation:\n%s", out)
+		t.Fatalf("A before revocation:\n%s", out)
 	}
-	b.must("ca", "revoke", "--cert", crt, "--key", key)
+	if out, _ := ocspGET(t, c, httpC, crt); !strings.Contains(out, ": good") {
+		t.Fatalf("C before revocation:\n%s", out)
+	}
+	b.must("ca", "revoke", "--cert", crt, "--key", key, "--reasonCode", "4", "--reason", "superseded by a new key")
 	start := time.Now()
 	eventually(t, time.Second, func() error {
-		if out := ocspStatus(t, c, ocspA, "-cert", crt); !strings.Contains(out, ": revoked") {
-			return fmt.Errorf("replica A still answers: %s", out)
+		if out := ocspStatus(t, c, ocspA, "-cert", crt); !strings.Contains(out, ": revoked") || !strings.Contains(out, "Reason: superseded") {
+			return fmt.Errorf("replica A answers: %s", out)
+		}
+		if out, _ := ocspGET(t, c, httpC, crt); !strings.Contains(out, ": revoked") || !strings.Contains(out, "Reason: superseded") {
+			return fmt.Errorf("replica C answers: %s", out)
 		}
 		return nil
 	})
-	t.Logf("replica A answered revoked %v after the revoke on B returned", time.Since(start))
+	t.Logf("replicas A and C answered revoked %v after the revoke on B returned", time.Since(start))
+	ocspC := fmt.Sprintf("http://127.0.0.1:%d/ocsp", httpC)
+	if out := ocspStatus(t, c, ocspC, "-serial", "0x7e57ab1e0000c0ffee"); !strings.Contains(out, ": unknown") {
+		t.Fatalf("never-issued serial on C:\n%s", out)
+	}
 }
