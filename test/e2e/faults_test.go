@@ -37,6 +37,25 @@ func TestPostgresOutage(t *testing.T) {
 	step.bootstrap(c, c.URL)
 	dir := t.TempDir()
 
+	// OCSP answers from memory while its PostgreSQL feed is live.
+	pre := filepath.Join(dir, "pre.crt")
+	step.must("ca", "certificate", "pre.example", pre, filepath.Join(dir, "pre.key"), "--provisioner", "admin", "--provisioner-password-file", c.Password)
+	ocspURL := fmt.Sprintf("http://127.0.0.1:%d/ocsp", c.HTTPPort)
+	inter := filepath.Join(c.Dir, "certs", "intermediate_ca.crt")
+	ocspAnswer := func() string {
+		out, _ := openssl(t, "ocsp", "-issuer", inter, "-cert", pre, "-url", ocspURL, "-CAfile", c.Root, "-verify_other", inter, "-no_nonce", "-timeout", "10")
+		return out
+	}
+	eventually(t, 10*time.Second, func() error {
+		if _, body := health(); !strings.Contains(body, `"ocspStatusSource":"memory"`) {
+			return fmt.Errorf("OCSP status index not live: %s", body)
+		}
+		return nil
+	})
+	if out := ocspAnswer(); !strings.Contains(out, pre+": good") {
+		t.Fatalf("OCSP before the outage:\n%s", out)
+	}
+
 	if err := pg.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -55,6 +74,14 @@ func TestPostgresOutage(t *testing.T) {
 	if !strings.Contains(out, "Internal Server Error") {
 		t.Fatalf("unexpected failure during the outage: %v\n%s", err, out)
 	}
+	// The feed notices within a second; OCSP then fails closed with
+	// tryLater (it cannot know about revocations it is not told of).
+	eventually(t, 5*time.Second, func() error {
+		if out := ocspAnswer(); !strings.Contains(strings.ToLower(out), "trylater") {
+			return fmt.Errorf("OCSP during the outage:\n%s", out)
+		}
+		return nil
+	})
 
 	if err := pg.Start(); err != nil {
 		t.Fatal(err)
@@ -62,6 +89,15 @@ func TestPostgresOutage(t *testing.T) {
 	eventually(t, 30*time.Second, func() error {
 		if code, body := health(); code != http.StatusOK {
 			return fmt.Errorf("/health %d %s", code, body)
+		}
+		return nil
+	})
+	eventually(t, 30*time.Second, func() error {
+		if out := ocspAnswer(); !strings.Contains(out, pre+": good") {
+			return fmt.Errorf("OCSP after the outage:\n%s", out)
+		}
+		if _, body := health(); !strings.Contains(body, `"ocspStatusSource":"memory"`) {
+			return fmt.Errorf("OCSP status index not live again: %s", body)
 		}
 		return nil
 	})
