@@ -210,6 +210,7 @@ func TestStatusFeedOnPostgres(t *testing.T) {
 	}
 }
 
+// testutilCounter is the value of counter name in reg, summed over labels.
 func testutilCounter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -218,7 +219,11 @@ func testutilCounter(t *testing.T, reg *prometheus.Registry, name string) float6
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
-			return mf.GetMetric()[0].GetCounter().GetValue()
+			sum := 0.0
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+			return sum
 		}
 	}
 	t.Fatalf("metric %s not registered", name)
@@ -249,5 +254,26 @@ func TestResponseCacheBounded(t *testing.T) {
 	defer r.mu.RUnlock()
 	if len(r.cache) < cfg.CacheSize*9/10 {
 		t.Fatalf("cache emptied instead of evicting one at a time: %d entries", len(r.cache))
+	}
+}
+
+// A responder built again in the same process counts into the collectors
+// the registry already exposes.
+func TestMetricsReusedAcrossRestarts(t *testing.T) {
+	h := newFakeHost(t)
+	first, err := NewResponder(h, DefaultConfig().OCSP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := NewResponder(h, DefaultConfig().OCSP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.requests != second.requests || first.cacheHit != second.cacheHit {
+		t.Fatal("second responder registered its own collectors")
+	}
+	ask(t, second, big.NewInt(99))
+	if testutilCounter(t, h.reg, "stepfort_ocsp_responses_total") != 1 { // summed over labels
+		t.Fatal("response not counted in the registered collector")
 	}
 }

@@ -86,13 +86,12 @@ func NewResponder(h plugins.Host, cfg OCSPConfig) (*Responder, error) {
 		parsed: map[string]*parsedRequest{}}
 	r.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stepfort", Subsystem: "ocsp", Name: "responses_total", Help: "OCSP responses by certificate status or error"}, []string{"status"})
 	r.cacheHit = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "stepfort", Subsystem: "ocsp", Name: "cache_hits_total", Help: "OCSP responses served from the signed-response cache"})
-	for _, c := range []prometheus.Collector{r.requests, r.cacheHit} {
-		if err := h.Metrics().Register(c); err != nil {
-			var already prometheus.AlreadyRegisteredError
-			if !errors.As(err, &already) {
-				return nil, err
-			}
-		}
+	var err error
+	if r.requests, err = register(h.Metrics(), r.requests); err != nil {
+		return nil, err
+	}
+	if r.cacheHit, err = register(h.Metrics(), r.cacheHit); err != nil {
+		return nil, err
 	}
 	// Resolved once: a label lookup per response is measurable at 10k/s.
 	r.byStatus = map[string]prometheus.Counter{}

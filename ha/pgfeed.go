@@ -121,7 +121,10 @@ func newPGFeed(ctx context.Context, store nosql.DB, idx *statusIndex, log *slog.
 	f := &pgFeed{pool: pool, store: store, idx: idx, log: log}
 	f.resyncs = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "stepfort", Subsystem: "ocsp", Name: "status_resyncs_total",
 		Help: "Full reloads of the revoked set after the PostgreSQL notification feed (re)connected"})
-	registerOrReuse(reg, f.resyncs)
+	var err error
+	if f.resyncs, err = register(reg, f.resyncs); err != nil {
+		log.Warn("register metric", "error", err)
+	}
 	return f
 }
 
@@ -263,11 +266,18 @@ func loadRevoked(store nosql.DB) (map[string]revocation, error) {
 	return out, nil
 }
 
-func registerOrReuse(reg prometheus.Registerer, c prometheus.Collector) {
+// register registers c, or returns the collector already registered under
+// the same name (a plugin started again in one process keeps counting into
+// the collector the registry exposes).
+func register[T prometheus.Collector](reg prometheus.Registerer, c T) (T, error) {
 	if err := reg.Register(c); err != nil {
 		var already prometheus.AlreadyRegisteredError
-		if !errors.As(err, &already) {
-			slog.Warn("register metric", "error", err)
+		if errors.As(err, &already) {
+			if existing, ok := already.ExistingCollector.(T); ok {
+				return existing, nil
+			}
 		}
+		return c, err
 	}
+	return c, nil
 }
