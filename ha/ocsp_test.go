@@ -44,7 +44,7 @@ func (h *fakeHost) responses(r *Responder, s string) float64 {
 	return testutil.ToFloat64(r.requests.WithLabelValues(s))
 }
 
-func newFakeHost(t *testing.T) *fakeHost {
+func newFakeHost(t testing.TB) *fakeHost {
 	t.Helper()
 	auth, d := newTestAuthority(t)
 	return &fakeHost{auth: auth, store: d, now: time.Now(), reg: prometheus.NewRegistry()}
@@ -52,7 +52,7 @@ func newFakeHost(t *testing.T) *fakeHost {
 
 // newTestAuthority is a real upstream authority over a fresh `stepfort
 // init` directory (bbolt), with its database.
-func newTestAuthority(t *testing.T) (*upstream.Authority, *db.DB) {
+func newTestAuthority(t testing.TB) (*upstream.Authority, *db.DB) {
 	t.Helper()
 	port, err := testenv.FreePort()
 	if err != nil {
