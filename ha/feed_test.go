@@ -33,7 +33,7 @@ func askWith(t *testing.T, r *Responder, serial *big.Int, hash crypto.Hash) *ocs
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := r.respond(&ocsp.Request{HashAlgorithm: hash, IssuerNameHash: key.nameHash[hash], IssuerKeyHash: key.keyHash[hash], SerialNumber: serial})
+	out, err := r.respondTo(requestOf(&ocsp.Request{HashAlgorithm: hash, IssuerNameHash: key.nameHash[hash], IssuerKeyHash: key.keyHash[hash], SerialNumber: serial}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,8 +93,8 @@ func TestStatusIndexLiveOnBbolt(t *testing.T) {
 	if _, kind := backend(h.store); kind != "bolt" {
 		t.Fatalf("backend of upstream's bbolt database = %q", kind)
 	}
-	if !r.idx.isLive() || r.idx.revokedCount() != 1 {
-		t.Fatalf("live=%v revoked=%d after load", r.idx.isLive(), r.idx.revokedCount())
+	if !r.idx.isLive() || len(r.idx.revoked) != 1 {
+		t.Fatalf("live=%v revoked=%d after load", r.idx.isLive(), len(r.idx.revoked))
 	}
 	if got := ask(t, r, before); got.Status != ocsp.Revoked || got.RevocationReason != ocsp.Superseded {
 		t.Fatalf("loaded revocation answered %d/%d", got.Status, got.RevocationReason)

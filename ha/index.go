@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/smallstep/certificates/db"
+	"github.com/smallstep/nosql"
 	"golang.org/x/crypto/ocsp"
 )
 
@@ -158,6 +159,18 @@ func (x *statusIndex) beginLoad() {
 	x.pending = map[string]revocation{}
 }
 
+// load reads the complete revoked set from store, keeping revocations
+// announced meanwhile, and makes the index live; it returns the set's size.
+func (x *statusIndex) load(store nosql.DB) (int, error) {
+	x.beginLoad()
+	revoked, err := loadRevoked(store)
+	if err != nil {
+		return 0, err
+	}
+	x.reset(revoked, true)
+	return len(revoked), nil
+}
+
 // reset replaces the revoked set with a complete one and forgets cached
 // unknown serials; live says whether a feed keeps it current from now on.
 func (x *statusIndex) reset(revoked map[string]revocation, live bool) {
@@ -184,13 +197,6 @@ func (x *statusIndex) isLive() bool {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	return x.live
-}
-
-// revokedCount is the size of the revoked set (for /health).
-func (x *statusIndex) revokedCount() int {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	return len(x.revoked)
 }
 
 func fromInfo(rci *db.RevokedCertificateInfo) revocation {

@@ -120,13 +120,11 @@ func (r *Responder) StartStatusFeed(ctx context.Context) error {
 		}
 		return nil
 	case kind == "bolt" || strings.HasPrefix(kind, "badger"):
-		r.idx.beginLoad()
-		revoked, err := loadRevoked(r.store)
+		n, err := r.idx.load(r.store)
 		if err != nil {
 			return err
 		}
-		r.idx.reset(revoked, true)
-		r.log.Info("OCSP status cache live", "revoked", len(revoked), "database", kind)
+		r.log.Info("OCSP status cache live", "revoked", n, "database", kind)
 		return nil
 	default:
 		r.log.Info("OCSP status cache off: no change feed for this database; every request reads the database", "database", kind)
@@ -278,8 +276,7 @@ func (r *Responder) parse(raw []byte) (*parsedRequest, error) {
 	if err != nil {
 		return nil, err
 	}
-	q = &parsedRequest{serialNumber: req.SerialNumber, serial: req.SerialNumber.String(), hash: req.HashAlgorithm,
-		issuerName: req.IssuerNameHash, issuerKey: req.IssuerKeyHash}
+	q = requestOf(req)
 	r.parsedMu.Lock()
 	evictOne(r.parsed, maxParsedCached)
 	r.parsed[string(raw)] = q
@@ -287,12 +284,13 @@ func (r *Responder) parse(raw []byte) (*parsedRequest, error) {
 	return q, nil
 }
 
-// respond returns a signed response for the request, from cache if valid.
-func (r *Responder) respond(req *ocsp.Request) (*cachedResponse, error) {
-	return r.respondTo(&parsedRequest{serialNumber: req.SerialNumber, serial: req.SerialNumber.String(), hash: req.HashAlgorithm,
-		issuerName: req.IssuerNameHash, issuerKey: req.IssuerKeyHash})
+// requestOf keeps what the responder needs of a parsed request.
+func requestOf(req *ocsp.Request) *parsedRequest {
+	return &parsedRequest{serialNumber: req.SerialNumber, serial: req.SerialNumber.String(), hash: req.HashAlgorithm,
+		issuerName: req.IssuerNameHash, issuerKey: req.IssuerKeyHash}
 }
 
+// respondTo returns a signed response for the request, from cache if valid.
 func (r *Responder) respondTo(q *parsedRequest) (*cachedResponse, error) {
 	key, err := r.currentSigner()
 	if err != nil {

@@ -14,9 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
-	"github.com/smallstep/nosql/database"
 
 	"github.com/stepfort/stepfort/certstatus"
 	"github.com/stepfort/stepfort/sqlpool"
@@ -26,9 +24,7 @@ import (
 // backend names the nosql implementation under store (upstream's *db.DB
 // embeds it): "postgresql", "bolt", "badger/v1", "mysql", ...
 func backend(store nosql.DB) (nosql.DB, string) {
-	if u, ok := store.(*db.DB); ok {
-		store = u.DB
-	}
+	store = storescan.Unwrap(store)
 	t := reflect.TypeOf(store)
 	if t == nil || t.Kind() != reflect.Pointer {
 		return store, ""
@@ -174,14 +170,12 @@ func (f *pgFeed) session(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("LISTEN: %w", err)
 		}
-		f.idx.beginLoad()
-		revoked, err := loadRevoked(f.store)
+		n, err := f.idx.load(f.store)
 		if err != nil {
 			return err
 		}
-		f.idx.reset(revoked, true)
 		f.resyncs.Inc()
-		f.log.Info("OCSP status cache live", "revoked", len(revoked))
+		f.log.Info("OCSP status cache live", "revoked", n, "database", "postgresql")
 		return f.listen(ctx, pc)
 	})
 }
@@ -225,18 +219,14 @@ func (f *pgFeed) apply(payload string) error {
 	case "i":
 		f.idx.issuedNow(serial)
 	case "r":
-		b, err := f.store.Get(certstatus.RevokedCertsTable, []byte(serial))
-		if database.IsErrNotFound(err) {
-			return nil // rolled back, or deleted since
-		}
+		rci, err := certstatus.Revocation(f.store, serial)
 		if err != nil {
-			return fmt.Errorf("read revocation %s: %w", serial, err)
+			return err
 		}
-		row, err := decodeCRLRow(b)
-		if err != nil {
-			return fmt.Errorf("revocation %s: %w", serial, err)
+		if rci == nil {
+			return nil // deleted since
 		}
-		f.idx.revokedNow(serial, revocation{at: row.revokedAt, reason: row.reason})
+		f.idx.revokedNow(serial, fromInfo(rci))
 	case "rd":
 		f.idx.unrevokedNow(serial)
 	default:

@@ -48,7 +48,7 @@ import (
 // same database (bbolt would deadlock on a remap), and a long scan keeps
 // the pages it reads from being reused by writers until it ends.
 func ForEach(store nosql.DB, table []byte, fn func(key, value []byte) error) error {
-	store = unwrap(store)
+	store = Unwrap(store)
 	if b := boltHandle(store); b != nil {
 		return forEachBolt(b, table, fn)
 	}
@@ -71,9 +71,9 @@ func ForEach(store nosql.DB, table []byte, fn func(key, value []byte) error) err
 	return nil
 }
 
-// unwrap returns the nosql.DB inside wrappers that embed one, like
+// Unwrap returns the nosql.DB inside wrappers that embed one, like
 // upstream's db.DB (which is what authority hosts hand out).
-func unwrap(store nosql.DB) nosql.DB {
+func Unwrap(store nosql.DB) nosql.DB {
 	for range 4 {
 		v := reflect.ValueOf(store)
 		if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {

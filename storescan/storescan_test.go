@@ -36,7 +36,7 @@ func TestFindsTheHandles(t *testing.T) {
 		t.Fatal("bbolt's memory map (DB.dataref) was not found")
 	}
 	// Upstream's db.DB, which authority hosts hand out, embeds the store.
-	if boltHandle(unwrap(&db.DB{DB: b})) != h {
+	if boltHandle(Unwrap(&db.DB{DB: b})) != h {
 		t.Fatal("the store inside upstream's db.DB was not found")
 	}
 }
