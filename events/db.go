@@ -152,18 +152,14 @@ func (d *DB) Revoke(rci *db.RevokedCertificateInfo) error {
 		if err := d.DB.Revoke(rci); err != nil {
 			return err
 		}
-		d.notify(&plugins.CertificateEvent{Kind: plugins.EventRevoked, Serial: rci.Serial, OccurredAt: d.now().UTC(),
-			Revocation: &plugins.Revocation{ReasonCode: rci.ReasonCode, Reason: rci.Reason, RevokedAt: rci.RevokedAt, MTLS: rci.MTLS, ACME: rci.ACME}})
+		d.notify(d.revokedEvent(rci))
 		return nil
 	}
 	rcib, err := json.Marshal(rci)
 	if err != nil {
 		return fmt.Errorf("marshal revocation: %w", err)
 	}
-	ev := d.newEvent(plugins.EventRevoked, rci.Serial)
-	ev.Revocation = &plugins.Revocation{
-		ReasonCode: rci.ReasonCode, Reason: rci.Reason, RevokedAt: rci.RevokedAt, MTLS: rci.MTLS, ACME: rci.ACME,
-	}
+	ev := d.revokedEvent(rci)
 	if crt, err := d.GetCertificate(rci.Serial); err == nil {
 		ev.CertificateDER = crt.Raw
 		if data, err := d.GetCertificateData(rci.Serial); err == nil && data.Provisioner != nil {
@@ -184,6 +180,14 @@ func (d *DB) Revoke(rci *db.RevokedCertificateInfo) error {
 	}
 	d.notify(ev)
 	return nil
+}
+
+func (d *DB) revokedEvent(rci *db.RevokedCertificateInfo) *plugins.CertificateEvent {
+	ev := d.newEvent(plugins.EventRevoked, rci.Serial)
+	ev.Revocation = &plugins.Revocation{
+		ReasonCode: rci.ReasonCode, Reason: rci.Reason, RevokedAt: rci.RevokedAt, MTLS: rci.MTLS, ACME: rci.ACME,
+	}
+	return ev
 }
 
 func (d *DB) newEvent(kind plugins.EventKind, serial string) *plugins.CertificateEvent {
@@ -207,7 +211,7 @@ func (d *DB) notify(ev *plugins.CertificateEvent) {
 	for _, w := range d.watchers {
 		w.CertificateCommitted(*ev)
 	}
-	if d.outbox != nil && ev.ID != "" {
+	if d.outbox != nil {
 		d.outbox.Notify(ev.ID)
 	}
 }
