@@ -26,9 +26,10 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/stepfort/stepfort/bench/internal/benchproc"
 )
 
 type options struct {
@@ -42,15 +43,15 @@ type options struct {
 
 func main() {
 	o := &options{}
-	flag.IntVar(&o.n, "n", envInt("BENCH_N", 2000), "timed sign requests per run (env BENCH_N)")
-	flag.IntVar(&o.warmup, "warmup", envInt("BENCH_WARMUP", 200), "unmeasured sign requests per run (env BENCH_WARMUP)")
-	flag.IntVar(&o.workers, "c", envInt("BENCH_CONCURRENCY", 16), "concurrent workers (env BENCH_CONCURRENCY)")
-	flag.IntVar(&o.rounds, "rounds", envInt("BENCH_ROUNDS", 2), "runs of each setting, alternating (env BENCH_ROUNDS)")
-	flag.IntVar(&o.endpoints, "endpoints", envInt("BENCH_ENDPOINTS", 100_000), "Endpoints to generate for the scale part (env BENCH_ENDPOINTS)")
+	flag.IntVar(&o.n, "n", benchproc.EnvInt("BENCH_N", 2000), "timed sign requests per run (env BENCH_N)")
+	flag.IntVar(&o.warmup, "warmup", benchproc.EnvInt("BENCH_WARMUP", 200), "unmeasured sign requests per run (env BENCH_WARMUP)")
+	flag.IntVar(&o.workers, "c", benchproc.EnvInt("BENCH_CONCURRENCY", 16), "concurrent workers (env BENCH_CONCURRENCY)")
+	flag.IntVar(&o.rounds, "rounds", benchproc.EnvInt("BENCH_ROUNDS", 2), "runs of each setting, alternating (env BENCH_ROUNDS)")
+	flag.IntVar(&o.endpoints, "endpoints", benchproc.EnvInt("BENCH_ENDPOINTS", 100_000), "Endpoints to generate for the scale part (env BENCH_ENDPOINTS)")
 	flag.StringVar(&o.stepfort, "stepfort", os.Getenv("BENCH_STEPFORT"), "stepfort binary; empty builds ./cmd/stepfort (env BENCH_STEPFORT)")
 	flag.BoolVar(&o.skipIssue, "skip-issue", false, "skip the daemon throughput part")
 	flag.BoolVar(&o.skipScale, "skip-scale", false, "skip the event cost and report part")
-	dbs := flag.String("db", envStr("BENCH_DB", "bbolt"), "database types for the issuance part: bbolt, postgresql (env BENCH_DB)")
+	dbs := flag.String("db", benchproc.EnvStr("BENCH_DB", "bbolt"), "database types for the issuance part: bbolt, postgresql (env BENCH_DB)")
 	flag.BoolVar(&o.drain, "drain", true, "with billing on, wait until billing has recorded every certificate and print how long that took")
 	flag.Parse()
 	for _, d := range strings.Split(*dbs, ",") {
@@ -78,18 +79,4 @@ func main() {
 			os.Exit(1)
 		}
 	}
-}
-
-func envStr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
-		return v
-	}
-	return def
 }

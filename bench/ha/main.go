@@ -76,20 +76,20 @@ type options struct {
 
 func parseFlags() (*options, error) {
 	o := &options{}
-	parts := flag.String("parts", envStr("BENCH_HA_PARTS", "ocsp,propagation,crl,issuance"), "comma-separated parts to run (env BENCH_HA_PARTS)")
-	flag.IntVar(&o.issueN, "n", envInt("BENCH_HA_N", 1500), "timed /1.0/sign requests per issuance run (env BENCH_HA_N)")
-	flag.IntVar(&o.warmup, "warmup", envInt("BENCH_HA_WARMUP", 100), "warm-up sign requests per issuance run (env BENCH_HA_WARMUP)")
-	flag.IntVar(&o.workers, "c", envInt("BENCH_HA_CONCURRENCY", 16), "concurrent sign workers (env BENCH_HA_CONCURRENCY)")
-	flag.IntVar(&o.ocspCerts, "ocsp-certs", envInt("BENCH_HA_OCSP_CERTS", 300), "certificates issued for the OCSP mix; a third is revoked, plus half as many unknown serials (env BENCH_HA_OCSP_CERTS)")
-	flag.IntVar(&o.ocspWorkers, "ocsp-c", envInt("BENCH_HA_OCSP_CONCURRENCY", 32), "concurrent OCSP workers (env BENCH_HA_OCSP_CONCURRENCY)")
-	flag.DurationVar(&o.ocspDur, "ocsp-duration", envDur("BENCH_HA_OCSP_DURATION", 10*time.Second), "timed OCSP load on stepfort (env BENCH_HA_OCSP_DURATION)")
-	flag.DurationVar(&o.opensslDur, "openssl-duration", envDur("BENCH_HA_OPENSSL_DURATION", 5*time.Second), "timed OCSP load on openssl ocsp (env BENCH_HA_OPENSSL_DURATION)")
+	parts := flag.String("parts", benchproc.EnvStr("BENCH_HA_PARTS", "ocsp,propagation,crl,issuance"), "comma-separated parts to run (env BENCH_HA_PARTS)")
+	flag.IntVar(&o.issueN, "n", benchproc.EnvInt("BENCH_HA_N", 1500), "timed /1.0/sign requests per issuance run (env BENCH_HA_N)")
+	flag.IntVar(&o.warmup, "warmup", benchproc.EnvInt("BENCH_HA_WARMUP", 100), "warm-up sign requests per issuance run (env BENCH_HA_WARMUP)")
+	flag.IntVar(&o.workers, "c", benchproc.EnvInt("BENCH_HA_CONCURRENCY", 16), "concurrent sign workers (env BENCH_HA_CONCURRENCY)")
+	flag.IntVar(&o.ocspCerts, "ocsp-certs", benchproc.EnvInt("BENCH_HA_OCSP_CERTS", 300), "certificates issued for the OCSP mix; a third is revoked, plus half as many unknown serials (env BENCH_HA_OCSP_CERTS)")
+	flag.IntVar(&o.ocspWorkers, "ocsp-c", benchproc.EnvInt("BENCH_HA_OCSP_CONCURRENCY", 32), "concurrent OCSP workers (env BENCH_HA_OCSP_CONCURRENCY)")
+	flag.DurationVar(&o.ocspDur, "ocsp-duration", benchproc.EnvDur("BENCH_HA_OCSP_DURATION", 10*time.Second), "timed OCSP load on stepfort (env BENCH_HA_OCSP_DURATION)")
+	flag.DurationVar(&o.opensslDur, "openssl-duration", benchproc.EnvDur("BENCH_HA_OPENSSL_DURATION", 5*time.Second), "timed OCSP load on openssl ocsp (env BENCH_HA_OPENSSL_DURATION)")
 	flag.BoolVar(&o.ocspBbolt, "ocsp-bbolt", os.Getenv("BENCH_HA_OCSP_BBOLT") != "0", "also measure OCSP on a single stepfort on bbolt (env BENCH_HA_OCSP_BBOLT=0 skips)")
-	flag.IntVar(&o.propN, "prop-n", envInt("BENCH_HA_PROP_N", 50), "revocations timed for propagation (env BENCH_HA_PROP_N)")
-	crl := flag.String("crl-sizes", envStr("BENCH_HA_CRL_SIZES", "100000,1000000"), "table sizes at which a CRL is published (env BENCH_HA_CRL_SIZES)")
-	flag.StringVar(&o.stepfort, "stepfort", envStr("BENCH_STEPFORT", ""), "stepfort binary; empty builds ./cmd/stepfort (env BENCH_STEPFORT)")
-	flag.StringVar(&o.stepCA, "step-ca", envStr("BENCH_STEP_CA", ""), "upstream step-ca v0.30.2; empty uses .tools/bin/step-ca (env BENCH_STEP_CA)")
-	flag.StringVar(&o.workdir, "workdir", envStr("BENCH_WORKDIR_HA", ""), "scratch directory (env BENCH_WORKDIR_HA)")
+	flag.IntVar(&o.propN, "prop-n", benchproc.EnvInt("BENCH_HA_PROP_N", 50), "revocations timed for propagation (env BENCH_HA_PROP_N)")
+	crl := flag.String("crl-sizes", benchproc.EnvStr("BENCH_HA_CRL_SIZES", "100000,1000000"), "table sizes at which a CRL is published (env BENCH_HA_CRL_SIZES)")
+	flag.StringVar(&o.stepfort, "stepfort", benchproc.EnvStr("BENCH_STEPFORT", ""), "stepfort binary; empty builds ./cmd/stepfort (env BENCH_STEPFORT)")
+	flag.StringVar(&o.stepCA, "step-ca", benchproc.EnvStr("BENCH_STEP_CA", ""), "upstream step-ca v0.30.2; empty uses .tools/bin/step-ca (env BENCH_STEP_CA)")
+	flag.StringVar(&o.workdir, "workdir", benchproc.EnvStr("BENCH_WORKDIR_HA", ""), "scratch directory (env BENCH_WORKDIR_HA)")
 	flag.BoolVar(&o.keep, "keep", os.Getenv("BENCH_KEEP") != "", "keep the scratch directory (env BENCH_KEEP)")
 	flag.BoolVar(&o.crlChild, "crl-child", false, "internal: run the CRL measurement")
 	flag.StringVar(&o.fixedServer, "fixed-server", "", "internal: serve a fixed OCSP-sized answer on this address (the ceiling measurement)")
@@ -102,7 +102,7 @@ func parseFlags() (*options, error) {
 		return nil, fmt.Errorf("unexpected arguments %v", flag.Args())
 	}
 	o.parts = map[string]bool{}
-	for _, p := range splitList(*parts) {
+	for _, p := range benchproc.SplitList(*parts) {
 		switch p {
 		case "ocsp", "propagation", "crl", "issuance":
 			o.parts[p] = true
@@ -110,7 +110,7 @@ func parseFlags() (*options, error) {
 			return nil, fmt.Errorf("-parts: unknown part %q", p)
 		}
 	}
-	for _, s := range splitList(*crl) {
+	for _, s := range benchproc.SplitList(*crl) {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || (len(o.crlSizes) > 0 && n <= o.crlSizes[len(o.crlSizes)-1]) {
 			return nil, fmt.Errorf("-crl-sizes: want increasing positive integers, got %q", *crl)
@@ -203,37 +203,6 @@ func runCRL(ctx context.Context, o *options, c *ca, dir string) ([]crlStep, erro
 		return nil, fmt.Errorf("CRL child: %w\n%s", err, benchproc.Tail(stderr.String(), 3000))
 	}
 	return steps, nil
-}
-
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
-		return v
-	}
-	return def
-}
-
-func envStr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
-func envDur(name string, def time.Duration) time.Duration {
-	if v, err := time.ParseDuration(os.Getenv(name)); err == nil {
-		return v
-	}
-	return def
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -38,21 +38,12 @@ func run(ctx context.Context, o *options) (err error) {
 	if err != nil {
 		return err
 	}
-	b := &bench{o: o, workdir: o.workdir}
-	if b.workdir == "" {
-		if b.workdir, err = os.MkdirTemp("", "stepfort-bench-ha-"); err != nil {
-			return err
-		}
-	} else if err := os.MkdirAll(b.workdir, 0o755); err != nil {
+	b := &bench{o: o}
+	var done func(error)
+	if b.workdir, done, err = benchproc.Workdir(o.workdir, "stepfort-bench-ha-", o.keep); err != nil {
 		return err
 	}
-	defer func() {
-		if o.keep || err != nil {
-			fmt.Printf("\nlogs and configurations kept in %s\n", b.workdir)
-		} else {
-			_ = os.RemoveAll(b.workdir)
-		}
-	}()
+	defer func() { done(err) }()
 	// The postgres user must reach the PostgreSQL directory below.
 	if err := os.Chmod(b.workdir, 0o755); err != nil {
 		return err

@@ -11,8 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/stepfort/stepfort/bench/internal/benchproc"
 	"github.com/stepfort/stepfort/internal/testenv"
 )
@@ -99,29 +97,12 @@ func (c *ca) runConfig(dir, dbName string, port, httpPort int) (string, error) {
 
 // cloneDB creates PostgreSQL database name as a copy of the initialised one.
 func (c *ca) cloneDB(ctx context.Context, name string) error {
-	conn, err := pgx.Connect(ctx, c.pg.DSN())
-	if err != nil {
-		return fmt.Errorf("connect to postgres: %w", err)
-	}
-	defer conn.Close(context.Background())
-	q := fmt.Sprintf("CREATE DATABASE %s TEMPLATE %s", pgx.Identifier{name}.Sanitize(), pgx.Identifier{pgTemplateDB}.Sanitize())
-	if _, err := conn.Exec(ctx, q); err != nil {
-		return fmt.Errorf("create database %s: %w", name, err)
-	}
-	return nil
+	return benchproc.CloneDB(ctx, c.pg.DSN(), name, pgTemplateDB)
 }
 
-// pgSessions returns pg_stat_database.sessions of database name: how many
-// connections were established to it (counted when they end).
+// pgSessions returns how many sessions were established to database name.
 func (c *ca) pgSessions(ctx context.Context, name string) (int64, error) {
-	conn, err := pgx.Connect(ctx, c.pg.DSN())
-	if err != nil {
-		return 0, fmt.Errorf("connect to postgres: %w", err)
-	}
-	defer conn.Close(context.Background())
-	var n int64
-	err = conn.QueryRow(ctx, "SELECT sessions FROM pg_stat_database WHERE datname = $1", name).Scan(&n)
-	return n, err
+	return benchproc.PGSessions(ctx, c.pg.DSN(), name)
 }
 
 // server is a running CA process with its plain-HTTP listener.

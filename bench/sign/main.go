@@ -27,10 +27,10 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/stepfort/stepfort/bench/internal/benchproc"
 )
 
 // options are the command-line settings; each flag also has an environment
@@ -53,16 +53,16 @@ type options struct {
 
 func parseFlags() (*options, error) {
 	o := &options{}
-	flag.IntVar(&o.n, "n", envInt("BENCH_N", 3000), "timed sign requests per run (env BENCH_N)")
-	flag.IntVar(&o.warmup, "warmup", envInt("BENCH_WARMUP", 200), "unmeasured warm-up requests per run (env BENCH_WARMUP)")
-	flag.IntVar(&o.workers, "c", envInt("BENCH_CONCURRENCY", 16), "concurrent workers (env BENCH_CONCURRENCY)")
-	flag.IntVar(&o.rounds, "rounds", envInt("BENCH_ROUNDS", 3), "runs of each server per database type, alternating (env BENCH_ROUNDS)")
-	dbs := flag.String("db", envStr("BENCH_DB", "bbolt,postgresql"), "comma-separated database types: bbolt, postgresql (env BENCH_DB)")
-	servers := flag.String("servers", envStr("BENCH_SERVERS", "upstream,stepfort"), "comma-separated servers run in each round: upstream, stepfort, stepfort-plugins (env BENCH_SERVERS)")
-	flag.StringVar(&o.plugins, "plugins", envStr("BENCH_PLUGINS", "idle"), `stepfort plugins for "stepfort": idle (every plugin block disabled) or config (as stepfort init wrote them) (env BENCH_PLUGINS)`)
-	flag.StringVar(&o.stepfort, "stepfort", envStr("BENCH_STEPFORT", ""), "stepfort binary; empty builds ./cmd/stepfort with CGO_ENABLED=0 (env BENCH_STEPFORT)")
-	flag.StringVar(&o.stepCA, "step-ca", envStr("BENCH_STEP_CA", ""), "upstream step-ca v0.30.2 binary; empty uses .tools/bin/step-ca (env BENCH_STEP_CA)")
-	flag.StringVar(&o.workdir, "workdir", envStr("BENCH_WORKDIR", ""), "scratch directory; empty makes a temporary one (env BENCH_WORKDIR)")
+	flag.IntVar(&o.n, "n", benchproc.EnvInt("BENCH_N", 3000), "timed sign requests per run (env BENCH_N)")
+	flag.IntVar(&o.warmup, "warmup", benchproc.EnvInt("BENCH_WARMUP", 200), "unmeasured warm-up requests per run (env BENCH_WARMUP)")
+	flag.IntVar(&o.workers, "c", benchproc.EnvInt("BENCH_CONCURRENCY", 16), "concurrent workers (env BENCH_CONCURRENCY)")
+	flag.IntVar(&o.rounds, "rounds", benchproc.EnvInt("BENCH_ROUNDS", 3), "runs of each server per database type, alternating (env BENCH_ROUNDS)")
+	dbs := flag.String("db", benchproc.EnvStr("BENCH_DB", "bbolt,postgresql"), "comma-separated database types: bbolt, postgresql (env BENCH_DB)")
+	servers := flag.String("servers", benchproc.EnvStr("BENCH_SERVERS", "upstream,stepfort"), "comma-separated servers run in each round: upstream, stepfort, stepfort-plugins (env BENCH_SERVERS)")
+	flag.StringVar(&o.plugins, "plugins", benchproc.EnvStr("BENCH_PLUGINS", "idle"), `stepfort plugins for "stepfort": idle (every plugin block disabled) or config (as stepfort init wrote them) (env BENCH_PLUGINS)`)
+	flag.StringVar(&o.stepfort, "stepfort", benchproc.EnvStr("BENCH_STEPFORT", ""), "stepfort binary; empty builds ./cmd/stepfort with CGO_ENABLED=0 (env BENCH_STEPFORT)")
+	flag.StringVar(&o.stepCA, "step-ca", benchproc.EnvStr("BENCH_STEP_CA", ""), "upstream step-ca v0.30.2 binary; empty uses .tools/bin/step-ca (env BENCH_STEP_CA)")
+	flag.StringVar(&o.workdir, "workdir", benchproc.EnvStr("BENCH_WORKDIR", ""), "scratch directory; empty makes a temporary one (env BENCH_WORKDIR)")
 	flag.BoolVar(&o.keep, "keep", os.Getenv("BENCH_KEEP") != "", "keep the scratch directory (logs, configs) (env BENCH_KEEP)")
 	flag.DurationVar(&o.settle, "settle", 2*time.Second, "pause after start-up and after warm-up before reading RSS")
 	flag.DurationVar(&o.profile, "cpuprofile", 0, "if > 0, take a CPU profile of this length of each server during the timed load (via STEP_PROF_ADDR, which stepfort honours like step-ca) and keep the profiles in the scratch directory")
@@ -70,7 +70,7 @@ func parseFlags() (*options, error) {
 	if flag.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %v", flag.Args())
 	}
-	o.dbs, o.servers = splitList(*dbs), splitList(*servers)
+	o.dbs, o.servers = benchproc.SplitList(*dbs), benchproc.SplitList(*servers)
 	switch {
 	case o.n < 1 || o.warmup < 0 || o.workers < 1 || o.rounds < 1:
 		return nil, fmt.Errorf("-n, -c and -rounds must be positive and -warmup not negative")
@@ -111,28 +111,4 @@ func main() {
 		fmt.Fprintf(os.Stderr, "\n*** BENCHMARK FAILED: %v\n", err)
 		os.Exit(1)
 	}
-}
-
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
-		return v
-	}
-	return def
-}
-
-func envStr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }

@@ -37,21 +37,12 @@ func run(ctx context.Context, o *options) (err error) {
 	if err != nil {
 		return err
 	}
-	b := &bench{o: o, workdir: o.workdir}
-	if b.workdir == "" {
-		if b.workdir, err = os.MkdirTemp("", "stepfort-bench-"); err != nil {
-			return err
-		}
-	} else if err := os.MkdirAll(b.workdir, 0o755); err != nil {
+	b := &bench{o: o}
+	var done func(error)
+	if b.workdir, done, err = benchproc.Workdir(o.workdir, "stepfort-bench-", o.keep); err != nil {
 		return err
 	}
-	defer func() {
-		if o.keep || err != nil {
-			fmt.Printf("\nlogs and configurations kept in %s\n", b.workdir)
-		} else {
-			_ = os.RemoveAll(b.workdir)
-		}
-	}()
+	defer func() { done(err) }()
 	if b.stepCA, err = benchproc.FindStepCA(o.stepCA); err != nil {
 		return err
 	}

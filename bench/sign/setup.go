@@ -9,8 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/jackc/pgx/v5"
-
+	"github.com/stepfort/stepfort/bench/internal/benchproc"
 	"github.com/stepfort/stepfort/internal/testenv"
 )
 
@@ -109,35 +108,16 @@ func (c *ca) runConfig(ctx context.Context, dir, name string, port, insecurePort
 // cloneDB creates PostgreSQL database name as a copy of the initialised
 // template database.
 func (c *ca) cloneDB(ctx context.Context, name string) error {
-	conn, err := pgx.Connect(ctx, c.pg.DSN())
-	if err != nil {
-		return fmt.Errorf("connect to postgres: %w", err)
-	}
-	defer conn.Close(context.Background())
-	q := fmt.Sprintf("CREATE DATABASE %s TEMPLATE %s",
-		pgx.Identifier{name}.Sanitize(), pgx.Identifier{pgTemplateDB}.Sanitize())
-	if _, err := conn.Exec(ctx, q); err != nil {
-		return fmt.Errorf("create database %s: %w", name, err)
-	}
-	return nil
+	return benchproc.CloneDB(ctx, c.pg.DSN(), name, pgTemplateDB)
 }
 
 // pgDBName is the PostgreSQL database of the run called name.
 func pgDBName(name string) string { return "bench_" + strings.ReplaceAll(name, "-", "_") }
 
 // pgSessions returns how many PostgreSQL sessions (connections) were
-// established to the database of the run called name. database/sql keeps
-// only two idle connections by default, so under concurrent load a server
-// keeps opening new ones; this shows how many.
+// established to the database of the run called name.
 func (c *ca) pgSessions(ctx context.Context, name string) (int64, error) {
-	conn, err := pgx.Connect(ctx, c.pg.DSN())
-	if err != nil {
-		return 0, fmt.Errorf("connect to postgres: %w", err)
-	}
-	defer conn.Close(context.Background())
-	var n int64
-	err = conn.QueryRow(ctx, "SELECT sessions FROM pg_stat_database WHERE datname = $1", pgDBName(name)).Scan(&n)
-	return n, err
+	return benchproc.PGSessions(ctx, c.pg.DSN(), pgDBName(name))
 }
 
 func copyFile(src, dst string) error {

@@ -1,7 +1,8 @@
-// Package benchproc is the process plumbing the benchmarks share: building
+// Package benchproc is the plumbing the benchmarks share: building
 // stepfort the way step-ca is built, finding upstream step-ca, starting a CA
-// process and waiting for /health, stopping it, and reading its CPU time and
-// memory from /proc.
+// process and waiting for /health, stopping it, reading its CPU time and
+// memory from /proc, the scratch directory, settings from the environment,
+// and cloning and watching the PostgreSQL databases the runs use.
 package benchproc
 
 import (
