@@ -174,7 +174,7 @@ func timedLoad(ctx context.Context, workers int, d time.Duration, newWorker func
 				}
 				if err := step(next.Add(1) - 1); err != nil {
 					failed.Add(1)
-					res.addErr(&mu, err)
+					res.AddErr(&mu, err)
 					continue
 				}
 				l = append(l, time.Since(t0))
@@ -183,12 +183,12 @@ func timedLoad(ctx context.Context, workers int, d time.Duration, newWorker func
 		}()
 	}
 	wg.Wait()
-	res.elapsed = time.Since(start)
+	res.Elapsed = time.Since(start)
 	for _, l := range lats {
-		res.latencies = append(res.latencies, l...)
+		res.Latencies = append(res.Latencies, l...)
 	}
-	res.ok, res.failed = len(res.latencies), int(failed.Load())
-	sort.Slice(res.latencies, func(a, b int) bool { return res.latencies[a] < res.latencies[b] })
+	res.OK, res.Failed = len(res.Latencies), int(failed.Load())
+	sort.Slice(res.Latencies, func(a, b int) bool { return res.Latencies[a] < res.Latencies[b] })
 	return res
 }
 

@@ -201,11 +201,11 @@ func (b *bench) prepareMix(ctx context.Context, c *ca, a *server, client *http.C
 			return nil, err
 		}
 	}
-	res, certs := sendSigns(ctx, client, urls, bodies, csrs, o.workers)
-	if res.failed > 0 {
-		return nil, fmt.Errorf("issuing OCSP certificates: %d failed, e.g. %s", res.failed, strings.Join(res.errs, " | "))
+	res, certs := signload.Send(ctx, client, urls, bodies, csrs, o.workers)
+	if res.Failed > 0 {
+		return nil, fmt.Errorf("issuing OCSP certificates: %d failed, e.g. %s", res.Failed, strings.Join(res.Errs, " | "))
 	}
-	fmt.Printf("\nrevocation set-up: %s; %d certificates issued on %s in %.1fs\n", setup, n, a.Name, res.elapsed.Seconds())
+	fmt.Printf("\nrevocation set-up: %s; %d certificates issued on %s in %.1fs\n", setup, n, a.Name, res.Elapsed.Seconds())
 
 	// Revoke every third OCSP certificate through A (keyCompromise).
 	var targets []ocspTarget
@@ -264,20 +264,20 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 	if err != nil {
 		return err
 	}
-	if sf.failed > 0 {
-		return fmt.Errorf("stepfort OCSP: %d of %d requests failed, e.g. %s", sf.failed, sf.failed+sf.ok, strings.Join(sf.errs, " | "))
+	if sf.Failed > 0 {
+		return fmt.Errorf("stepfort OCSP: %d of %d requests failed, e.g. %s", sf.Failed, sf.Failed+sf.OK, strings.Join(sf.Errs, " | "))
 	}
 	if err := a.Check(); err != nil {
 		return err
 	}
 	fmt.Printf("  stepfort (replica A)  %8.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  %d responses in %.1fs, server CPU %.1f us/response, %d PostgreSQL sessions opened (and closed) during the load\n",
-		sf.perSecond(), ms(sf.percentile(50)), ms(sf.percentile(99)), sf.ok, sf.elapsed.Seconds(), float64(cpu1-cpu0)/float64(time.Microsecond)/float64(sf.ok), sess1-sess0)
+		sf.PerSecond(), ms(sf.Percentile(50)), ms(sf.Percentile(99)), sf.OK, sf.Elapsed.Seconds(), float64(cpu1-cpu0)/float64(time.Microsecond)/float64(sf.OK), sess1-sess0)
 	loadSessions := sess1 - sess0
 	// Diagnostic: the same load from net/http's client, which costs about
 	// as much CPU per request as the server's answer.
-	if nh := ocspLoad(ctx, client, base, reqs, o.ocspWorkers, 3*time.Second); nh.failed == 0 {
+	if nh := ocspLoad(ctx, client, base, reqs, o.ocspWorkers, 3*time.Second); nh.Failed == 0 {
 		fmt.Printf("  stepfort, net/http client %5.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  (diagnostic: Go's HTTP client as the load generator)\n",
-			nh.perSecond(), ms(nh.percentile(50)), ms(nh.percentile(99)))
+			nh.PerSecond(), ms(nh.Percentile(50)), ms(nh.Percentile(99)))
 	}
 	diag := ""
 	// Diagnostic: 2 workers, no more than database/sql's default of two
@@ -289,12 +289,12 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 			return err
 		}
 		sess1, _ = c.pgSessions(ctx, revocationDB)
-		if d2.failed > 0 {
-			return fmt.Errorf("stepfort OCSP (2 workers): %d failed, e.g. %s", d2.failed, strings.Join(d2.errs, " | "))
+		if d2.Failed > 0 {
+			return fmt.Errorf("stepfort OCSP (2 workers): %d failed, e.g. %s", d2.Failed, strings.Join(d2.Errs, " | "))
 		}
 		fmt.Printf("  stepfort, 2 workers   %8.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  (diagnostic), %d PostgreSQL sessions opened during it\n",
-			d2.perSecond(), ms(d2.percentile(50)), ms(d2.percentile(99)), sess1-sess0)
-		diag = fmt.Sprintf("; with 2 workers (no pool churn) %.0f/s, p99 %.2f ms, %d sessions", d2.perSecond(), ms(d2.percentile(99)), sess1-sess0)
+			d2.PerSecond(), ms(d2.Percentile(50)), ms(d2.Percentile(99)), sess1-sess0)
+		diag = fmt.Sprintf("; with 2 workers (no pool churn) %.0f/s, p99 %.2f ms, %d sessions", d2.PerSecond(), ms(d2.Percentile(99)), sess1-sess0)
 	}
 
 	// The machine's ceiling for any net/http responder, same load.
@@ -306,11 +306,11 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 	if err != nil {
 		return err
 	}
-	if ceil.failed > 0 {
-		return fmt.Errorf("ceiling server: %d failed, e.g. %s", ceil.failed, strings.Join(ceil.errs, " | "))
+	if ceil.Failed > 0 {
+		return fmt.Errorf("ceiling server: %d failed, e.g. %s", ceil.Failed, strings.Join(ceil.Errs, " | "))
 	}
 	fmt.Printf("  net/http fixed answer %8.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  (ceiling: a net/http server process writing %d fixed bytes, no OCSP work)\n",
-		ceil.perSecond(), ms(ceil.percentile(50)), ms(ceil.percentile(99)), len(sampleBody))
+		ceil.PerSecond(), ms(ceil.Percentile(50)), ms(ceil.Percentile(99)), len(sampleBody))
 
 	// openssl ocsp -index with the same certificates.
 	dir := filepath.Join(b.workdir, "openssl")
@@ -351,12 +351,12 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 				return err
 			}
 			cpu1, _ := benchproc.CPUTime(p.Pid())
-			if ol.failed > 0 {
-				return fmt.Errorf("openssl ocsp: %d of %d requests failed, e.g. %s", ol.failed, ol.failed+ol.ok, strings.Join(ol.errs, " | "))
+			if ol.Failed > 0 {
+				return fmt.Errorf("openssl ocsp: %d of %d requests failed, e.g. %s", ol.Failed, ol.Failed+ol.OK, strings.Join(ol.Errs, " | "))
 			}
 			fmt.Printf("  openssl ocsp -index   %8.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  %d responses in %.1fs, server CPU %.1f us/response (single process, new connection per request)\n",
-				ol.perSecond(), ms(ol.percentile(50)), ms(ol.percentile(99)), ol.ok, ol.elapsed.Seconds(), float64(cpu1-cpu0)/float64(time.Microsecond)/float64(max(ol.ok, 1)))
-			osslRate, osslP99 = ol.perSecond(), ol.percentile(99)
+				ol.PerSecond(), ms(ol.Percentile(50)), ms(ol.Percentile(99)), ol.OK, ol.Elapsed.Seconds(), float64(cpu1-cpu0)/float64(time.Microsecond)/float64(max(ol.OK, 1)))
+			osslRate, osslP99 = ol.PerSecond(), ol.Percentile(99)
 			return nil
 		}()
 		if err != nil {
@@ -369,13 +369,13 @@ func (b *bench) runOCSP(ctx context.Context, a, rb *server, reqs []ocspReq, targ
 		}
 		return "TARGET MISSED"
 	}
-	b.sum("OCSP stepfort: %.0f responses/s, p99 %.2f ms (target >= 10,000/s: %s); %s", sf.perSecond(), ms(sf.percentile(99)), verdict(sf.perSecond() >= 10000), mix)
+	b.sum("OCSP stepfort: %.0f responses/s, p99 %.2f ms (target >= 10,000/s: %s); %s", sf.PerSecond(), ms(sf.Percentile(99)), verdict(sf.PerSecond() >= 10000), mix)
 	b.sum("OCSP stepfort: %d PostgreSQL sessions opened during the %d-worker load (%.2f per response: database/sql keeps 2 idle connections by default)%s",
-		loadSessions, o.ocspWorkers, float64(loadSessions)/float64(sf.ok), diag)
+		loadSessions, o.ocspWorkers, float64(loadSessions)/float64(sf.OK), diag)
 	b.sum("OCSP openssl ocsp -index: %.0f responses/s, p99 %.2f ms; stepfort/openssl = %.1fx (target >= 10x: %s)",
-		osslRate, ms(osslP99), sf.perSecond()/osslRate, verdict(sf.perSecond() >= 10*osslRate))
+		osslRate, ms(osslP99), sf.PerSecond()/osslRate, verdict(sf.PerSecond() >= 10*osslRate))
 	b.sum("OCSP ceiling: a net/http handler writing a fixed body answers %.0f/s under the same load; stepfort reaches %.0f%% of it; 10x openssl (%.0f/s) is %.1fx that ceiling",
-		ceil.perSecond(), 100*sf.perSecond()/ceil.perSecond(), 10*osslRate, 10*osslRate/ceil.perSecond())
+		ceil.PerSecond(), 100*sf.PerSecond()/ceil.PerSecond(), 10*osslRate, 10*osslRate/ceil.PerSecond())
 	return nil
 }
 
@@ -433,14 +433,14 @@ func (b *bench) runPropagation(ctx context.Context, client *http.Client, a, rb *
 	sort.Slice(fromAck, func(i, j int) bool { return fromAck[i] < fromAck[j] })
 	sort.Slice(fromStart, func(i, j int) bool { return fromStart[i] < fromStart[j] })
 	fmt.Printf("\npropagation: %d revocations on A (/1.0/revoke), OCSP POST on B polled every ~1 ms (%d polls)\n", len(fromAck), polls)
-	fmt.Printf("  revoke acknowledged -> B answers revoked: p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms\n", ms(percentile(fromAck, 50)), ms(percentile(fromAck, 99)), ms(fromAck[len(fromAck)-1]))
-	fmt.Printf("  revoke sent         -> B answers revoked: p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms\n", ms(percentile(fromStart, 50)), ms(percentile(fromStart, 99)), ms(fromStart[len(fromStart)-1]))
+	fmt.Printf("  revoke acknowledged -> B answers revoked: p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms\n", ms(signload.Percentile(fromAck, 50)), ms(signload.Percentile(fromAck, 99)), ms(fromAck[len(fromAck)-1]))
+	fmt.Printf("  revoke sent         -> B answers revoked: p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms\n", ms(signload.Percentile(fromStart, 50)), ms(signload.Percentile(fromStart, 99)), ms(fromStart[len(fromStart)-1]))
 	v := "target met"
-	if percentile(fromStart, 99) > time.Second {
+	if signload.Percentile(fromStart, 99) > time.Second {
 		v = "TARGET MISSED"
 	}
 	b.sum("propagation A->B: p50 %.2f ms, p99 %.2f ms from sending the revoke (p99 %.2f ms from its acknowledgement); target p99 <= 1s: %s",
-		ms(percentile(fromStart, 50)), ms(percentile(fromStart, 99)), ms(percentile(fromAck, 99)), v)
+		ms(signload.Percentile(fromStart, 50)), ms(signload.Percentile(fromStart, 99)), ms(signload.Percentile(fromAck, 99)), v)
 	return nil
 }
 
@@ -498,15 +498,15 @@ func (b *bench) runIssuance(ctx context.Context) error {
 			client := signload.NewClient(c.roots, o.workers)
 			defer client.CloseIdleConnections()
 			w := o.warmup
-			if warm, _ := sendSigns(ctx, client, urls[:w], bodies[:w], csrs[:w], o.workers); warm.failed > 0 {
-				return fmt.Errorf("%s: %d warm-up requests failed, e.g. %s", r.name, warm.failed, strings.Join(warm.errs, " | "))
+			if warm, _ := signload.Send(ctx, client, urls[:w], bodies[:w], csrs[:w], o.workers); warm.Failed > 0 {
+				return fmt.Errorf("%s: %d warm-up requests failed, e.g. %s", r.name, warm.Failed, strings.Join(warm.Errs, " | "))
 			}
 			var cpu0 time.Duration
 			for _, s := range servers {
 				t, _ := benchproc.CPUTime(s.Proc.Pid())
 				cpu0 += t
 			}
-			res, _ := sendSigns(ctx, client, urls[w:], bodies[w:], csrs[w:], o.workers)
+			res, _ := signload.Send(ctx, client, urls[w:], bodies[w:], csrs[w:], o.workers)
 			var cpu1 time.Duration
 			for _, s := range servers {
 				t, _ := benchproc.CPUTime(s.Proc.Pid())
@@ -515,12 +515,12 @@ func (b *bench) runIssuance(ctx context.Context) error {
 					return err
 				}
 			}
-			if res.failed > 0 {
-				return fmt.Errorf("%s: %d of %d requests failed, e.g. %s", r.name, res.failed, res.failed+res.ok, strings.Join(res.errs, " | "))
+			if res.Failed > 0 {
+				return fmt.Errorf("%s: %d of %d requests failed, e.g. %s", r.name, res.Failed, res.Failed+res.OK, strings.Join(res.Errs, " | "))
 			}
 			fmt.Printf("  %-24s %7.1f certs/s  p50 %6.1f ms  p99 %6.1f ms  server CPU %.2f ms/cert  %d certs in %.1fs\n",
-				r.name, res.perSecond(), ms(res.percentile(50)), ms(res.percentile(99)), ms((cpu1-cpu0)/time.Duration(res.ok)), res.ok, res.elapsed.Seconds())
-			rates[r.name] = res.perSecond()
+				r.name, res.PerSecond(), ms(res.Percentile(50)), ms(res.Percentile(99)), ms((cpu1-cpu0)/time.Duration(res.OK)), res.OK, res.Elapsed.Seconds())
+			rates[r.name] = res.PerSecond()
 			return nil
 		}()
 		if err != nil {
@@ -567,14 +567,14 @@ func (b *bench) runOCSPBbolt(ctx context.Context) error {
 		return err
 	}
 	cpu1, _ := benchproc.CPUTime(s.Proc.Pid())
-	if r.failed > 0 {
-		return fmt.Errorf("stepfort on bbolt OCSP: %d of %d requests failed, e.g. %s", r.failed, r.failed+r.ok, strings.Join(r.errs, " | "))
+	if r.Failed > 0 {
+		return fmt.Errorf("stepfort on bbolt OCSP: %d of %d requests failed, e.g. %s", r.Failed, r.Failed+r.OK, strings.Join(r.Errs, " | "))
 	}
 	if err := s.Check(); err != nil {
 		return err
 	}
 	fmt.Printf("  stepfort (bbolt)      %8.0f responses/s  p50 %6.2f ms  p99 %6.2f ms  %d responses in %.1fs, server CPU %.1f us/response, same mix, %d workers\n",
-		r.perSecond(), ms(r.percentile(50)), ms(r.percentile(99)), r.ok, r.elapsed.Seconds(), float64(cpu1-cpu0)/float64(time.Microsecond)/float64(r.ok), o.ocspWorkers)
-	b.sum("OCSP stepfort single node on bbolt (same mix, %d workers): %.0f responses/s, p99 %.2f ms", o.ocspWorkers, r.perSecond(), ms(r.percentile(99)))
+		r.PerSecond(), ms(r.Percentile(50)), ms(r.Percentile(99)), r.OK, r.Elapsed.Seconds(), float64(cpu1-cpu0)/float64(time.Microsecond)/float64(r.OK), o.ocspWorkers)
+	b.sum("OCSP stepfort single node on bbolt (same mix, %d workers): %.0f responses/s, p99 %.2f ms", o.ocspWorkers, r.PerSecond(), ms(r.Percentile(99)))
 	return nil
 }

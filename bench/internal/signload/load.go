@@ -173,20 +173,44 @@ type Result struct {
 func (r *Result) PerSecond() float64 { return float64(r.OK) / r.Elapsed.Seconds() }
 
 // Percentile returns the p-th percentile (nearest rank) of the latencies.
-func (r *Result) Percentile(p float64) time.Duration {
-	if len(r.Latencies) == 0 {
+func (r *Result) Percentile(p float64) time.Duration { return Percentile(r.Latencies, p) }
+
+// Percentile returns the p-th percentile (nearest rank) of sorted d.
+func Percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
 		return 0
 	}
-	i := int(p/100*float64(len(r.Latencies))+0.5) - 1
-	return r.Latencies[min(max(i, 0), len(r.Latencies)-1)]
+	i := int(p/100*float64(len(d))+0.5) - 1
+	return d[min(max(i, 0), len(d)-1)]
+}
+
+// AddErr records err among the first few distinct failures.
+func (r *Result) AddErr(mu *sync.Mutex, err error) {
+	mu.Lock()
+	defer mu.Unlock()
+	if len(r.Errs) < 5 && !slices.Contains(r.Errs, err.Error()) {
+		r.Errs = append(r.Errs, err.Error())
+	}
 }
 
 // SendAll posts every body to url+"/1.0/sign" from workers goroutines and
 // checks that each answer is a 201 with the certificate for csrs[i].
 func SendAll(ctx context.Context, client *http.Client, url string, bodies [][]byte, csrs []CSR, workers int) *Result {
+	urls := make([]string, len(bodies))
+	for i := range urls {
+		urls[i] = url
+	}
+	res, _ := Send(ctx, client, urls, bodies, csrs, workers)
+	return res
+}
+
+// Send posts bodies[i] to urls[i]+"/1.0/sign" from workers goroutines,
+// checks each answer is a 201 with the certificate for csrs[i], and returns
+// the certificates in order (nil where the request failed).
+func Send(ctx context.Context, client *http.Client, urls []string, bodies [][]byte, csrs []CSR, workers int) (*Result, []*x509.Certificate) {
 	res := &Result{}
 	lat := make([]time.Duration, len(bodies))
-	okFlags := make([]bool, len(bodies))
+	certs := make([]*x509.Certificate, len(bodies))
 	var next atomic.Int64
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -201,24 +225,20 @@ func SendAll(ctx context.Context, client *http.Client, url string, bodies [][]by
 					return
 				}
 				t0 := time.Now()
-				err := SignOne(ctx, client, url, bodies[i], csrs[i].CN)
+				crt, err := SignOne(ctx, client, urls[i], bodies[i], csrs[i].CN)
 				lat[i] = time.Since(t0)
-				if err == nil {
-					okFlags[i] = true
+				if err != nil {
+					res.AddErr(&mu, err)
 					continue
 				}
-				mu.Lock()
-				if len(res.Errs) < 5 && !slices.Contains(res.Errs, err.Error()) {
-					res.Errs = append(res.Errs, err.Error())
-				}
-				mu.Unlock()
+				certs[i] = crt
 			}
 		}()
 	}
 	wg.Wait()
 	res.Elapsed = time.Since(start)
-	for i, ok := range okFlags {
-		if ok {
+	for i, c := range certs {
+		if c != nil {
 			res.OK++
 			res.Latencies = append(res.Latencies, lat[i])
 		} else {
@@ -226,44 +246,45 @@ func SendAll(ctx context.Context, client *http.Client, url string, bodies [][]by
 		}
 	}
 	sort.Slice(res.Latencies, func(a, b int) bool { return res.Latencies[a] < res.Latencies[b] })
-	return res
+	return res, certs
 }
 
-// SignOne sends one sign request and verifies the answer.
-func SignOne(ctx context.Context, client *http.Client, url string, body []byte, cn string) error {
+// SignOne sends one sign request, verifies the answer and returns the
+// certificate.
+func SignOne(ctx context.Context, client *http.Client, url string, body []byte, cn string) (*x509.Certificate, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/1.0/sign", bytes.NewReader(body))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	b, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if resp.StatusCode != http.StatusCreated {
-		return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
+		return nil, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
 	}
 	var out struct {
 		Crt string `json:"crt"`
 	}
 	if err := json.Unmarshal(b, &out); err != nil {
-		return fmt.Errorf("decode response: %w", err)
+		return nil, fmt.Errorf("decode response: %w", err)
 	}
 	block, _ := pem.Decode([]byte(out.Crt))
 	if block == nil {
-		return errors.New("response has no PEM certificate")
+		return nil, errors.New("response has no PEM certificate")
 	}
 	crt, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
-		return fmt.Errorf("parse certificate: %w", err)
+		return nil, fmt.Errorf("parse certificate: %w", err)
 	}
 	if crt.Subject.CommonName != cn {
-		return fmt.Errorf("certificate for %q, want %q", crt.Subject.CommonName, cn)
+		return nil, fmt.Errorf("certificate for %q, want %q", crt.Subject.CommonName, cn)
 	}
-	return nil
+	return crt, nil
 }
