@@ -35,6 +35,7 @@ import (
 	"go.step.sm/crypto/tpm"
 	"go.step.sm/crypto/tpm/storage"
 
+	"github.com/stepfort/stepfort/bench/internal/benchproc"
 	"github.com/stepfort/stepfort/internal/testenv"
 	"github.com/stepfort/stepfort/provisioners/attestationca"
 )
@@ -61,10 +62,8 @@ func run(dur time.Duration, conc, n int) error {
 	}
 	defer os.RemoveAll(work)
 	bin := filepath.Join(work, "stepfort")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/stepfort")
-	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("build: %v\n%s", err, out)
+	if err := benchproc.BuildStepfort(context.Background(), root, bin); err != nil {
+		return err
 	}
 	port, _ := testenv.FreePort()
 	hport, _ := testenv.FreePort()

@@ -16,6 +16,7 @@ import (
 	"go.step.sm/crypto/tpm"
 	"go.step.sm/crypto/tpm/storage"
 
+	"github.com/stepfort/stepfort/bench/internal/benchproc"
 	"github.com/stepfort/stepfort/internal/testenv"
 )
 
@@ -34,10 +35,8 @@ func run(n, certs, devices, iters int) error {
 	}
 	defer os.RemoveAll(work)
 	bin := filepath.Join(work, "stepfort")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/stepfort")
-	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("build: %v\n%s", err, out)
+	if err := benchproc.BuildStepfort(context.Background(), root, bin); err != nil {
+		return err
 	}
 
 	// In-process gate cost first (no servers running yet, quiet machine).
