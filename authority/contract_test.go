@@ -23,12 +23,12 @@ import (
 	upconfig "github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
 
-	"github.com/stepfort/stepfort/adminapi"
-	_ "github.com/stepfort/stepfort/auditlog" // init enables it
 	"github.com/stepfort/stepfort/config"
+	"github.com/stepfort/stepfort/internal/admin"
+	_ "github.com/stepfort/stepfort/internal/audit" // init enables it
+	"github.com/stepfort/stepfort/internal/setup"
 	"github.com/stepfort/stepfort/internal/testenv"
 	"github.com/stepfort/stepfort/plugins"
-	"github.com/stepfort/stepfort/setup"
 )
 
 // contractPlugin implements every optional capability and records calls.
@@ -83,7 +83,7 @@ func (p *contractPlugin) InsecureRoutes(r chi.Router) {
 func (p *contractPlugin) AdminRoutes() []plugins.AdminRoute {
 	return []plugins.AdminRoute{{Method: http.MethodGet, Pattern: "/contract", Scope: "contract:read",
 		Handler: func(w http.ResponseWriter, r *http.Request) {
-			adminapi.WriteJSON(w, http.StatusOK, map[string]string{"token": adminapi.TokenFrom(r).Name})
+			admin.WriteJSON(w, http.StatusOK, map[string]string{"token": admin.TokenFrom(r).Name})
 		}}}
 }
 

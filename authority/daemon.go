@@ -29,12 +29,12 @@ import (
 	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
 
-	"github.com/stepfort/stepfort/admintoken"
 	"github.com/stepfort/stepfort/config"
-	"github.com/stepfort/stepfort/events"
-	"github.com/stepfort/stepfort/metrics"
+	"github.com/stepfort/stepfort/internal/admin"
+	"github.com/stepfort/stepfort/internal/events"
+	"github.com/stepfort/stepfort/internal/metrics"
+	"github.com/stepfort/stepfort/internal/storage"
 	"github.com/stepfort/stepfort/plugins"
-	"github.com/stepfort/stepfort/sqlpool"
 )
 
 // ShutdownTimeout bounds how long in-flight requests may take to finish on
@@ -64,7 +64,7 @@ type Daemon struct {
 	db      *events.DB
 	store   nosql.DB // nil without a persistent database
 	outbox  *events.Outbox
-	tokens  *admintoken.Store
+	tokens  *admin.TokenStore
 	plugins []plugins.Plugin
 
 	gen atomic.Pointer[generation] // what serves requests now
@@ -131,7 +131,7 @@ func (d *Daemon) openDB() error {
 	}
 	d.store = nosqlDB
 	pool := d.file.Stepfort.Database
-	if sqlpool.Tune(nosqlDB.DB, sqlpool.Settings{MaxIdleConns: pool.MaxIdleConns, MaxOpenConns: pool.MaxOpenConns, ConnMaxIdleTime: pool.ConnMaxIdleTime.Duration}) {
+	if storage.TunePool(nosqlDB.DB, storage.PoolSettings{MaxIdleConns: pool.MaxIdleConns, MaxOpenConns: pool.MaxOpenConns, ConnMaxIdleTime: pool.ConnMaxIdleTime.Duration}) {
 		d.log.Debug("SQL connection pool sized", "maxIdleConns", pool.MaxIdleConns, "maxOpenConns", pool.MaxOpenConns)
 	}
 	var observers []events.Observer
@@ -160,7 +160,7 @@ func (d *Daemon) openDB() error {
 		}
 	}
 	if d.file.Stepfort.Admin.IsEnabled() {
-		if d.tokens, err = admintoken.NewStore(nosqlDB, nil); err != nil {
+		if d.tokens, err = admin.NewTokenStore(nosqlDB, nil); err != nil {
 			return err
 		}
 	}

@@ -21,7 +21,7 @@ import (
 	acmeNoSQL "github.com/smallstep/certificates/acme/db/nosql"
 	"github.com/smallstep/certificates/api"
 	upstream "github.com/smallstep/certificates/authority"
-	"github.com/smallstep/certificates/authority/admin"
+	upadmin "github.com/smallstep/certificates/authority/admin"
 	adminAPI "github.com/smallstep/certificates/authority/admin/api"
 	upconfig "github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
@@ -34,8 +34,8 @@ import (
 	"github.com/smallstep/certificates/scep"
 	scepAPI "github.com/smallstep/certificates/scep/api"
 
-	"github.com/stepfort/stepfort/adminapi"
 	"github.com/stepfort/stepfort/config"
+	"github.com/stepfort/stepfort/internal/admin"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -194,7 +194,7 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 		}
 	}
 	if d.tokens != nil {
-		(&adminapi.Server{
+		(&admin.Server{
 			Tokens:      d.tokens,
 			MaxTokenTTL: d.file.Stepfort.Admin.MaxTokenTTL.Duration,
 			Log:         d.log.With("component", "admin-api"),
@@ -259,7 +259,7 @@ func baseContext(a *upstream.Authority, scepAuthority *scep.Authority, acmeDB ac
 		ctx = db.NewContext(ctx, authDB)
 	}
 	if adminDB := a.GetAdminDatabase(); adminDB != nil {
-		ctx = admin.NewContext(ctx, adminDB)
+		ctx = upadmin.NewContext(ctx, adminDB)
 	}
 	if scepAuthority != nil {
 		ctx = scep.NewContext(ctx, scepAuthority)
@@ -284,7 +284,7 @@ func (d *Daemon) common(next http.Handler, base context.Context, listener string
 				}
 				d.log.Error("handler panic", "path", r.URL.Path, "panic", fmt.Sprint(rec), "stack", string(debug.Stack()))
 				if !sw.wrote {
-					adminapi.WriteError(sw, http.StatusInternalServerError, "internal error")
+					admin.WriteError(sw, http.StatusInternalServerError, "internal error")
 				}
 			}
 			d.metrics.HTTPRequest(listener, sw.status)

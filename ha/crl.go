@@ -23,9 +23,8 @@ import (
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
 
-	"github.com/stepfort/stepfort/certstatus"
+	"github.com/stepfort/stepfort/internal/storage"
 	"github.com/stepfort/stepfort/plugins"
-	"github.com/stepfort/stepfort/storescan"
 )
 
 // Upstream keeps the CRL in x509_crl under the key "crl" as JSON
@@ -371,7 +370,7 @@ func (p *Publisher) Publish() error {
 		return err
 	}
 	cutoff := now.Add(-expiredGrace)
-	err = storescan.ForEach(p.store, certstatus.RevokedCertsTable, func(key, value []byte) error {
+	err = storage.ForEach(p.store, storage.RevokedCertsTable, func(key, value []byte) error {
 		r, err := decodeCRLRow(value)
 		if err != nil {
 			return fmt.Errorf("decode revocation %s: %w", key, err)

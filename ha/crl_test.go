@@ -22,7 +22,7 @@ import (
 	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
 
-	"github.com/stepfort/stepfort/certstatus"
+	"github.com/stepfort/stepfort/internal/storage"
 )
 
 // crlHost is a plugins.Host with a real upstream authority (for the
@@ -92,10 +92,10 @@ func revoke(t *testing.T, store nosql.DB, rci db.RevokedCertificateInfo) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := store.CreateTable(certstatus.RevokedCertsTable); err != nil {
+	if err := store.CreateTable(storage.RevokedCertsTable); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.Set(certstatus.RevokedCertsTable, []byte(rci.Serial), b); err != nil {
+	if err := store.Set(storage.RevokedCertsTable, []byte(rci.Serial), b); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -136,7 +136,7 @@ func TestPublishStreamedCRL(t *testing.T) {
 			t.Fatal("entries in the CRL of an empty table")
 		}
 		checkAgainstGo(t, h, crl, nil)
-		if err := h.store.CreateTable(certstatus.RevokedCertsTable); err != nil {
+		if err := h.store.CreateTable(storage.RevokedCertsTable); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -13,10 +13,9 @@ import (
 	"github.com/smallstep/nosql"
 	"golang.org/x/crypto/ocsp"
 
-	"github.com/stepfort/stepfort/certstatus"
+	"github.com/stepfort/stepfort/internal/storage"
 	"github.com/stepfort/stepfort/internal/testenv"
 	"github.com/stepfort/stepfort/plugins"
-	"github.com/stepfort/stepfort/sqlpool"
 )
 
 // ask sends a SHA-1 request (what RFC 5019 clients use) for serial.
@@ -63,7 +62,7 @@ func startResponder(t *testing.T, h *fakeHost, cfg OCSPConfig) *Responder {
 func revokeRow(t *testing.T, store nosql.DB, serial *big.Int, reason int, at time.Time) {
 	t.Helper()
 	b, _ := json.Marshal(db.RevokedCertificateInfo{Serial: serial.String(), ReasonCode: reason, RevokedAt: at.UTC().Truncate(time.Second)})
-	if err := store.Set(certstatus.RevokedCertsTable, []byte(serial.String()), b); err != nil {
+	if err := store.Set(storage.RevokedCertsTable, []byte(serial.String()), b); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -85,7 +84,7 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 func TestStatusIndexLiveOnBbolt(t *testing.T) {
 	h := newFakeHost(t)
 	before := big.NewInt(1001)
-	if err := h.store.Set(certstatus.CertsTable, []byte(before.String()), []byte("der")); err != nil {
+	if err := h.store.Set(storage.CertsTable, []byte(before.String()), []byte("der")); err != nil {
 		t.Fatal(err)
 	}
 	revokeRow(t, h.store, before, ocsp.Superseded, h.now.Add(-time.Hour))
@@ -105,7 +104,7 @@ func TestStatusIndexLiveOnBbolt(t *testing.T) {
 	if got := ask(t, r, fresh); got.Status != ocsp.Unknown {
 		t.Fatalf("never-issued serial answered %d", got.Status)
 	}
-	if err := h.store.Set(certstatus.CertsTable, []byte(fresh.String()), []byte("der")); err != nil {
+	if err := h.store.Set(storage.CertsTable, []byte(fresh.String()), []byte("der")); err != nil {
 		t.Fatal(err)
 	}
 	if got := ask(t, r, fresh); got.Status != ocsp.Unknown {
@@ -146,7 +145,7 @@ func TestStatusFeedOnPostgres(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = d.Close() })
-		for _, tbl := range [][]byte{certstatus.CertsTable, certstatus.RevokedCertsTable} {
+		for _, tbl := range [][]byte{storage.CertsTable, storage.RevokedCertsTable} {
 			if err := d.CreateTable(tbl); err != nil {
 				t.Fatal(err)
 			}
@@ -164,7 +163,7 @@ func TestStatusFeedOnPostgres(t *testing.T) {
 
 	// Replica B issues and revokes; A's index follows within a second.
 	serial := big.NewInt(5005)
-	if err := storeB.Set(certstatus.CertsTable, []byte(serial.String()), []byte("der")); err != nil {
+	if err := storeB.Set(storage.CertsTable, []byte(serial.String()), []byte("der")); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "issuance on B reaches A's index", time.Second, func() bool {
@@ -184,7 +183,7 @@ func TestStatusFeedOnPostgres(t *testing.T) {
 	// Kill A's listening session: the index goes stale at once, so a
 	// revocation B commits meanwhile is read from the database, and after
 	// the reconnect the resync has it in memory.
-	pool := sqlpool.Pool(storeB)
+	pool := storage.SQLPool(storeB)
 	res, err := pool.Exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'stepfort-ocsp-feed' AND pid <> pg_backend_pid()`)
 	if err != nil {
 		t.Fatal(err)
@@ -194,7 +193,7 @@ func TestStatusFeedOnPostgres(t *testing.T) {
 	}
 	waitFor(t, "index stale after its listener died", 2*time.Second, func() bool { return !r.idx.isLive() })
 	other := big.NewInt(6006)
-	if err := storeB.Set(certstatus.CertsTable, []byte(other.String()), []byte("der")); err != nil {
+	if err := storeB.Set(storage.CertsTable, []byte(other.String()), []byte("der")); err != nil {
 		t.Fatal(err)
 	}
 	revokeRow(t, storeB, other, ocsp.KeyCompromise, time.Now())

@@ -25,7 +25,7 @@ import (
 	"github.com/smallstep/nosql"
 	"golang.org/x/crypto/ocsp"
 
-	"github.com/stepfort/stepfort/certstatus"
+	"github.com/stepfort/stepfort/internal/storage"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -337,7 +337,7 @@ func (r *Responder) status(serial string) (certStatus, error) {
 	if ok {
 		return st, nil
 	}
-	rci, err := certstatus.Revocation(r.store, serial)
+	rci, err := storage.Revocation(r.store, serial)
 	if err != nil {
 		return certStatus{}, err
 	}
@@ -345,7 +345,7 @@ func (r *Responder) status(serial string) (certStatus, error) {
 	case rci != nil:
 		st = certStatus{code: statusRevoked, rev: fromInfo(rci)}
 	default:
-		issued, err := certstatus.Issued(r.store, serial)
+		issued, err := storage.Issued(r.store, serial)
 		if err != nil {
 			return certStatus{}, err
 		}

@@ -19,9 +19,9 @@ import (
 	"github.com/smallstep/nosql"
 	"golang.org/x/crypto/ocsp"
 
-	"github.com/stepfort/stepfort/certstatus"
+	"github.com/stepfort/stepfort/internal/setup"
+	"github.com/stepfort/stepfort/internal/storage"
 	"github.com/stepfort/stepfort/internal/testenv"
-	"github.com/stepfort/stepfort/setup"
 )
 
 // fakeHost is a plugins.Host with a real upstream authority and a clock the
@@ -90,7 +90,7 @@ func TestResponderStatusCacheAndRefresh(t *testing.T) {
 	}
 	key, _ := r.currentSigner()
 	issued := big.NewInt(424242)
-	if err := h.store.Set(certstatus.CertsTable, []byte(issued.String()), []byte("der")); err != nil {
+	if err := h.store.Set(storage.CertsTable, []byte(issued.String()), []byte("der")); err != nil {
 		t.Fatal(err)
 	}
 	request := func(serial *big.Int) *ocsp.Response {
@@ -125,7 +125,7 @@ func TestResponderStatusCacheAndRefresh(t *testing.T) {
 
 	// A revocation is seen at once, cache or not.
 	rci, _ := json.Marshal(db.RevokedCertificateInfo{Serial: issued.String(), ReasonCode: ocsp.KeyCompromise, RevokedAt: h.now.Add(-time.Second).UTC()})
-	if err := h.store.Set(certstatus.RevokedCertsTable, []byte(issued.String()), rci); err != nil {
+	if err := h.store.Set(storage.RevokedCertsTable, []byte(issued.String()), rci); err != nil {
 		t.Fatal(err)
 	}
 	if revoked := request(issued); revoked.Status != ocsp.Revoked || revoked.RevocationReason != ocsp.KeyCompromise {

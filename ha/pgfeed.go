@@ -16,15 +16,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/smallstep/nosql"
 
-	"github.com/stepfort/stepfort/certstatus"
-	"github.com/stepfort/stepfort/sqlpool"
-	"github.com/stepfort/stepfort/storescan"
+	"github.com/stepfort/stepfort/internal/storage"
 )
 
 // backend names the nosql implementation under store (upstream's *db.DB
 // embeds it): "postgresql", "bolt", "badger/v1", "mysql", ...
 func backend(store nosql.DB) (nosql.DB, string) {
-	store = storescan.Unwrap(store)
+	store = storage.Unwrap(store)
 	t := reflect.TypeOf(store)
 	if t == nil || t.Kind() != reflect.Pointer {
 		return store, ""
@@ -103,7 +101,7 @@ type pgFeed struct {
 // reading the database.
 func newPGFeed(ctx context.Context, store nosql.DB, idx *statusIndex, log *slog.Logger, reg prometheus.Registerer) *pgFeed {
 	inner, _ := backend(store)
-	pool := sqlpool.Pool(inner)
+	pool := storage.SQLPool(inner)
 	if pool == nil {
 		log.Warn("OCSP status cache off: PostgreSQL connection pool not found; every request reads the database")
 		return nil
@@ -219,7 +217,7 @@ func (f *pgFeed) apply(payload string) error {
 	case "i":
 		f.idx.issuedNow(serial)
 	case "r":
-		rci, err := certstatus.Revocation(f.store, serial)
+		rci, err := storage.Revocation(f.store, serial)
 		if err != nil {
 			return err
 		}
@@ -242,7 +240,7 @@ func (f *pgFeed) apply(payload string) error {
 // revocations are about 100 MB in the index, not the table's gigabytes).
 func loadRevoked(store nosql.DB) (map[string]revocation, error) {
 	out := map[string]revocation{}
-	err := storescan.ForEach(store, certstatus.RevokedCertsTable, func(key, value []byte) error {
+	err := storage.ForEach(store, storage.RevokedCertsTable, func(key, value []byte) error {
 		row, err := decodeCRLRow(value)
 		if err != nil {
 			return fmt.Errorf("revocation %s: %w", key, err)

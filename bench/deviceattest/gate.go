@@ -14,8 +14,8 @@ import (
 	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/nosql"
 
-	"github.com/stepfort/stepfort/inventory"
 	"github.com/stepfort/stepfort/provisioners/deviceattest"
+	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
 // gateOverhead is the in-process cost of the gate per device-attest-01

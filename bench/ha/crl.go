@@ -21,9 +21,8 @@ import (
 	"github.com/smallstep/nosql/database"
 
 	"github.com/stepfort/stepfort/bench/internal/benchproc"
-	"github.com/stepfort/stepfort/certstatus"
 	"github.com/stepfort/stepfort/ha"
-	"github.com/stepfort/stepfort/storescan"
+	"github.com/stepfort/stepfort/internal/storage"
 )
 
 // The CRL part runs in a child process (this binary with -crl-child) so that
@@ -88,7 +87,7 @@ type crlStep struct {
 	ScanEncodeSec float64 `json:"scanEncodeSec"`
 	SignSec       float64 `json:"signSec"`
 	StoreSec      float64 `json:"storeSec"`
-	// The table read alone: storescan.ForEach with an empty callback, and
+	// The table read alone: storage.ForEach with an empty callback, and
 	// RSS before it (which includes the bbolt pages of the CRL row the
 	// check before it read: the scan releases them as it goes).
 	ForEachSec    float64 `json:"forEachSec"`
@@ -110,7 +109,7 @@ func (s crlStep) String() string {
 		reset = " (VmHWM not resettable: process-wide peak)"
 	}
 	return fmt.Sprintf("%8d revoked: populate %5.1fs (bbolt %4.0f MiB), Publish %5.2fs, CRL %5.1f MiB / %d entries, RSS before %6.1f MiB, peak during Publish %6.1f MiB%s, after %6.1f MiB; "+
-		"breakdown: scan+decode+encode %4.2fs, sign %4.2fs, store %4.2fs; storescan.ForEach alone %4.2fs (RSS %6.1f -> peak %6.1f MiB); "+
+		"breakdown: scan+decode+encode %4.2fs, sign %4.2fs, store %4.2fs; storage.ForEach alone %4.2fs (RSS %6.1f -> peak %6.1f MiB); "+
 		"Publish again (same size, steady state) %4.2fs (peak %6.1f MiB); other replica's first read of the new CRL %4.2fs",
 		s.Entries, s.PopulateSec, float64(s.DBBytes)/(1<<20), s.PublishSec, float64(s.CRLBytes)/(1<<20), s.CRLEntries, s.RSSBefore, s.PeakDuring, reset, s.RSSAfter,
 		s.ScanEncodeSec, s.SignSec, s.StoreSec, s.ForEachSec, s.ForEachBefore, s.ForEachPeak, s.AgainSec, s.AgainPeak, s.ReloadSec)
@@ -140,7 +139,7 @@ func crlChild(caConfig, password, dbPath string, sizes []int) error {
 	if err != nil {
 		return fmt.Errorf("publisher: %w", err)
 	}
-	if err := store.CreateTable(certstatus.RevokedCertsTable); err != nil {
+	if err := store.CreateTable(storage.RevokedCertsTable); err != nil {
 		return err
 	}
 	now := time.Now().UTC()
@@ -160,7 +159,7 @@ func crlChild(caConfig, password, dbPath string, sizes []int) error {
 					Serial: sn.String(), ProvisionerID: "bench-provisioner-id", ReasonCode: 1, Reason: "bench",
 					RevokedAt: now, ExpiresAt: now.Add(30 * 24 * time.Hour), TokenID: "bench-token-id",
 				})
-				tx.Set(certstatus.RevokedCertsTable, []byte(sn.String()), b)
+				tx.Set(storage.RevokedCertsTable, []byte(sn.String()), b)
 			}
 			if err := store.Update(tx); err != nil {
 				return fmt.Errorf("populate: %w", err)
@@ -188,7 +187,7 @@ func crlChild(caConfig, password, dbPath string, sizes []int) error {
 		st.ForEachBefore, _ = settle()
 		rows := 0
 		st.ForEachSec, err = timed(func() error {
-			return storescan.ForEach(store, certstatus.RevokedCertsTable, func(_, _ []byte) error { rows++; return nil })
+			return storage.ForEach(store, storage.RevokedCertsTable, func(_, _ []byte) error { rows++; return nil })
 		})
 		if err != nil {
 			return err

@@ -10,8 +10,8 @@ import (
 	"github.com/smallstep/certificates/db"
 	"github.com/urfave/cli"
 
-	"github.com/stepfort/stepfort/admintoken"
 	"github.com/stepfort/stepfort/config"
+	"github.com/stepfort/stepfort/internal/admin"
 )
 
 // bootstrapTokenCommand writes a token straight into the database named by
@@ -43,7 +43,7 @@ func bootstrapTokenCommand() cli.Command {
 			}
 			scopes := splitList(c.StringSlice("scope"))
 			if len(scopes) == 0 {
-				scopes = []string{admintoken.ScopeAll}
+				scopes = []string{admin.ScopeAll}
 			}
 			var ttl time.Duration
 			if s := c.String("ttl"); s != "" {
@@ -63,7 +63,7 @@ func bootstrapTokenCommand() cli.Command {
 			if !ok {
 				return fmt.Errorf("database type %q is not supported", f.CA.DB.Type)
 			}
-			store, err := admintoken.NewStore(nosqlDB, nil)
+			store, err := admin.NewTokenStore(nosqlDB, nil)
 			if err != nil {
 				return err
 			}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/urfave/cli"
 
-	"github.com/stepfort/stepfort/inventory"
+	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
 func deviceFieldFlags() []cli.Flag {

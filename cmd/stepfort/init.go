@@ -9,7 +9,7 @@ import (
 
 	"github.com/urfave/cli"
 
-	"github.com/stepfort/stepfort/setup"
+	"github.com/stepfort/stepfort/internal/setup"
 )
 
 func initFlags() []cli.Flag {

@@ -11,9 +11,8 @@ import (
 
 	"github.com/urfave/cli"
 
-	"github.com/stepfort/stepfort/adminapi"
-	"github.com/stepfort/stepfort/adminclient"
-	"github.com/stepfort/stepfort/admintoken"
+	"github.com/stepfort/stepfort/internal/admin"
+	"github.com/stepfort/stepfort/internal/admin/client"
 )
 
 // adminFlags are shared by every command that calls the admin API.
@@ -28,7 +27,7 @@ func adminFlags(extra ...cli.Flag) []cli.Flag {
 }
 
 // adminClient builds an API client from the admin flags.
-func adminClient(c *cli.Context) (*adminclient.Client, error) {
+func adminClient(c *cli.Context) (*client.Client, error) {
 	token := c.String("token")
 	if token == "" && c.String("token-file") != "" {
 		b, err := os.ReadFile(c.String("token-file"))
@@ -37,7 +36,7 @@ func adminClient(c *cli.Context) (*adminclient.Client, error) {
 		}
 		token = strings.TrimSpace(string(b))
 	}
-	return adminclient.New(c.String("ca-url"), c.String("root"), token)
+	return client.New(c.String("ca-url"), c.String("root"), token)
 }
 
 func printJSON(v any) error {
@@ -69,7 +68,7 @@ func tokensCommand() cli.Command {
 						return errors.New("--scope: at least one is required")
 					}
 					for _, s := range scopes {
-						if !admintoken.ValidScope(s) {
+						if !admin.ValidScope(s) {
 							return fmt.Errorf("--scope: invalid scope %q", s)
 						}
 					}
@@ -82,8 +81,8 @@ func tokensCommand() cli.Command {
 					if err != nil {
 						return err
 					}
-					var out adminapi.CreateTokenResponse
-					if err := cl.Do("POST", "/tokens", adminapi.CreateTokenRequest{Name: c.Args().First(), Scopes: scopes, TTL: c.String("ttl")}, &out); err != nil {
+					var out admin.CreateTokenResponse
+					if err := cl.Do("POST", "/tokens", admin.CreateTokenRequest{Name: c.Args().First(), Scopes: scopes, TTL: c.String("ttl")}, &out); err != nil {
 						return err
 					}
 					if c.Bool("json") {
@@ -105,7 +104,7 @@ func tokensCommand() cli.Command {
 						return err
 					}
 					var out struct {
-						Tokens []*admintoken.Token `json:"tokens"`
+						Tokens []*admin.Token `json:"tokens"`
 					}
 					if err := cl.Do("GET", "/tokens", nil, &out); err != nil {
 						return err
@@ -145,7 +144,7 @@ func tokensCommand() cli.Command {
 					if err != nil {
 						return err
 					}
-					var t admintoken.Token
+					var t admin.Token
 					if err := cl.Do("DELETE", "/tokens/"+c.Args().First(), nil, &t); err != nil {
 						return err
 					}

@@ -11,8 +11,8 @@ import (
 
 	"github.com/smallstep/go-attestation/attest"
 
-	"github.com/stepfort/stepfort/adminapi"
-	"github.com/stepfort/stepfort/inventory"
+	"github.com/stepfort/stepfort/internal/admin"
+	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
 // Bounds on TPM structures (real ones are a few hundred bytes).
@@ -116,7 +116,7 @@ func serveStep[Resp any](p *Plugin, step string, fn func(r *http.Request, w http
 			p.fail(w, r, st, rq, d)
 			return
 		}
-		adminapi.WriteJSON(w, http.StatusOK, resp)
+		admin.WriteJSON(w, http.StatusOK, resp)
 	}
 }
 

@@ -8,7 +8,7 @@ import (
 	"net/http"
 	"runtime/debug"
 
-	"github.com/stepfort/stepfort/adminapi"
+	"github.com/stepfort/stepfort/internal/admin"
 )
 
 // denial is a refused request: an HTTP status, a stable code for the audit
@@ -76,7 +76,7 @@ func (p *Plugin) fail(w http.ResponseWriter, r *http.Request, st *state, rq *req
 		"event", "attestation.denied", "step", rq.step, "ek", rq.ekURN, "device", rq.deviceID,
 		"reason", d.code, "detail", d.message, "status", d.status,
 		"remote", r.RemoteAddr, "request_id", r.Header.Get("X-Request-Id"), "user_agent", r.UserAgent())
-	adminapi.WriteJSON(w, d.status, adminapi.Error{Status: d.status, Error: d.code, Message: d.message})
+	admin.WriteJSON(w, d.status, admin.Error{Status: d.status, Error: d.code, Message: d.message})
 }
 
 // guard turns a panic while parsing attacker-controlled TPM structures into

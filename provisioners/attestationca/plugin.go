@@ -22,8 +22,8 @@ import (
 	"github.com/go-chi/chi/v5"
 	"go.step.sm/crypto/pemutil"
 
-	"github.com/stepfort/stepfort/inventory"
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
 // Name is the plugin's key under stepfort.plugins.

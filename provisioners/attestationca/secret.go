@@ -10,7 +10,7 @@ import (
 
 	"github.com/smallstep/go-attestation/attest"
 
-	"github.com/stepfort/stepfort/inventory"
+	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
 // maxSecretBytes bounds the activation secret (go-attestation uses 32).

@@ -9,7 +9,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/stepfort/stepfort/adminapi"
+	"github.com/stepfort/stepfort/internal/admin"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -136,28 +136,28 @@ func (p *Plugin) listEndpoints(w http.ResponseWriter, r *http.Request) {
 	v := r.URL.Query()
 	q := ListQuery{State: v.Get("state"), Provisioner: v.Get("provisioner"), Q: v.Get("q"), Cursor: v.Get("cursor"), Limit: defaultLimit}
 	if q.State != "" && q.State != StateActive && q.State != StateEnded {
-		adminapi.WriteError(w, http.StatusBadRequest, "state: must be %q or %q, got %q", StateActive, StateEnded, q.State)
+		admin.WriteError(w, http.StatusBadRequest, "state: must be %q or %q, got %q", StateActive, StateEnded, q.State)
 		return
 	}
 	if s := v.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > maxLimit {
-			adminapi.WriteError(w, http.StatusBadRequest, "limit: must be an integer from 1 to %d, got %q", maxLimit, s)
+			admin.WriteError(w, http.StatusBadRequest, "limit: must be an integer from 1 to %d, got %q", maxLimit, s)
 			return
 		}
 		q.Limit = n
 	}
 	if q.Cursor != "" && !validID(q.Cursor) {
-		adminapi.WriteError(w, http.StatusBadRequest, "cursor: invalid cursor %q", q.Cursor)
+		admin.WriteError(w, http.StatusBadRequest, "cursor: invalid cursor %q", q.Cursor)
 		return
 	}
 	list, err := p.store.List(q, p.host.Now())
 	if err != nil {
 		p.host.Logger().Error("list endpoints", "error", err)
-		adminapi.WriteError(w, http.StatusServiceUnavailable, "list endpoints: %v", err)
+		admin.WriteError(w, http.StatusServiceUnavailable, "list endpoints: %v", err)
 		return
 	}
-	adminapi.WriteJSON(w, http.StatusOK, list)
+	admin.WriteJSON(w, http.StatusOK, list)
 }
 
 // Detail returns an Endpoint with its lineage, or nil if unknown.
@@ -180,32 +180,32 @@ func (s *Store) Detail(id string, now time.Time) (*EndpointDetail, error) {
 func (p *Plugin) showEndpoint(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "id")
 	if !validID(id) {
-		adminapi.WriteError(w, http.StatusBadRequest, "id: invalid endpoint ID %q", id)
+		admin.WriteError(w, http.StatusBadRequest, "id: invalid endpoint ID %q", id)
 		return
 	}
 	d, err := p.store.Detail(id, p.host.Now())
 	if err != nil {
 		p.host.Logger().Error("show endpoint", "endpoint", id, "error", err)
-		adminapi.WriteError(w, http.StatusServiceUnavailable, "show endpoint: %v", err)
+		admin.WriteError(w, http.StatusServiceUnavailable, "show endpoint: %v", err)
 		return
 	}
 	if d == nil {
-		adminapi.WriteError(w, http.StatusNotFound, "endpoint %q not found", id)
+		admin.WriteError(w, http.StatusNotFound, "endpoint %q not found", id)
 		return
 	}
-	adminapi.WriteJSON(w, http.StatusOK, d)
+	admin.WriteJSON(w, http.StatusOK, d)
 }
 
 func (p *Plugin) report(w http.ResponseWriter, r *http.Request) {
 	v := r.URL.Query()
 	ms := v.Get("month")
 	if ms == "" {
-		adminapi.WriteError(w, http.StatusBadRequest, "month: required (YYYY-MM)")
+		admin.WriteError(w, http.StatusBadRequest, "month: required (YYYY-MM)")
 		return
 	}
 	m, err := ParseMonth(ms)
 	if err != nil {
-		adminapi.WriteError(w, http.StatusBadRequest, "month: %v", err)
+		admin.WriteError(w, http.StatusBadRequest, "month: %v", err)
 		return
 	}
 	format := v.Get("format")
@@ -213,13 +213,13 @@ func (p *Plugin) report(w http.ResponseWriter, r *http.Request) {
 		format = "json"
 	}
 	if format != "json" && format != "csv" {
-		adminapi.WriteError(w, http.StatusBadRequest, "format: must be \"json\" or \"csv\", got %q", format)
+		admin.WriteError(w, http.StatusBadRequest, "format: must be \"json\" or \"csv\", got %q", format)
 		return
 	}
 	rep, err := p.store.Report(m, p.cfg.Mode, p.host.Now())
 	if err != nil {
 		p.host.Logger().Error("billing report", "month", ms, "error", err)
-		adminapi.WriteError(w, http.StatusServiceUnavailable, "billing report: %v", err)
+		admin.WriteError(w, http.StatusServiceUnavailable, "billing report: %v", err)
 		return
 	}
 	if format == "csv" {
@@ -229,13 +229,13 @@ func (p *Plugin) report(w http.ResponseWriter, r *http.Request) {
 		_ = rep.WriteCSV(w)
 		return
 	}
-	adminapi.WriteJSON(w, http.StatusOK, rep)
+	admin.WriteJSON(w, http.StatusOK, rep)
 }
 
 func (p *Plugin) rebuild(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength > 0 {
 		var empty struct{}
-		if !adminapi.ReadJSON(w, r, &empty) {
+		if !admin.ReadJSON(w, r, &empty) {
 			return
 		}
 	}
@@ -243,17 +243,17 @@ func (p *Plugin) rebuild(w http.ResponseWriter, r *http.Request) {
 	res, err := p.store.Rebuild(p.host.Now())
 	if err != nil {
 		p.host.Logger().Error("billing rebuild", "error", err)
-		adminapi.WriteError(w, http.StatusServiceUnavailable, "rebuild: %v", err)
+		admin.WriteError(w, http.StatusServiceUnavailable, "rebuild: %v", err)
 		return
 	}
-	tok := adminapi.TokenFrom(r)
+	tok := admin.TokenFrom(r)
 	by := ""
 	if tok != nil {
 		by = tok.ID
 	}
 	p.host.Logger().Info("billing rebuilt", "scanned", res.Scanned, "recorded", res.Recorded, "inferredRenewals", res.InferredLinks,
 		"errors", len(res.Errors), "took", time.Since(start).String(), "by", by)
-	adminapi.WriteJSON(w, http.StatusOK, res)
+	admin.WriteJSON(w, http.StatusOK, res)
 }
 
 // validID accepts the shape of Endpoint IDs: "ep_" and base32 letters.

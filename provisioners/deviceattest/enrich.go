@@ -3,8 +3,8 @@ package deviceattest
 import (
 	"context"
 
-	"github.com/stepfort/stepfort/inventory"
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
 // EnrichProvisioners implements plugins.SignEnricher: device data is offered

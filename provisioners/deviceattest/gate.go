@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/stepfort/stepfort/inventory"
+	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
 // Denial codes, also the subproblem code of a finalize denial

@@ -22,8 +22,8 @@ import (
 	"github.com/smallstep/nosql"
 
 	"github.com/stepfort/stepfort/config"
-	"github.com/stepfort/stepfort/inventory"
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
 // recordingDB is upstream's acme.DB as far as the gate uses it.

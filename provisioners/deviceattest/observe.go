@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 
-	"github.com/stepfort/stepfort/inventory"
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
 // ObserveCertificate implements plugins.CertificateObserver: it records the

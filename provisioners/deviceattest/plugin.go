@@ -23,8 +23,8 @@ import (
 	"github.com/smallstep/certificates/authority"
 
 	"github.com/stepfort/stepfort/config"
-	"github.com/stepfort/stepfort/inventory"
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
 // Name is the plugin's key under stepfort.plugins.

@@ -10,7 +10,7 @@ import (
 	"github.com/smallstep/certificates/authority"
 	"github.com/smallstep/certificates/authority/provisioner"
 
-	"github.com/stepfort/stepfort/inventory"
+	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
 // revokeWorkers bounds concurrent revocations of one device.

@@ -7,7 +7,7 @@
 // transaction, or reads a PostgreSQL or MySQL result set row by row into
 // reused buffers, and hands each row to a callback. nosql keeps its *bolt.DB
 // and *sql.DB in unexported fields and offers no iterator, so this package
-// reaches them by reflection (the *sql.DB through sqlpool.Pool);
+// reaches them by reflection (the *sql.DB through storage.SQLPool);
 // TestFindsTheHandles fails if an upgrade of nosql or bbolt moves them.
 // Other drivers (badger) fall back to List.
 //
@@ -15,7 +15,7 @@
 // goes: they are file-backed and stay in the page cache, but while mapped
 // they count in the process's RSS, which would otherwise grow by the size
 // of the table.
-package storescan
+package storage
 
 import (
 	"bytes"
@@ -32,8 +32,6 @@ import (
 	"github.com/smallstep/nosql/mysql"
 	"github.com/smallstep/nosql/postgresql"
 	bbolt "go.etcd.io/bbolt"
-
-	"github.com/stepfort/stepfort/sqlpool"
 )
 
 // ForEach calls fn for every row of table, in the store's order (key order
@@ -119,9 +117,9 @@ func boltHandle(store nosql.DB) *bbolt.DB {
 func sqlHandle(store nosql.DB) (*sql.DB, func(string) string) {
 	switch store.(type) {
 	case *postgresql.DB:
-		return sqlpool.Pool(store), func(t string) string { return pgx.Identifier(strings.Split(t, ".")).Sanitize() }
+		return SQLPool(store), func(t string) string { return pgx.Identifier(strings.Split(t, ".")).Sanitize() }
 	case *mysql.DB:
-		return sqlpool.Pool(store), func(t string) string { return "`" + strings.ReplaceAll(t, "`", "``") + "`" }
+		return SQLPool(store), func(t string) string { return "`" + strings.ReplaceAll(t, "`", "``") + "`" }
 	}
 	return nil, nil
 }

@@ -21,7 +21,7 @@ import (
 	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql/database"
 
-	"github.com/stepfort/stepfort/certstatus"
+	"github.com/stepfort/stepfort/internal/storage"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -31,9 +31,9 @@ var Table = []byte("stepfort_events")
 // Upstream's tables; the events tests read what DB writes back through
 // upstream's own getters, which checks the names.
 var (
-	certsTable        = certstatus.CertsTable
-	certsDataTable    = certstatus.CertsDataTable
-	revokedCertsTable = certstatus.RevokedCertsTable
+	certsTable        = storage.CertsTable
+	certsDataTable    = storage.CertsDataTable
+	revokedCertsTable = storage.RevokedCertsTable
 )
 
 // DB is upstream's database with certificate events. It embeds *db.DB, which

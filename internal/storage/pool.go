@@ -7,7 +7,7 @@
 // its *sql.DB in an unexported field and offers no option, so this package
 // reaches it by reflection; TestTuneFindsThePool fails if an upgrade of
 // nosql moves it.
-package sqlpool
+package storage
 
 import (
 	"database/sql"
@@ -19,7 +19,7 @@ import (
 )
 
 // Settings are the pool sizes; zero values keep database/sql's defaults.
-type Settings struct {
+type PoolSettings struct {
 	MaxIdleConns    int
 	MaxOpenConns    int
 	ConnMaxIdleTime time.Duration
@@ -27,7 +27,7 @@ type Settings struct {
 
 // Tune applies s to the *sql.DB inside d. It reports whether d is a SQL
 // database it could tune (bbolt and badger are not).
-func Tune(d nosql.DB, s Settings) bool {
+func TunePool(d nosql.DB, s PoolSettings) bool {
 	pool := find(d)
 	if pool == nil {
 		return false
@@ -45,7 +45,7 @@ func Tune(d nosql.DB, s Settings) bool {
 }
 
 // Stats returns the pool statistics of d, if it is a SQL database.
-func Stats(d nosql.DB) (sql.DBStats, bool) {
+func PoolStats(d nosql.DB) (sql.DBStats, bool) {
 	if pool := find(d); pool != nil {
 		return pool.Stats(), true
 	}
@@ -55,7 +55,7 @@ func Stats(d nosql.DB) (sql.DBStats, bool) {
 // Pool returns the *sql.DB inside d, or nil when d is not a SQL database.
 // Callers borrow it (for example to hold one connection for LISTEN); they
 // must not close it.
-func Pool(d nosql.DB) *sql.DB { return find(d) }
+func SQLPool(d nosql.DB) *sql.DB { return find(d) }
 
 func find(d nosql.DB) *sql.DB {
 	v := reflect.ValueOf(d)

@@ -1,4 +1,4 @@
-package sqlpool
+package storage
 
 import (
 	"path/filepath"
@@ -17,10 +17,10 @@ func TestTuneFindsThePool(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if !Tune(d, Settings{MaxIdleConns: 7, MaxOpenConns: 9, ConnMaxIdleTime: time.Minute}) {
+	if !TunePool(d, PoolSettings{MaxIdleConns: 7, MaxOpenConns: 9, ConnMaxIdleTime: time.Minute}) {
 		t.Fatal("the *sql.DB inside smallstep/nosql's postgresql.DB was not found")
 	}
-	stats, ok := Stats(d)
+	stats, ok := PoolStats(d)
 	if !ok || stats.MaxOpenConnections != 9 {
 		t.Fatalf("stats = %+v, %v", stats, ok)
 	}
@@ -29,7 +29,7 @@ func TestTuneFindsThePool(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if Tune(b, Settings{MaxIdleConns: 1}) {
+	if TunePool(b, PoolSettings{MaxIdleConns: 1}) {
 		t.Fatal("bbolt reported as a SQL database")
 	}
 }

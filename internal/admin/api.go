@@ -1,6 +1,6 @@
 // Package adminapi serves stepfort's admin API under /api/v1: JSON in and
 // out, every route authenticated by a scoped bearer token.
-package adminapi
+package admin
 
 import (
 	"encoding/json"
@@ -13,7 +13,6 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/stepfort/stepfort/admintoken"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -28,7 +27,7 @@ type Counter interface{ AdminRequest(outcome string) }
 
 // Server is the admin API.
 type Server struct {
-	Tokens      *admintoken.Store
+	Tokens      *TokenStore
 	MaxTokenTTL time.Duration
 	Log         *slog.Logger
 	Metrics     Counter
@@ -100,8 +99,8 @@ func (s *Server) routes() []plugins.AdminRoute {
 type tokenKey struct{}
 
 // TokenFrom returns the authenticated token of a request.
-func TokenFrom(r *http.Request) *admintoken.Token {
-	t, _ := r.Context().Value(tokenKey{}).(*admintoken.Token)
+func TokenFrom(r *http.Request) *Token {
+	t, _ := r.Context().Value(tokenKey{}).(*Token)
 	return t
 }
 
@@ -120,7 +119,7 @@ func (s *Server) require(scope string) func(http.Handler) http.Handler {
 			}
 			t, err := s.Tokens.Authenticate(strings.TrimSpace(bearer))
 			switch {
-			case errors.Is(err, admintoken.ErrUnauthenticated):
+			case errors.Is(err, ErrUnauthenticated):
 				s.count("unauthorized")
 				w.Header().Set("WWW-Authenticate", `Bearer realm="stepfort", error="invalid_token"`)
 				WriteError(w, http.StatusUnauthorized, "invalid admin token: %v", err)
@@ -162,8 +161,8 @@ type CreateTokenRequest struct {
 
 // CreateTokenResponse carries the one-time secret.
 type CreateTokenResponse struct {
-	Token  *admintoken.Token `json:"token"`
-	Secret string            `json:"secret"`
+	Token  *Token `json:"token"`
+	Secret string `json:"secret"`
 }
 
 func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
@@ -181,13 +180,13 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		ttl = d
 	}
 	if s.MaxTokenTTL > 0 && (ttl == 0 || ttl > s.MaxTokenTTL) {
-		WriteError(w, http.StatusBadRequest, "ttl: must be set and at most %s (stepfort.admin.maxTokenTTL)", s.MaxTokenTTL)
+		WriteError(w, http.StatusBadRequest, "ttl: must be set and at most %s (stepfort.maxTokenTTL)", s.MaxTokenTTL)
 		return
 	}
 	// A token cannot mint a token with scopes it does not hold itself.
 	caller := TokenFrom(r)
 	for _, sc := range req.Scopes {
-		if !admintoken.ValidScope(sc) {
+		if !ValidScope(sc) {
 			WriteError(w, http.StatusBadRequest, "scopes: invalid scope %q", sc)
 			return
 		}
@@ -218,7 +217,7 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "id")
 	t, err := s.Tokens.Revoke(id)
 	switch {
-	case errors.Is(err, admintoken.ErrNotFound):
+	case errors.Is(err, ErrNotFound):
 		WriteError(w, http.StatusNotFound, "token %q not found", id)
 	case err != nil:
 		WriteError(w, http.StatusServiceUnavailable, "revoke token: %v", err)

@@ -1,5 +1,5 @@
 //go:build !linux
 
-package storescan
+package storage
 
 func dropPages([]byte) {}

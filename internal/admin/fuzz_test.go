@@ -1,4 +1,4 @@
-package admintoken
+package admin
 
 import (
 	"errors"

@@ -28,7 +28,7 @@ import (
 	"go.step.sm/crypto/jose"
 	"go.step.sm/crypto/pemutil"
 
-	"github.com/stepfort/stepfort/admintoken"
+	"github.com/stepfort/stepfort/internal/admin"
 )
 
 // Options are the inputs of Init.
@@ -267,11 +267,11 @@ func createAdminToken(cfg *db.Config) (string, error) {
 		return "", fmt.Errorf("open database to store the admin token: %w", err)
 	}
 	defer d.Shutdown()
-	store, err := admintoken.NewStore(d.(*db.DB), nil)
+	store, err := admin.NewTokenStore(d.(*db.DB), nil)
 	if err != nil {
 		return "", err
 	}
-	_, secret, err := store.Create("init", []string{admintoken.ScopeAll}, 0)
+	_, secret, err := store.Create("init", []string{admin.ScopeAll}, 0)
 	return secret, err
 }
 

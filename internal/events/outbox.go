@@ -16,7 +16,7 @@ import (
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
 
-	"github.com/stepfort/stepfort/certstatus"
+	"github.com/stepfort/stepfort/internal/storage"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -319,7 +319,7 @@ func (o *Outbox) swap(key, old []byte, rec *record) ([]byte, bool) {
 // revocationStored reports whether the revocation row matches the event, so
 // a spurious event from a duplicate revoke is never delivered.
 func (o *Outbox) revocationStored(ev *plugins.CertificateEvent) bool {
-	rci, err := certstatus.Revocation(o.db, ev.Serial)
+	rci, err := storage.Revocation(o.db, ev.Serial)
 	if err != nil || rci == nil || ev.Revocation == nil {
 		return false
 	}

@@ -1,6 +1,6 @@
 // Package adminclient is the HTTP client the admin CLI commands use to call
 // the admin API. It trusts only the CA's root, never the system pool.
-package adminclient
+package client
 
 import (
 	"bytes"

@@ -1,7 +1,7 @@
 // Package certstatus reads what upstream step-ca stored about a certificate:
 // whether this CA issued it and whether it is revoked. It names upstream's
 // table layout in one place.
-package certstatus
+package storage
 
 import (
 	"encoding/json"

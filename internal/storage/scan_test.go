@@ -1,4 +1,4 @@
-package storescan
+package storage
 
 import (
 	"bytes"

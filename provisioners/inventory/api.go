@@ -12,7 +12,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/stepfort/stepfort/adminapi"
+	"github.com/stepfort/stepfort/internal/admin"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -52,7 +52,7 @@ func (a *API) Routes() []plugins.AdminRoute {
 func (a *API) store(w http.ResponseWriter) *Store {
 	s := a.Store()
 	if s == nil {
-		adminapi.WriteError(w, http.StatusServiceUnavailable, "inventory is not started")
+		admin.WriteError(w, http.StatusServiceUnavailable, "inventory is not started")
 	}
 	return s
 }
@@ -61,13 +61,13 @@ func (a *API) store(w http.ResponseWriter) *Store {
 func writeErr(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrNotFound):
-		adminapi.WriteError(w, http.StatusNotFound, "%v", err)
+		admin.WriteError(w, http.StatusNotFound, "%v", err)
 	case errors.Is(err, ErrConflict):
-		adminapi.WriteError(w, http.StatusConflict, "%v", err)
+		admin.WriteError(w, http.StatusConflict, "%v", err)
 	case errors.Is(err, ErrInvalid):
-		adminapi.WriteError(w, http.StatusBadRequest, "%v", err)
+		admin.WriteError(w, http.StatusBadRequest, "%v", err)
 	default:
-		adminapi.WriteError(w, http.StatusServiceUnavailable, "inventory: %v", err)
+		admin.WriteError(w, http.StatusServiceUnavailable, "inventory: %v", err)
 	}
 }
 
@@ -88,13 +88,13 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) {
 		Type: q.Get("type"), Source: q.Get("source"), Query: q.Get("q"), Cursor: q.Get("cursor"),
 	}
 	if o.Status != "" && !o.Status.Valid() {
-		adminapi.WriteError(w, http.StatusBadRequest, "status: must be active or disabled")
+		admin.WriteError(w, http.StatusBadRequest, "status: must be active or disabled")
 		return
 	}
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
 		if err != nil || n < 1 || n > 1000 {
-			adminapi.WriteError(w, http.StatusBadRequest, "limit: must be 1..1000")
+			admin.WriteError(w, http.StatusBadRequest, "limit: must be 1..1000")
 			return
 		}
 		o.Limit = n
@@ -102,14 +102,14 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) {
 	if id := q.Get("identifier"); id != "" {
 		d, err := s.ByIdentifier(id)
 		if errors.Is(err, ErrNotFound) {
-			adminapi.WriteJSON(w, http.StatusOK, DeviceList{Devices: []*Device{}})
+			admin.WriteJSON(w, http.StatusOK, DeviceList{Devices: []*Device{}})
 			return
 		}
 		if err != nil {
 			writeErr(w, err)
 			return
 		}
-		adminapi.WriteJSON(w, http.StatusOK, DeviceList{Devices: []*Device{d}})
+		admin.WriteJSON(w, http.StatusOK, DeviceList{Devices: []*Device{d}})
 		return
 	}
 	devs, next, err := s.List(o)
@@ -120,7 +120,7 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) {
 	if devs == nil {
 		devs = []*Device{}
 	}
-	adminapi.WriteJSON(w, http.StatusOK, DeviceList{Devices: devs, NextCursor: next})
+	admin.WriteJSON(w, http.StatusOK, DeviceList{Devices: devs, NextCursor: next})
 }
 
 // lookup accepts a device ID or a permanent identifier in {id}.
@@ -147,7 +147,7 @@ func (a *API) importDevices(w http.ResponseWriter, r *http.Request) {
 	source := "import"
 	if src := strings.TrimSpace(q.Get("source")); src != "" {
 		if len(src) > 64 {
-			adminapi.WriteError(w, http.StatusBadRequest, "source: at most 64 characters")
+			admin.WriteError(w, http.StatusBadRequest, "source: at most 64 characters")
 			return
 		}
 		source = "import:" + src
@@ -161,23 +161,23 @@ func (a *API) importDevices(w http.ResponseWriter, r *http.Request) {
 	case "text/csv", "application/csv", "":
 		var m Mapping
 		if m, err = ParseMapping(q.Get("map")); err != nil {
-			adminapi.WriteError(w, http.StatusBadRequest, "%v", err)
+			admin.WriteError(w, http.StatusBadRequest, "%v", err)
 			return
 		}
 		rows, ignored, err = ParseCSV(body, m, a.MaxImportRows)
 	case "application/json":
 		rows, err = ParseJSONRows(body, a.MaxImportRows)
 	default:
-		adminapi.WriteError(w, http.StatusUnsupportedMediaType, "Content-Type must be text/csv or application/json, got %q", ct)
+		admin.WriteError(w, http.StatusUnsupportedMediaType, "Content-Type must be text/csv or application/json, got %q", ct)
 		return
 	}
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			adminapi.WriteError(w, http.StatusRequestEntityTooLarge, "import larger than %d bytes", a.MaxImportBytes)
+			admin.WriteError(w, http.StatusRequestEntityTooLarge, "import larger than %d bytes", a.MaxImportBytes)
 			return
 		}
-		adminapi.WriteError(w, http.StatusBadRequest, "import: %v", err)
+		admin.WriteError(w, http.StatusBadRequest, "import: %v", err)
 		return
 	}
 	rep, err := s.Import(rows, source)
@@ -186,10 +186,10 @@ func (a *API) importDevices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rep.IgnoredColumns = ignored
-	if tok := adminapi.TokenFrom(r); tok != nil && a.Log != nil {
+	if tok := admin.TokenFrom(r); tok != nil && a.Log != nil {
 		a.Log().Info("devices imported", "by", tok.ID, "source", source, "total", rep.Total, "accepted", rep.Accepted, "updated", rep.Updated, "unchanged", rep.Unchanged, "rejected", rep.Rejected)
 	}
-	adminapi.WriteJSON(w, http.StatusOK, rep)
+	admin.WriteJSON(w, http.StatusOK, rep)
 }
 
 func (a *API) listCollections(w http.ResponseWriter, _ *http.Request) {
@@ -202,7 +202,7 @@ func (a *API) listCollections(w http.ResponseWriter, _ *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"collections": cs})
+	admin.WriteJSON(w, http.StatusOK, map[string]any{"collections": cs})
 }
 
 // reply is a handler's answer: a value to send as JSON with a status.
@@ -233,7 +233,7 @@ func withBody[In any](a *API, fn func(s *Store, r *http.Request, in In) (reply, 
 			return
 		}
 		var in In
-		if !adminapi.ReadJSON(w, r, &in) {
+		if !admin.ReadJSON(w, r, &in) {
 			return
 		}
 		out, err := fn(s, r, in)
@@ -246,7 +246,7 @@ func answer(w http.ResponseWriter, out reply, err error) {
 		writeErr(w, err)
 		return
 	}
-	adminapi.WriteJSON(w, out.status, out.body)
+	admin.WriteJSON(w, out.status, out.body)
 }
 
 func ok(body any) (reply, error)      { return reply{http.StatusOK, body}, nil }

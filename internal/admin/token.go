@@ -1,7 +1,7 @@
 // Package admintoken issues and checks the scoped bearer tokens of the admin
 // API. Only a SHA-256 of each token's secret is stored; the secret is shown
 // once, at creation.
-package admintoken
+package admin
 
 import (
 	"crypto/rand"
@@ -21,8 +21,8 @@ import (
 	"github.com/smallstep/nosql/database"
 )
 
-// Table holds one row per token, keyed by token ID.
-var Table = []byte("stepfort_admin_tokens")
+// TokensTable holds one row per token, keyed by token ID.
+var TokensTable = []byte("stepfort_admin_tokens")
 
 // prefix marks stepfort admin tokens so secret scanners can find leaked ones.
 const prefix = "sft_"
@@ -89,24 +89,24 @@ func ValidScope(s string) bool {
 
 // Store keeps tokens in the shared database, so every replica accepts them
 // and a revocation on one replica holds on all.
-type Store struct {
+type TokenStore struct {
 	db  nosql.DB
 	now func() time.Time
 }
 
 // NewStore creates the token table if needed.
-func NewStore(db nosql.DB, now func() time.Time) (*Store, error) {
+func NewTokenStore(db nosql.DB, now func() time.Time) (*TokenStore, error) {
 	if now == nil {
 		now = time.Now
 	}
-	if err := db.CreateTable(Table); err != nil {
-		return nil, fmt.Errorf("create table %s: %w", Table, err)
+	if err := db.CreateTable(TokensTable); err != nil {
+		return nil, fmt.Errorf("create table %s: %w", TokensTable, err)
 	}
-	return &Store{db: db, now: now}, nil
+	return &TokenStore{db: db, now: now}, nil
 }
 
 // Create makes a token and returns it with its one-time plaintext secret.
-func (s *Store) Create(name string, scopes []string, ttl time.Duration) (*Token, string, error) {
+func (s *TokenStore) Create(name string, scopes []string, ttl time.Duration) (*Token, string, error) {
 	if name == "" {
 		return nil, "", errors.New("name: must not be empty")
 	}
@@ -141,7 +141,7 @@ func (s *Store) Create(name string, scopes []string, ttl time.Duration) (*Token,
 	if err != nil {
 		return nil, "", err
 	}
-	if _, swapped, err := s.db.CmpAndSwap(Table, []byte(id), nil, b); err != nil {
+	if _, swapped, err := s.db.CmpAndSwap(TokensTable, []byte(id), nil, b); err != nil {
 		return nil, "", fmt.Errorf("store token: %w", err)
 	} else if !swapped {
 		return nil, "", errors.New("token id collision; try again")
@@ -151,7 +151,7 @@ func (s *Store) Create(name string, scopes []string, ttl time.Duration) (*Token,
 
 // Authenticate checks a bearer token and returns the stored token. Every
 // failure is ErrUnauthenticated so callers cannot tell which part was wrong.
-func (s *Store) Authenticate(bearer string) (*Token, error) {
+func (s *TokenStore) Authenticate(bearer string) (*Token, error) {
 	rest, ok := strings.CutPrefix(bearer, prefix)
 	if !ok {
 		return nil, ErrUnauthenticated
@@ -174,9 +174,9 @@ func (s *Store) Authenticate(bearer string) (*Token, error) {
 }
 
 // Revoke marks a token revoked; revoking twice is not an error.
-func (s *Store) Revoke(id string) (*Token, error) {
+func (s *TokenStore) Revoke(id string) (*Token, error) {
 	for {
-		old, err := s.db.Get(Table, []byte(id))
+		old, err := s.db.Get(TokensTable, []byte(id))
 		if err != nil {
 			if database.IsErrNotFound(err) {
 				return nil, ErrNotFound
@@ -193,7 +193,7 @@ func (s *Store) Revoke(id string) (*Token, error) {
 		now := s.now().UTC()
 		t.RevokedAt = &now
 		b, _ := json.Marshal(&t)
-		if _, swapped, err := s.db.CmpAndSwap(Table, []byte(id), old, b); err != nil {
+		if _, swapped, err := s.db.CmpAndSwap(TokensTable, []byte(id), old, b); err != nil {
 			return nil, err
 		} else if swapped {
 			return t.public(), nil
@@ -202,8 +202,8 @@ func (s *Store) Revoke(id string) (*Token, error) {
 }
 
 // List returns every token, newest first, without hashes.
-func (s *Store) List() ([]*Token, error) {
-	entries, err := s.db.List(Table)
+func (s *TokenStore) List() ([]*Token, error) {
+	entries, err := s.db.List(TokensTable)
 	if err != nil && !database.IsErrNotFound(err) {
 		return nil, err
 	}
@@ -219,8 +219,8 @@ func (s *Store) List() ([]*Token, error) {
 	return out, nil
 }
 
-func (s *Store) get(id string) (*Token, error) {
-	b, err := s.db.Get(Table, []byte(id))
+func (s *TokenStore) get(id string) (*Token, error) {
+	b, err := s.db.Get(TokensTable, []byte(id))
 	if err != nil {
 		if database.IsErrNotFound(err) {
 			return nil, ErrNotFound

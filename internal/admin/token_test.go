@@ -1,4 +1,4 @@
-package admintoken
+package admin
 
 import (
 	"errors"
@@ -10,14 +10,14 @@ import (
 	"github.com/smallstep/nosql"
 )
 
-func newStore(t testing.TB, now *time.Time) *Store {
+func newStore(t testing.TB, now *time.Time) *TokenStore {
 	t.Helper()
 	db, err := nosql.New("bbolt", filepath.Join(t.TempDir(), "db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	s, err := NewStore(db, func() time.Time { return *now })
+	s, err := NewTokenStore(db, func() time.Time { return *now })
 	if err != nil {
 		t.Fatal(err)
 	}

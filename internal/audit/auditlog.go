@@ -2,7 +2,7 @@
 // renewed, revoked) to a JSON Lines file: an audit trail an operator can ship
 // to a SIEM. Each line is written once per event ID even when delivery is
 // retried, because the plugin skips IDs it has already written.
-package auditlog
+package audit
 
 import (
 	"bufio"
