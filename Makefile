@@ -11,14 +11,26 @@ BIN      := bin/stepfort
 # Go's test timeout; the whole suite normally takes a few minutes on 2 cores.
 TEST_TIMEOUT ?= 30m
 
-.PHONY: run test build bench lint fuzz tools clean
+.PHONY: run test vet unit e2e build bench lint fuzz tools clean
 
 run: build
 	$(BIN) quickstart --dir $(CURDIR)/.stepfort
 
-test: tools
+# Unit tests run with the race detector, which needs cgo: cgo is on for
+# that run only; release builds and the end-to-end tests' binary stay static.
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/test/e2e$$')
+
+# Prerequisites run left to right: tools, vet, then each tier.
+test: tools vet unit e2e
+
+vet:
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+unit: tools
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(UNIT_PKGS)
+
+e2e: tools
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/stepfort

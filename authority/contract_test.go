@@ -23,7 +23,6 @@ import (
 	upconfig "github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
 
-	"github.com/stepfort/stepfort/config"
 	"github.com/stepfort/stepfort/internal/admin"
 	_ "github.com/stepfort/stepfort/internal/audit" // init enables it
 	"github.com/stepfort/stepfort/internal/setup"
@@ -33,9 +32,12 @@ import (
 
 // contractPlugin implements every optional capability and records calls.
 type contractPlugin struct {
+	host      plugins.Host
 	mu        sync.Mutex
-	started   bool
+	started   bool // its Host.Go loop ran
+	loopEnded bool // ... and returned before Stop
 	stopped   bool
+	activated []string // Generation.Activate calls, by OCSP URL
 	signs     []plugins.SignRequest
 	renewals  []string
 	events    []plugins.CertificateEvent
@@ -63,14 +65,41 @@ func (p *contractPlugin) CertificateCommitted(ev plugins.CertificateEvent) {
 }
 
 func (p *contractPlugin) Name() string { return "contract" }
-func (p *contractPlugin) Start(_ context.Context, h plugins.Host) error {
-	if h.Authority() == nil || h.DB() == nil || h.Logger() == nil {
-		return errors.New("incomplete host")
+
+// newContractPlugin checks that the host is complete when the plugin is
+// built, and starts a background loop through it.
+func newContractPlugin(h plugins.Host) (*contractPlugin, error) {
+	if h.DB() == nil || h.Logger() == nil || h.Locker() == nil || h.Events() == nil || h.Metrics() == nil {
+		return nil, errors.New("incomplete host")
 	}
-	p.started = true
+	if h.Backend() != "bbolt" || !strings.Contains(h.Replica(), "|") || h.Now().IsZero() {
+		return nil, fmt.Errorf("host backend %q replica %q", h.Backend(), h.Replica())
+	}
+	if ok, err := h.Locker().TryLock(context.Background(), "contract", time.Minute); err != nil || !ok {
+		return nil, fmt.Errorf("lease: %v %v", ok, err)
+	}
+	p := &contractPlugin{host: h}
+	h.Go("loop", func(ctx context.Context) {
+		p.mu.Lock()
+		p.started = true
+		p.mu.Unlock()
+		<-ctx.Done()
+		p.mu.Lock()
+		p.loopEnded = true
+		p.mu.Unlock()
+	})
+	return p, nil
+}
+
+func (p *contractPlugin) Stop(context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.loopEnded {
+		return errors.New("Stop called before the plugin's Host.Go loop returned")
+	}
+	p.stopped = true
 	return nil
 }
-func (p *contractPlugin) Stop(context.Context) error { p.stopped = true; return nil }
 
 func (p *contractPlugin) Routes(r chi.Router) {
 	r.Get("/contract/ping", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "https-pong") })
@@ -87,7 +116,25 @@ func (p *contractPlugin) AdminRoutes() []plugins.AdminRoute {
 		}}}
 }
 
-func (p *contractPlugin) MutateConfig(cfg *upconfig.Config) error {
+// contractGeneration is the plugin's per-generation value: the OCSP URL
+// its enforcer adds.
+type contractGeneration struct {
+	p    *contractPlugin
+	ocsp string
+}
+
+func (g contractGeneration) Activate() {
+	g.p.mu.Lock()
+	defer g.p.mu.Unlock()
+	g.p.activated = append(g.p.activated, g.ocsp)
+}
+
+func (g contractGeneration) EnforceCertificate(cert *x509.Certificate) error {
+	cert.OCSPServer = []string{g.ocsp}
+	return nil
+}
+
+func (p *contractPlugin) MutateConfig(cfg *upconfig.Config) (plugins.Generation, error) {
 	cfg.AuthorityConfig.Provisioners = append(cfg.AuthorityConfig.Provisioners, &provisioner.ACME{Type: "ACME", Name: "added-by-plugin"})
 	// A template that reads the SignEnricher's data.
 	for _, prov := range cfg.AuthorityConfig.Provisioners {
@@ -100,7 +147,7 @@ func (p *contractPlugin) MutateConfig(cfg *upconfig.Config) error {
 }`}}
 		}
 	}
-	return nil
+	return contractGeneration{p: p, ocsp: "http://contract.example/ocsp"}, nil
 }
 
 func (p *contractPlugin) EnrichProvisioners() []string { return []string{"admin"} }
@@ -127,18 +174,17 @@ func (p *contractPlugin) AuthorizeSign(_ context.Context, req plugins.SignReques
 	return nil
 }
 
-func (p *contractPlugin) AuthorizeRenew(_ context.Context, _ *provisioner.Controller, cert *x509.Certificate) error {
+func (p *contractPlugin) AuthorizeRenew(_ context.Context, req plugins.RenewRequest) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if req.Provisioner.Name != "admin" || req.Provisioner.Type != "JWK" {
+		return fmt.Errorf("renew request names provisioner %+v", req.Provisioner)
+	}
+	cert := req.Certificate
 	p.renewals = append(p.renewals, cert.Subject.CommonName)
 	if cert.Subject.CommonName == "norenew.example" {
 		return errors.New("device disabled")
 	}
-	return nil
-}
-
-func (p *contractPlugin) EnforceCertificate(cert *x509.Certificate) error {
-	cert.OCSPServer = []string{"http://contract.example/ocsp"}
 	return nil
 }
 
@@ -169,35 +215,18 @@ func (p *contractPlugin) ObserveCertificate(_ context.Context, ev plugins.Certif
 // TestPluginContract mounts a plugin with every capability into a real
 // daemon and drives it with the real step CLI.
 func TestPluginContract(t *testing.T) {
-	port, httpPort := mustPort(t), mustPort(t)
-	res, err := setup.Init(setup.Options{Dir: filepath.Join(t.TempDir(), "ca"),
-		Address: fmt.Sprintf("127.0.0.1:%d", port), InsecureAddress: fmt.Sprintf("127.0.0.1:%d", httpPort)})
-	if err != nil {
-		t.Fatal(err)
+	var p *contractPlugin
+	d := startDaemon(t, PluginBuilder{Name: "contract", New: func(h plugins.Host) (plugins.Plugin, error) {
+		var err error
+		p, err = newContractPlugin(h)
+		return p, err
+	}})
+	res, base := d.res, d.https
+	p.mu.Lock()
+	if !p.started || p.acmeWraps == 0 || strings.Join(p.activated, ",") != "http://contract.example/ocsp" {
+		t.Fatalf("started=%v acmeWraps=%d activated=%v", p.started, p.acmeWraps, p.activated)
 	}
-	keepOnlyAuditLog(t, res.ConfigFile)
-	file, err := config.Load(res.ConfigFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pw, _ := os.ReadFile(res.PasswordFile)
-	p := &contractPlugin{}
-	d, err := New(file, Options{Password: []byte(strings.TrimSpace(string(pw))), Quiet: true, Plugins: []plugins.Plugin{p}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	runErr := make(chan error, 1)
-	go func() { runErr <- d.Run() }()
-	base := fmt.Sprintf("https://localhost:%d", port)
-	if err := testenv.WaitHTTPS(base+"/health", 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if !p.started || p.acmeWraps == 0 {
-		t.Fatalf("started=%v acmeWraps=%d", p.started, p.acmeWraps)
-	}
+	p.mu.Unlock()
 
 	hc := rootClient(t, res.RootFile)
 	get := func(url, token string) (int, string) {
@@ -216,10 +245,10 @@ func TestPluginContract(t *testing.T) {
 	if code, body := get(base+"/contract/ping", ""); code != 200 || body != "https-pong" {
 		t.Fatalf("HTTPS route: %d %q", code, body)
 	}
-	if code, body := get(fmt.Sprintf("http://127.0.0.1:%d/contract/ping", httpPort), ""); code != 200 || body != "http-pong" {
+	if code, body := get(d.insecure+"/contract/ping", ""); code != 200 || body != "http-pong" {
 		t.Fatalf("HTTP route: %d %q", code, body)
 	}
-	for _, u := range []string{base, fmt.Sprintf("http://127.0.0.1:%d", httpPort)} {
+	for _, u := range []string{base, d.insecure} {
 		if code, body := get(u+"/contract/direct", ""); code != 200 || body != "direct:" {
 			t.Fatalf("direct route on %s: %d %q", u, code, body)
 		}
@@ -276,16 +305,16 @@ func TestPluginContract(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err := d.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-runErr; err != nil {
+	if err := d.stop(); err != nil {
 		t.Fatal(err)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.stopped || p.nonces == 0 {
 		t.Fatalf("stopped=%v nonces=%d", p.stopped, p.nonces)
+	}
+	if ok, err := p.host.Locker().TryLock(context.Background(), "contract", time.Minute); ok || err == nil {
+		t.Fatalf("leases after stop: %v %v (the database should be closed)", ok, err)
 	}
 	var cns []string
 	for _, s := range p.signs {

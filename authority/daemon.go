@@ -10,15 +10,16 @@
 package authority
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"reflect"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -48,10 +49,19 @@ type Options struct {
 	SSHUserPassword []byte
 	IssuerPassword  []byte
 	Quiet           bool
-	// Plugins are extra plugin instances built in code (tests, embedders),
-	// started after those configured in ca.json.
-	Plugins []plugins.Plugin
+	// Plugins are extra plugins built in code (tests, embedders), after
+	// those configured in ca.json.
+	Plugins []PluginBuilder
 	Logger  *slog.Logger
+	// Now is the clock handed to plugins, events and leases; time.Now when
+	// nil.
+	Now func() time.Time
+}
+
+// PluginBuilder builds a plugin that ca.json does not configure.
+type PluginBuilder struct {
+	Name string
+	New  func(host plugins.Host) (plugins.Plugin, error)
 }
 
 // Daemon is a running stepfort CA.
@@ -61,97 +71,157 @@ type Daemon struct {
 	log     *slog.Logger
 	metrics *metrics.Registry
 
-	db      *events.DB
-	store   nosql.DB // nil without a persistent database
-	outbox  *events.Outbox
-	tokens  *admin.TokenStore
-	plugins []plugins.Plugin
+	now     func() time.Time
+	replica string // plugins.ReplicaID format
+
+	db       *events.DB // upstream's database with certificate events
+	store    nosql.DB   // the store inside it; nil without a database
+	locker   plugins.Locker
+	outbox   *events.Outbox
+	recorder plugins.EventRecorder
+	tokens   *admin.TokenStore
+	plugins  []plugins.Plugin
 
 	gen atomic.Pointer[generation] // what serves requests now
+	bg  *group                     // background goroutines, joined at Stop
 
 	httpsSrv, httpSrv, metricsSrv *http.Server
 	listeners                     []net.Listener
 
-	cancel   context.CancelFunc
-	bg       sync.WaitGroup
 	stopOnce sync.Once
 	stopped  chan struct{} // closed when Stop has finished
 }
 
-// New builds the daemon: plugins, database, authority and handlers. Nothing
-// listens until Run.
+// New builds the daemon: database, plugins, event delivery, authority and
+// handlers. Nothing listens until Run.
 func New(file *config.File, opts Options) (*Daemon, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Daemon{file: file, opts: opts, log: log, metrics: metrics.New(), stopped: make(chan struct{})}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	d := &Daemon{file: file, opts: opts, log: log, now: now, metrics: metrics.New(), bg: newGroup(log), stopped: make(chan struct{})}
 	if file.CA.AuthorityConfig != nil && file.CA.AuthorityConfig.DeploymentType == "linked" {
 		return nil, errors.New("linked CA deployments are not supported: Certificate Manager would bypass stepfort's certificate events")
 	}
-
-	for _, pc := range file.Plugins {
-		p, err := pc.Factory.New(pc.Config)
-		if err != nil {
-			return nil, fmt.Errorf("plugin %s: %w", pc.Name, err)
-		}
-		d.plugins = append(d.plugins, p)
-	}
-	d.plugins = append(d.plugins, opts.Plugins...)
-
-	if err := d.openDB(); err != nil {
-		return nil, err
-	}
-	gen, err := d.build(file)
+	d.replica = newReplicaID(file.CA.Address, now)
+	base, err := d.openStore()
 	if err != nil {
-		if d.db != nil {
-			_ = d.db.Shutdown()
+		return nil, err
+	}
+	gen, err := d.assemble(base)
+	if err != nil {
+		if base != nil {
+			_ = base.Shutdown()
 		}
 		return nil, err
 	}
-	d.gen.Store(gen)
+	d.activate(gen)
 	return d, nil
 }
 
-// openDB opens upstream's database once; it outlives reloads, as in
+// newReplicaID returns this process's plugins.ReplicaID.
+func newReplicaID(address string, now func() time.Time) string {
+	hostname, _ := os.Hostname()
+	return plugins.ReplicaID(hostname, address, os.Getpid(), events.NewID(now())[21:])
+}
+
+// assemble builds the plugins, then what needs them (event delivery, the
+// first generation).
+func (d *Daemon) assemble(base *db.DB) (*generation, error) {
+	if err := d.buildPlugins(); err != nil {
+		return nil, err
+	}
+	if err := d.openEvents(base); err != nil {
+		return nil, err
+	}
+	return d.build(d.file)
+}
+
+// openStore opens upstream's database once; it outlives reloads, as in
 // upstream's (*CA).Reload which passes WithDatabase(ca.auth.GetDatabase()).
-func (d *Daemon) openDB() error {
+// It returns nil without a database.
+func (d *Daemon) openStore() (*db.DB, error) {
 	cfg := d.file.CA
 	if cfg.DB == nil {
 		d.log.Warn("no database configured: certificates, tokens and events are not persisted; ACME and the admin API are disabled")
-		return nil
+		d.locker, d.recorder = noDatabase{}, noDatabase{}
+		return nil, nil
 	}
-	base, err := db.New(cfg.DB)
+	opened, err := db.New(cfg.DB)
 	if err != nil {
-		return fmt.Errorf("open database (%s): %w", cfg.DB.Type, err)
+		return nil, fmt.Errorf("open database (%s): %w", cfg.DB.Type, err)
 	}
-	nosqlDB, ok := base.(*db.DB)
+	base, ok := opened.(*db.DB)
 	if !ok {
-		return fmt.Errorf("database type %q is not supported", cfg.DB.Type)
+		return nil, fmt.Errorf("database type %q is not supported", cfg.DB.Type)
 	}
-	d.store = nosqlDB
+	d.store = base.DB
 	pool := d.file.Stepfort.Database
-	if storage.TunePool(nosqlDB.DB, storage.PoolSettings{MaxIdleConns: pool.MaxIdleConns, MaxOpenConns: pool.MaxOpenConns, ConnMaxIdleTime: pool.ConnMaxIdleTime.Duration}) {
+	if storage.TunePool(d.store, storage.PoolSettings{MaxIdleConns: pool.MaxIdleConns, MaxOpenConns: pool.MaxOpenConns, ConnMaxIdleTime: pool.ConnMaxIdleTime.Duration}) {
 		d.log.Debug("SQL connection pool sized", "maxIdleConns", pool.MaxIdleConns, "maxOpenConns", pool.MaxOpenConns)
+	}
+	if d.locker, err = storage.NewLocker(d.store, d.replica, d.now); err != nil {
+		_ = base.Shutdown()
+		return nil, err
+	}
+	if d.file.Stepfort.Admin.IsEnabled() {
+		if d.tokens, err = admin.NewTokenStore(d.store, d.now); err != nil {
+			_ = base.Shutdown()
+			return nil, err
+		}
+	}
+	return base, nil
+}
+
+// buildPlugins builds the plugins ca.json configures, then those passed in
+// Options, each with its own Host.
+func (d *Daemon) buildPlugins() error {
+	for _, pc := range d.file.Plugins {
+		p, err := pc.Factory.New(pc.Config, d.newHost(pc.Name))
+		if err != nil {
+			return fmt.Errorf("plugin %s: %w", pc.Name, err)
+		}
+		d.plugins = append(d.plugins, p)
+	}
+	for _, b := range d.opts.Plugins {
+		p, err := b.New(d.newHost(b.Name))
+		if err != nil {
+			return fmt.Errorf("plugin %s: %w", b.Name, err)
+		}
+		d.plugins = append(d.plugins, p)
+	}
+	return nil
+}
+
+// openEvents wraps the database so certificate stores write events, and
+// sets up their delivery to the plugins that observe them.
+func (d *Daemon) openEvents(base *db.DB) error {
+	if base == nil {
+		return nil
 	}
 	var observers []events.Observer
 	for _, p := range d.plugins {
-		if o, ok := p.(plugins.CertificateObserver); ok {
-			observers = append(observers, events.Observer{Name: p.Name(), CertificateObserver: o})
+		if o, ok := events.NewObserver(p.Name(), p); ok {
+			observers = append(observers, o)
 		}
 	}
-	host, _ := os.Hostname()
-	d.outbox = events.NewOutbox(nosqlDB, observers, events.OutboxOptions{
-		// host|address is stable across restarts and unique among live
-		// processes (only one can listen there), so a restarted daemon can
-		// take over its previous incarnation's claims at once.
-		Replica:       fmt.Sprintf("%s|%s|%d-%s", host, d.file.CA.Address, os.Getpid(), events.NewID(time.Now())[21:]),
+	d.outbox = events.NewOutbox(d.store, observers, events.OutboxOptions{
+		Replica:       d.replica,
 		ClaimTTL:      d.file.Stepfort.Events.ClaimTTL.Duration,
 		RetryInterval: d.file.Stepfort.Events.RetryInterval.Duration,
 		Logger:        d.log.With("component", "events"),
 		Stats:         d.metrics,
+		Now:           d.now,
 	})
-	if d.db, err = events.NewDB(nosqlDB, d.outbox); err != nil {
+	var err error
+	if d.db, err = events.NewDB(base, d.outbox, d.now); err != nil {
+		return err
+	}
+	if d.recorder, err = events.NewRecorder(d.store, d.outbox, d.now); err != nil {
 		return err
 	}
 	for _, p := range d.plugins {
@@ -159,18 +229,25 @@ func (d *Daemon) openDB() error {
 			d.db.Watch(w)
 		}
 	}
-	if d.file.Stepfort.Admin.IsEnabled() {
-		if d.tokens, err = admin.NewTokenStore(nosqlDB, nil); err != nil {
-			return err
-		}
+	if d.outbox != nil {
+		d.bg.Go("events", d.outbox.Run)
+	}
+	if c, ok := d.store.(nosql.Compactor); ok {
+		d.bg.Go("compaction", func(ctx context.Context) { runCompaction(ctx, c) })
 	}
 	return nil
 }
 
 // Authority returns the current upstream authority.
-func (d *Daemon) Authority() *upstream.Authority { return d.gen.Load().auth }
+// It is nil while the plugins are being built.
+func (d *Daemon) Authority() *upstream.Authority {
+	if gen := d.gen.Load(); gen != nil {
+		return gen.auth
+	}
+	return nil
+}
 
-// DB returns the shared database, or nil when none is configured.
+// DB returns the database store, or nil when none is configured.
 func (d *Daemon) DB() nosql.DB { return d.store }
 
 // Metrics returns the daemon's metrics registry.
@@ -251,23 +328,7 @@ func (d *Daemon) Run() error {
 			return err
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	d.cancel = cancel
-	for _, p := range d.plugins {
-		if err := p.Start(ctx, &host{d: d, name: p.Name()}); err != nil {
-			cancel()
-			d.closeListeners()
-			return fmt.Errorf("start plugin %s: %w", p.Name(), err)
-		}
-	}
-	if d.outbox != nil {
-		d.bg.Add(1)
-		go func() { defer d.bg.Done(); d.outbox.Run(ctx) }()
-	}
-	if c, ok := d.compactor(); ok {
-		d.bg.Add(1)
-		go func() { defer d.bg.Done(); runCompaction(ctx, c) }()
-	}
+	d.bg.Start()
 	d.logStart()
 
 	errc := make(chan error, 3)
@@ -301,12 +362,6 @@ func (d *Daemon) Run() error {
 	return firstErr
 }
 
-func (d *Daemon) closeListeners() {
-	for _, l := range d.listeners {
-		_ = l.Close()
-	}
-}
-
 func (d *Daemon) logStart() {
 	cfg := d.file.CA
 	info := d.Authority().GetInfo()
@@ -332,8 +387,8 @@ func (d *Daemon) logStart() {
 }
 
 // Stop shuts down gracefully: listeners stop accepting, in-flight requests
-// finish (up to ShutdownTimeout), then plugins, background jobs and the
-// database are closed.
+// finish (up to ShutdownTimeout), then background jobs are joined, plugins
+// stopped and the database closed.
 func (d *Daemon) Stop() error {
 	var err error
 	d.stopOnce.Do(func() {
@@ -355,15 +410,14 @@ func (d *Daemon) Stop() error {
 			}()
 		}
 		wg.Wait()
-		if d.cancel != nil {
-			d.cancel()
-		}
-		// Background jobs (event delivery) call plugins: let them finish
-		// before the plugins stop.
-		d.bg.Wait()
+		// Background jobs (event delivery, plugin loops) call plugins and
+		// the database: let them finish before the plugins stop.
+		d.bg.Stop()
 		for i := len(d.plugins) - 1; i >= 0; i-- {
-			if e := d.plugins[i].Stop(ctx); e != nil {
-				d.log.Error("stop plugin", "plugin", d.plugins[i].Name(), "error", e)
+			if st, ok := d.plugins[i].(plugins.Stopper); ok {
+				if e := st.Stop(ctx); e != nil {
+					d.log.Error("stop plugin", "plugin", d.plugins[i].Name(), "error", e)
+				}
 			}
 		}
 		gen := d.gen.Load()
@@ -385,7 +439,7 @@ func (d *Daemon) Reload() error {
 		return fmt.Errorf("reload: %w", err)
 	}
 	old := d.gen.Load()
-	if !reflect.DeepEqual(old.cfg.DB, file.CA.DB) {
+	if !sameJSON(old.cfg.DB, file.CA.DB) {
 		return errors.New("reload: the database configuration cannot change; restart instead")
 	}
 	if old.cfg.Address != file.CA.Address || old.cfg.InsecureAddress != file.CA.InsecureAddress || old.cfg.MetricsAddress != file.CA.MetricsAddress {
@@ -398,13 +452,19 @@ func (d *Daemon) Reload() error {
 	if err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
-	d.gen.Store(gen)
-	// Let requests that hold the old generation finish before closing it.
-	go func() {
-		time.Sleep(ShutdownTimeout)
+	d.activate(gen)
+	// Let requests that hold the old generation finish before closing it;
+	// a stop meanwhile closes it at once.
+	d.bg.Go("close-generation", func(ctx context.Context) {
+		t := time.NewTimer(ShutdownTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
 		old.renewer.Stop()
 		old.auth.CloseForReload()
-	}()
+	})
 	d.log.Info("reloaded", "config", d.file.Path)
 	return nil
 }
@@ -412,9 +472,13 @@ func (d *Daemon) Reload() error {
 // authorizeRenew runs every plugin's RenewAuthorizer, then upstream's
 // default checks (renewal disabled, expiry).
 func (d *Daemon) authorizeRenew(ctx context.Context, p *provisioner.Controller, cert *x509Certificate) error {
+	req := plugins.RenewRequest{
+		Provisioner: plugins.ProvisionerRef{ID: p.GetID(), Name: p.GetName(), Type: p.GetType().String()},
+		Certificate: cert,
+	}
 	for _, pl := range d.plugins {
 		if ra, ok := pl.(plugins.RenewAuthorizer); ok {
-			if err := ra.AuthorizeRenew(ctx, p, cert); err != nil {
+			if err := ra.AuthorizeRenew(ctx, req); err != nil {
 				d.log.Info("renewal denied by plugin", "plugin", pl.Name(), "serial", cert.SerialNumber.String(), "reason", err.Error())
 				return renewDenied(err)
 			}
@@ -432,18 +496,9 @@ func (d *Daemon) Servers() []string {
 	return out
 }
 
-// compactor returns the database's value-log compactor (badger), if any.
-// Upstream's ca.New runs the same job (ca/ca.go runCompactJob); its type
-// assertion on *db.DB would miss our wrapper, so the daemon runs it.
-func (d *Daemon) compactor() (nosql.Compactor, bool) {
-	if d.db == nil {
-		return nil, false
-	}
-	c, ok := d.db.DB.DB.(nosql.Compactor)
-	return c, ok
-}
-
-// runCompaction compacts at start and every minute, like upstream.
+// runCompaction compacts badger's value log at start and every minute, like
+// upstream's ca.New (ca/ca.go runCompactJob), whose type assertion on
+// *db.DB would miss our wrapper.
 func runCompaction(ctx context.Context, c nosql.Compactor) {
 	compact := func() {
 		for err := error(nil); err == nil; {
@@ -461,4 +516,12 @@ func runCompaction(ctx context.Context, c nosql.Compactor) {
 			compact()
 		}
 	}
+}
+
+// sameJSON reports whether a and b encode to the same JSON: configuration
+// blocks compared as ca.json states them.
+func sameJSON(a, b any) bool {
+	x, errX := json.Marshal(a)
+	y, errY := json.Marshal(b)
+	return errX == nil && errY == nil && bytes.Equal(x, y)
 }

@@ -42,7 +42,8 @@ import (
 type x509Certificate = x509.Certificate
 
 // generation is everything rebuilt on reload: the authority, its TLS
-// configuration and the handlers. The daemon swaps it atomically.
+// configuration, the handlers and the plugins' per-generation values. The
+// daemon swaps it atomically.
 type generation struct {
 	cfg            *upconfig.Config
 	auth           *upstream.Authority
@@ -50,44 +51,96 @@ type generation struct {
 	renewer        *ca.TLSRenewer
 	https, http    http.Handler
 	servesInsecure bool
+	plugins        []plugins.Generation // activated once this generation serves
+}
+
+// activate makes gen the generation serving requests and tells the plugins.
+func (d *Daemon) activate(gen *generation) {
+	d.gen.Store(gen)
+	for _, pg := range gen.plugins {
+		pg.Activate()
+	}
+}
+
+// capabilities are the plugin capabilities one generation is built with.
+type capabilities struct {
+	generations      []plugins.Generation
+	signAuthorizers  []plugins.SignAuthorizer
+	renewAuthorizers bool
+	enforcers        []provisioner.CertificateEnforcer
+	enrichers        []namedEnricher
+}
+
+// collectCapabilities lets each plugin see (and change) the configuration,
+// and gathers what the authority is built with. A plugin's enforcer is taken
+// from its Generation when it has one, so it follows reloads.
+func (d *Daemon) collectCapabilities(cfg *upconfig.Config) (*capabilities, error) {
+	c := &capabilities{}
+	for _, p := range d.plugins {
+		var pg plugins.Generation
+		if m, ok := p.(plugins.ConfigMutator); ok {
+			var err error
+			if pg, err = m.MutateConfig(cfg); err != nil {
+				return nil, fmt.Errorf("plugin %s: %w", p.Name(), err)
+			}
+		}
+		if pg != nil {
+			c.generations = append(c.generations, pg)
+		}
+		if e, ok := pg.(plugins.CertificateEnforcer); ok {
+			c.enforcers = append(c.enforcers, provisioner.CertificateEnforcerFunc(e.EnforceCertificate))
+		} else if e, ok := p.(plugins.CertificateEnforcer); ok {
+			c.enforcers = append(c.enforcers, provisioner.CertificateEnforcerFunc(e.EnforceCertificate))
+		}
+		if a, ok := p.(plugins.SignAuthorizer); ok {
+			c.signAuthorizers = append(c.signAuthorizers, a)
+		}
+		if _, ok := p.(plugins.RenewAuthorizer); ok {
+			c.renewAuthorizers = true
+		}
+		if e, ok := p.(plugins.SignEnricher); ok {
+			c.enrichers = append(c.enrichers, namedEnricher{name: p.Name(), SignEnricher: e})
+		}
+	}
+	return c, nil
 }
 
 // build assembles one generation. Mirrors ca/ca.go (*CA).Init of v0.30.2,
 // with stepfort's authority options, plugin routes and the admin API added.
 func (d *Daemon) build(file *config.File) (*generation, error) {
 	cfg := file.CA
-	var signAuthorizers []plugins.SignAuthorizer
-	var renewAuthorizers bool
-	var enforcers []provisioner.CertificateEnforcer
-	var enrichers []namedEnricher
-	for _, p := range d.plugins {
-		if m, ok := p.(plugins.ConfigMutator); ok {
-			if err := m.MutateConfig(cfg); err != nil {
-				return nil, fmt.Errorf("plugin %s: %w", p.Name(), err)
-			}
-		}
-		if a, ok := p.(plugins.SignAuthorizer); ok {
-			signAuthorizers = append(signAuthorizers, a)
-		}
-		if _, ok := p.(plugins.RenewAuthorizer); ok {
-			renewAuthorizers = true
-		}
-		if e, ok := p.(plugins.SignEnricher); ok {
-			enrichers = append(enrichers, namedEnricher{name: p.Name(), SignEnricher: e})
-		}
-		if e, ok := p.(plugins.CertificateEnforcer); ok {
-			enforcers = append(enforcers, provisioner.CertificateEnforcerFunc(e.EnforceCertificate))
-		}
-	}
-	if err := injectSignWebhooks(cfg, signAuthorizers); err != nil {
+	caps, err := d.collectCapabilities(cfg)
+	if err != nil {
 		return nil, err
 	}
-	if err := injectEnrichWebhooks(cfg, enrichers); err != nil {
+	if err := injectSignWebhooks(cfg, caps.signAuthorizers); err != nil {
 		return nil, err
 	}
-
+	if err := injectEnrichWebhooks(cfg, caps.enrichers); err != nil {
+		return nil, err
+	}
 	external := &http.Client{Transport: newExternalTransport()}
-	webhooks := &webhookClient{internal: internalWebhookHandler(signAuthorizers, enrichers, d.log.With("component", "internal-webhooks")), external: external}
+	webhooks := &webhookClient{internal: internalWebhookHandler(caps.signAuthorizers, caps.enrichers, d.log.With("component", "internal-webhooks")), external: external}
+	auth, err := upstream.New(cfg, d.authorityOptions(webhooks, caps)...)
+	if err != nil {
+		return nil, err
+	}
+	gen := &generation{cfg: cfg, auth: auth, plugins: caps.generations}
+	var clientTLS *tls.Config
+	if gen.tls, clientTLS, gen.renewer, err = tlsConfigs(auth, cfg); err != nil {
+		return nil, err
+	}
+	gen.renewer.Run()
+	external.Transport.(*http.Transport).TLSClientConfig = clientTLS
+	if err := d.mount(gen); err != nil {
+		return nil, err
+	}
+	return gen, nil
+}
+
+// authorityOptions are upstream's authority.New options with stepfort's
+// database, webhook client, metrics and plugin hooks.
+func (d *Daemon) authorityOptions(webhooks *webhookClient, caps *capabilities) []upstream.Option {
 	opts := []upstream.Option{
 		upstream.WithPassword(d.opts.Password),
 		upstream.WithSSHHostPassword(d.opts.SSHHostPassword),
@@ -102,26 +155,22 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 	if d.opts.Quiet {
 		opts = append(opts, upstream.WithQuietInit())
 	}
-	if len(enforcers) > 0 {
-		opts = append(opts, upstream.WithX509Enforcers(enforcers...))
+	if len(caps.enforcers) > 0 {
+		opts = append(opts, upstream.WithX509Enforcers(caps.enforcers...))
 	}
-	if renewAuthorizers {
+	if caps.renewAuthorizers {
 		opts = append(opts, upstream.WithAuthorizeRenewFunc(func(ctx context.Context, p *provisioner.Controller, cert *x509.Certificate) error {
 			return d.authorizeRenew(ctx, p, cert)
 		}))
 	}
-	auth, err := upstream.New(cfg, opts...)
-	if err != nil {
-		return nil, err
-	}
-	gen := &generation{cfg: cfg, auth: auth}
-	var clientTLS *tls.Config
-	if gen.tls, clientTLS, gen.renewer, err = tlsConfigs(auth, cfg); err != nil {
-		return nil, err
-	}
-	gen.renewer.Run()
-	external.Transport.(*http.Transport).TLSClientConfig = clientTLS
+	return opts
+}
 
+// mount builds the generation's HTTPS and HTTP handlers: upstream's routes,
+// ACME, SCEP, the admin API and plugin routes, behind upstream's monitoring
+// and logging middleware and stepfort's common wrapper.
+func (d *Daemon) mount(gen *generation) error {
+	cfg, auth := gen.cfg, gen.auth
 	mux := chi.NewRouter()
 	insecureMux := chi.NewRouter()
 	mux.Use(middleware.GetHead)
@@ -136,33 +185,10 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 	insecureMux.Get("/crl", api.CRL)
 	insecureMux.Get("/1.0/crl", api.CRL)
 
-	var acmeDB acme.DB
-	var linker acme.Linker
-	if cfg.DB != nil && d.db != nil {
-		// upstream asserts nosql.DB here; events.DB embeds *db.DB so it is one.
-		if acmeDB, err = acmeNoSQL.New(d.db); err != nil {
-			return nil, fmt.Errorf("configure ACME database: %w", err)
-		}
-		for _, p := range d.plugins {
-			if w, ok := p.(plugins.ACMEDBWrapper); ok {
-				acmeDB = w.WrapACMEDB(acmeDB)
-			}
-		}
-		dns := cfg.DNSNames[0]
-		u, err := url.Parse("https://" + cfg.Address)
-		if err != nil {
-			return nil, fmt.Errorf("address %q: %w", cfg.Address, err)
-		}
-		if port := u.Port(); port != "" && port != "443" {
-			dns = dns + ":" + port
-		}
-		linker = acme.NewLinker(dns, "acme")
-		mux.Route("/acme", func(r chi.Router) { acmeAPI.Route(r) })
-		mux.Route("/2.0/acme", func(r chi.Router) { acmeAPI.Route(r) })
-	} else if auth.HasACMEProvisioner() {
-		d.log.Warn("no database is configured: ACME provisioners are disabled")
+	acmeDB, linker, err := d.mountACME(mux, cfg, auth)
+	if err != nil {
+		return err
 	}
-
 	if cfg.AuthorityConfig.EnableAdmin && auth.GetAdminDatabase() != nil {
 		mux.Route("/admin", func(r chi.Router) {
 			adminAPI.Route(r,
@@ -171,23 +197,85 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 				adminAPI.WithWebhookResponder(adminAPI.NewWebhookAdminResponder()))
 		})
 	}
-
 	scepAuthority := auth.GetSCEP()
 	if scepAuthority != nil {
 		// RFC 8894 runs SCEP over HTTP; upstream also serves it over HTTPS.
 		insecureMux.Route("/scep", func(r chi.Router) { scepAPI.Route(r) })
 		mux.Route("/scep", func(r chi.Router) { scepAPI.Route(r) })
 	}
+	insecurePlugins := d.mountPlugins(mux, insecureMux)
+	gen.servesInsecure = scepAuthority != nil || cfg.CRL.IsEnabled() || insecurePlugins
 
+	https, insecure := http.Handler(mux), http.Handler(insecureMux)
+	if len(cfg.Monitoring) > 0 {
+		m, err := monitoring.New(cfg.Monitoring)
+		if err != nil {
+			return err
+		}
+		https, insecure = m.Middleware(https), m.Middleware(insecure)
+	}
+	var traceHeader string
+	if len(cfg.Logger) > 0 {
+		logger, err := logging.New("ca", cfg.Logger)
+		if err != nil {
+			return err
+		}
+		traceHeader = logger.GetTraceHeader()
+		https, insecure = logger.Middleware(https), logger.Middleware(insecure)
+	}
+	base := baseContext(auth, scepAuthority, acmeDB, linker)
+	https = d.common(https, base, "https")
+	insecure = d.common(insecure, base, "http")
+	gen.https = d.withDirectRoutes(requestid.New(traceHeader).Middleware(https))
+	gen.http = d.withDirectRoutes(requestid.New(traceHeader).Middleware(insecure))
+	return nil
+}
+
+// mountACME serves ACME when there is a database, with the plugins' ACME
+// database wrappers.
+func (d *Daemon) mountACME(mux chi.Router, cfg *upconfig.Config, auth *upstream.Authority) (acme.DB, acme.Linker, error) {
+	if cfg.DB == nil || d.db == nil {
+		if auth.HasACMEProvisioner() {
+			d.log.Warn("no database is configured: ACME provisioners are disabled")
+		}
+		return nil, nil, nil
+	}
+	// upstream asserts nosql.DB here; events.DB embeds *db.DB so it is one.
+	base, err := acmeNoSQL.New(d.db)
+	if err != nil {
+		return nil, nil, fmt.Errorf("configure ACME database: %w", err)
+	}
+	acmeDB := acme.DB(base)
+	for _, p := range d.plugins {
+		if w, ok := p.(plugins.ACMEDBWrapper); ok {
+			acmeDB = w.WrapACMEDB(acmeDB)
+		}
+	}
+	dns := cfg.DNSNames[0]
+	u, err := url.Parse("https://" + cfg.Address)
+	if err != nil {
+		return nil, nil, fmt.Errorf("address %q: %w", cfg.Address, err)
+	}
+	if port := u.Port(); port != "" && port != "443" {
+		dns = dns + ":" + port
+	}
+	mux.Route("/acme", func(r chi.Router) { acmeAPI.Route(r) })
+	mux.Route("/2.0/acme", func(r chi.Router) { acmeAPI.Route(r) })
+	return acmeDB, acme.NewLinker(dns, "acme"), nil
+}
+
+// mountPlugins mounts plugin routes and the admin API; it reports whether a
+// plugin serves plain HTTP.
+func (d *Daemon) mountPlugins(mux, insecureMux chi.Router) bool {
 	var adminRoutes []plugins.AdminRoute
-	insecurePlugins := false
+	insecure := false
 	for _, p := range d.plugins {
 		if rp, ok := p.(plugins.RouteProvider); ok {
 			rp.Routes(mux)
 		}
 		if rp, ok := p.(plugins.InsecureRouteProvider); ok {
 			rp.InsecureRoutes(insecureMux)
-			insecurePlugins = true
+			insecure = true
 		}
 		if ap, ok := p.(plugins.AdminRouteProvider); ok {
 			adminRoutes = append(adminRoutes, ap.AdminRoutes()...)
@@ -201,31 +289,7 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 			Metrics:     d.metrics,
 		}).Mount(mux, adminRoutes)
 	}
-	gen.servesInsecure = scepAuthority != nil || cfg.CRL.IsEnabled() || insecurePlugins
-
-	https, insecure := http.Handler(mux), http.Handler(insecureMux)
-	if len(cfg.Monitoring) > 0 {
-		m, err := monitoring.New(cfg.Monitoring)
-		if err != nil {
-			return nil, err
-		}
-		https, insecure = m.Middleware(https), m.Middleware(insecure)
-	}
-	var traceHeader string
-	if len(cfg.Logger) > 0 {
-		logger, err := logging.New("ca", cfg.Logger)
-		if err != nil {
-			return nil, err
-		}
-		traceHeader = logger.GetTraceHeader()
-		https, insecure = logger.Middleware(https), logger.Middleware(insecure)
-	}
-	base := baseContext(auth, scepAuthority, acmeDB, linker)
-	https = d.common(https, base, "https")
-	insecure = d.common(insecure, base, "http")
-	gen.https = d.withDirectRoutes(requestid.New(traceHeader).Middleware(https))
-	gen.http = d.withDirectRoutes(requestid.New(traceHeader).Middleware(insecure))
-	return gen, nil
+	return insecure
 }
 
 // withDirectRoutes lets plugins answer some requests before any

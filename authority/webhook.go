@@ -12,7 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"reflect"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -21,6 +21,7 @@ import (
 	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/certificates/webhook"
 
+	"github.com/stepfort/stepfort/internal/provfields"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -68,7 +69,7 @@ func injectSignWebhooks(cfg *config.Config, authorizers []plugins.SignAuthorizer
 		if !gated(p.GetName(), authorizers) {
 			continue
 		}
-		if err := addWebhook(p, signWebhookName, "AUTHORIZING", "/sign-authorizer/"+urlPathEscape(p.GetName())); err != nil {
+		if err := addWebhook(p, signWebhookName, "AUTHORIZING", "/sign-authorizer/"+url.PathEscape(p.GetName())); err != nil {
 			return err
 		}
 	}
@@ -95,7 +96,7 @@ func injectEnrichWebhooks(cfg *config.Config, enrichers []namedEnricher) error {
 			if !slices.Contains(names, "*") && !slices.Contains(names, p.GetName()) {
 				continue
 			}
-			if err := addWebhook(p, e.name, "ENRICHING", "/enrich/"+urlPathEscape(e.name)+"/"+urlPathEscape(p.GetName())); err != nil {
+			if err := addWebhook(p, e.name, "ENRICHING", "/enrich/"+url.PathEscape(e.name)+"/"+url.PathEscape(p.GetName())); err != nil {
 				return err
 			}
 		}
@@ -106,7 +107,7 @@ func injectEnrichWebhooks(cfg *config.Config, enrichers []namedEnricher) error {
 // addWebhook appends an in-process webhook to a provisioner unless one with
 // that name is there already (ca.json may name it; then it is left alone).
 func addWebhook(p provisioner.Interface, name, kind, path string) error {
-	opts, err := provisionerOptions(p)
+	opts, err := provfields.Options(p)
 	if err != nil {
 		return err
 	}
@@ -130,28 +131,6 @@ func gated(name string, authorizers []plugins.SignAuthorizer) bool {
 	return false
 }
 
-// provisionerOptions returns the provisioner's *Options, creating it when
-// nil. Every upstream provisioner type has an exported Options field, but no
-// interface exposes it, hence reflection.
-func provisionerOptions(p provisioner.Interface) (*provisioner.Options, error) {
-	v := reflect.ValueOf(p)
-	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
-		return nil, fmt.Errorf("provisioner %q: unexpected type %T", p.GetName(), p)
-	}
-	f := v.Elem().FieldByName("Options")
-	if !f.IsValid() || f.Type() != reflect.TypeFor[*provisioner.Options]() {
-		return nil, fmt.Errorf("provisioner %q (%T) has no options to add a webhook to", p.GetName(), p)
-	}
-	if f.IsNil() {
-		f.Set(reflect.ValueOf(&provisioner.Options{}))
-	}
-	return f.Interface().(*provisioner.Options), nil
-}
-
-func urlPathEscape(s string) string {
-	return strings.NewReplacer("/", "%2F", "?", "%3F", "#", "%23", " ", "%20").Replace(s)
-}
-
 // internalWebhookHandler answers the in-process AUTHORIZING and ENRICHING
 // webhooks. It fails closed: anything it cannot parse or decide is a denial,
 // answered with 200 and allow=false so upstream does not retry.
@@ -160,19 +139,8 @@ func internalWebhookHandler(authorizers []plugins.SignAuthorizer, enrichers []na
 		deny := func(code, msg string) {
 			writeWebhookResponse(w, &webhook.ResponseBody{Allow: false, Error: &webhook.Error{Code: code, Message: msg}})
 		}
-		unescape := strings.NewReplacer("%2F", "/", "%3F", "?", "%23", "#", "%20", " ").Replace
-		path := r.URL.EscapedPath()
-		var prov, enricher string
-		if rest, ok := strings.CutPrefix(path, "/sign-authorizer/"); ok {
-			prov = unescape(rest)
-		} else if rest, ok := strings.CutPrefix(path, "/enrich/"); ok {
-			e, p, found := strings.Cut(rest, "/")
-			if !found {
-				deny("internalError", "unknown internal webhook")
-				return
-			}
-			enricher, prov = unescape(e), unescape(p)
-		} else {
+		prov, enricher, ok := parseInternalPath(r.URL.EscapedPath())
+		if !ok {
 			deny("internalError", "unknown internal webhook")
 			return
 		}
@@ -230,10 +198,14 @@ func internalWebhookHandler(authorizers []plugins.SignAuthorizer, enrichers []na
 			deny("internalError", "unknown enricher")
 			return
 		}
+		// The daemon only adds this webhook to gated provisioners: finding no
+		// authorizer means the name did not round-trip, so deny.
+		matched := false
 		for _, a := range authorizers {
 			if !gated(prov, []plugins.SignAuthorizer{a}) {
 				continue
 			}
+			matched = true
 			if err := callAuthorizer(r.Context(), a, sr); err != nil {
 				code := denialCode(err)
 				log.Info("issuance denied by plugin", "provisioner", prov, "permanentIdentifier", sr.PermanentIdentifier, "reason", err.Error())
@@ -241,8 +213,34 @@ func internalWebhookHandler(authorizers []plugins.SignAuthorizer, enrichers []na
 				return
 			}
 		}
+		if !matched {
+			log.Warn("issuance denied: no sign authorizer gates the provisioner", "provisioner", prov)
+			deny("unauthorized", "no sign authorizer for this provisioner")
+			return
+		}
 		writeWebhookResponse(w, &webhook.ResponseBody{Allow: true})
 	})
+}
+
+// parseInternalPath splits an internal webhook path into the provisioner
+// and, for ENRICHING webhooks, the enricher. Names are escaped with
+// url.PathEscape when the webhook is added, so PathUnescape is exact.
+func parseInternalPath(escaped string) (prov, enricher string, ok bool) {
+	if rest, found := strings.CutPrefix(escaped, "/sign-authorizer/"); found {
+		p, err := url.PathUnescape(rest)
+		return p, "", err == nil && !strings.Contains(rest, "/")
+	}
+	rest, found := strings.CutPrefix(escaped, "/enrich/")
+	if !found {
+		return "", "", false
+	}
+	e, p, found := strings.Cut(rest, "/")
+	if !found || strings.Contains(p, "/") {
+		return "", "", false
+	}
+	enricher, err1 := url.PathUnescape(e)
+	prov, err2 := url.PathUnescape(p)
+	return prov, enricher, err1 == nil && err2 == nil
 }
 
 func callAuthorizer(ctx context.Context, a plugins.SignAuthorizer, sr plugins.SignRequest) (err error) {

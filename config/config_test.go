@@ -30,7 +30,7 @@ func init() {
 	plugins.Register(plugins.Factory{
 		Name:      "configTest",
 		NewConfig: func() plugins.Config { return &testPluginConfig{Window: Duration{time.Hour}} },
-		New:       func(plugins.Config) (plugins.Plugin, error) { return nil, nil },
+		New:       func(plugins.Config, plugins.Host) (plugins.Plugin, error) { return nil, nil },
 	})
 }
 

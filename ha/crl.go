@@ -1,6 +1,7 @@
 package ha
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -16,6 +17,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,44 +51,87 @@ const crlLeaseName = "crl-publisher"
 // than this leave the CRL.
 const expiredGrace = time.Hour
 
+// CRLScope is what one configuration generation says about the CRL: the
+// URL that is both the certificates' distribution point and the CRL's
+// Issuing Distribution Point, and how long a CRL is valid. It is immutable,
+// so a publication uses one scope from start to end.
+type CRLScope struct {
+	url      string
+	validity time.Duration
+	idp      pkix.Extension
+}
+
+// NewCRLScope returns the scope of CRLs published at url and valid for
+// validity.
+func NewCRLScope(url string, validity time.Duration) (*CRLScope, error) {
+	idp, err := issuingDistributionPoint(url)
+	if err != nil {
+		return nil, fmt.Errorf("CRL issuing distribution point %q: %w", url, err)
+	}
+	return &CRLScope{url: url, validity: validity, idp: idp}, nil
+}
+
+// URL is the CRL distribution point and Issuing Distribution Point.
+func (s *CRLScope) URL() string { return s.url }
+
+// Validity is how long a published CRL is valid (thisUpdate to nextUpdate).
+func (s *CRLScope) Validity() time.Duration { return s.validity }
+
+// names reports whether crl carries this scope's Issuing Distribution
+// Point, the one relying parties compare with the certificate's
+// distribution point.
+func (s *CRLScope) names(crl *x509.RevocationList) bool {
+	for _, e := range crl.Extensions {
+		if e.Id.Equal(s.idp.Id) {
+			return bytes.Equal(e.Value, s.idp.Value)
+		}
+	}
+	return false
+}
+
 // Publisher generates the CRL on exactly one replica at a time (the holder
 // of the crl-publisher lease): at start, within PublishDelay of a
-// revocation (several revocations in that window make one CRL), and before
-// two thirds of the CRL's validity have passed.
+// revocation (several revocations in that window make one CRL), before
+// two thirds of the CRL's validity have passed, and at once when the
+// active generation's scope is not the stored CRL's (a reload changed
+// crl.url).
 type Publisher struct {
-	host     plugins.Host
-	store    nosql.DB
-	leases   *Leases
-	replica  string
-	idp      string
-	validity time.Duration
-	delay    time.Duration
-	ttl      time.Duration
-	log      *slog.Logger
+	host    plugins.Host
+	store   nosql.DB
+	locker  plugins.Locker
+	replica string
+	delay   time.Duration
+	ttl     time.Duration
+	log     *slog.Logger
+
+	// scope is the active generation's, nil while no generation with a CRL
+	// is active. Activate swaps it while requests and the loop read it.
+	scope atomic.Pointer[CRLScope]
+	// wake makes the loop act at once after a scope change instead of at
+	// its next tick.
+	wake chan struct{}
 
 	number, held prometheus.Gauge
 	changes      prometheus.Counter
-	lastChanges  int64
+	lastChanges  int64 // only the Run goroutine touches it
+	holding      bool  // ditto: whether the last step held the lease
 
 	mu      sync.Mutex // guards cache
 	cache   *crlCache
 	loading sync.Mutex // held by the one caller refreshing the cache
 }
 
-// NewPublisher prepares the tables and metrics.
-func NewPublisher(h plugins.Host, replica, idp string, validity, delay, ttl time.Duration) (*Publisher, error) {
+// NewPublisher prepares the tables and metrics. It publishes nothing until
+// a scope is activated.
+func NewPublisher(h plugins.Host, delay, ttl time.Duration) (*Publisher, error) {
 	store := h.DB()
 	for _, t := range [][]byte{crlTable, crlStateTable} {
 		if err := store.CreateTable(t); err != nil {
 			return nil, fmt.Errorf("create table %s: %w", t, err)
 		}
 	}
-	leases, err := NewLeases(store, h.Now)
-	if err != nil {
-		return nil, err
-	}
-	p := &Publisher{host: h, store: store, leases: leases, replica: replica, idp: idp,
-		validity: validity, delay: delay, ttl: ttl, log: h.Logger()}
+	p := &Publisher{host: h, store: store, locker: h.Locker(), replica: h.Replica(),
+		delay: delay, ttl: ttl, log: h.Logger(), wake: make(chan struct{}, 1)}
 	p.number = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "stepfort", Subsystem: "crl", Name: "number", Help: "Number of the CRL this replica last saw published"})
 	p.held = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "stepfort", Subsystem: "crl", Name: "lease_held", Help: "1 if this replica holds the CRL publisher lease"})
 	p.changes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "stepfort", Subsystem: "crl", Name: "lease_changes_total", Help: "Changes of the CRL publisher lease holder seen by this replica"})
@@ -107,62 +152,115 @@ func NewPublisher(h plugins.Host, replica, idp string, validity, delay, ttl time
 	return p, nil
 }
 
-// Run ticks until ctx ends, releasing the lease on the way out.
+// Activate makes s the scope of every later publication; nil stops
+// publishing (a generation without a CRL). When the URL changed, the loop
+// publishes at once, so the CRL's IDP follows the distribution point the
+// new generation puts into certificates.
+func (p *Publisher) Activate(s *CRLScope) {
+	old := p.scope.Swap(s)
+	if s == nil {
+		if old != nil {
+			p.log.Info("CRL switched off: upstream's crl.enabled is false")
+		}
+		return
+	}
+	if old != nil && old.url == s.url {
+		return
+	}
+	p.log.Info("CRL scope activated", "url", s.url, "validity", s.validity)
+	select {
+	case p.wake <- struct{}{}:
+	default: // a wake-up is pending already
+	}
+}
+
+// Scope returns the active scope, nil when there is no CRL.
+func (p *Publisher) Scope() *CRLScope { return p.scope.Load() }
+
+// Run ticks until ctx ends. It does not release the lease: the plugin's
+// Stop does, after every loop has returned.
 func (p *Publisher) Run(ctx context.Context) {
 	tick := min(time.Second, p.delay/2, p.ttl/3)
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	defer func() { _ = p.leases.Release(crlLeaseName, p.replica) }()
 	for {
-		p.step()
+		p.step(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-p.wake:
 		}
 	}
 }
 
 // step renews or takes the lease and publishes if a CRL is due.
-func (p *Publisher) step() {
-	held, err := p.leases.TryAcquire(crlLeaseName, p.replica, p.ttl)
+func (p *Publisher) step(ctx context.Context) {
+	s := p.scope.Load()
+	if s == nil {
+		p.standDown(ctx)
+		return
+	}
+	held, err := p.locker.TryLock(ctx, crlLeaseName, p.ttl)
 	if err != nil {
 		p.log.Warn("CRL lease", "error", err)
 		held = false
 	}
-	if l, err := p.leases.Get(crlLeaseName); err == nil && l.Changes != p.lastChanges {
-		if p.lastChanges != 0 {
-			p.changes.Add(float64(l.Changes - p.lastChanges))
-		}
-		p.lastChanges = l.Changes
-		p.log.Info("CRL publisher lease", "holder", l.Holder, "self", l.Holder == p.replica)
-	}
+	p.holding = held
+	p.noteHolder(ctx)
 	if !held {
 		p.held.Set(0)
 		return
 	}
 	p.held.Set(1)
-	due, err := p.due()
+	due, err := p.due(s)
 	if err != nil {
 		p.log.Error("CRL state", "error", err)
 		return
 	}
 	if due {
-		if err := p.Publish(); err != nil {
+		if err := p.publish(s); err != nil {
 			p.log.Error("publish CRL", "error", err)
 		}
 	}
 }
 
-// due reports whether a new CRL is needed: none yet, a revocation newer than
-// the current CRL, two thirds of its validity gone, or the fingerprint row
-// not naming it.
-func (p *Publisher) due() (bool, error) {
+// standDown gives the lease up when the active generation has no CRL, so a
+// replica whose generation has one can publish.
+func (p *Publisher) standDown(ctx context.Context) {
+	p.held.Set(0)
+	if !p.holding {
+		return
+	}
+	if err := p.locker.Unlock(ctx, crlLeaseName); err != nil {
+		p.log.Warn("release CRL lease", "error", err)
+		return
+	}
+	p.holding = false
+}
+
+// noteHolder logs and counts changes of the lease holder.
+func (p *Publisher) noteHolder(ctx context.Context) {
+	l, err := p.locker.Lease(ctx, crlLeaseName)
+	if err != nil || l.Changes == p.lastChanges {
+		return
+	}
+	if p.lastChanges != 0 {
+		p.changes.Add(float64(l.Changes - p.lastChanges))
+	}
+	p.lastChanges = l.Changes
+	p.log.Info("CRL publisher lease", "holder", l.Holder, "self", l.Holder == p.replica)
+}
+
+// due reports whether a new CRL is needed: none yet, one of another scope
+// (crl.url changed), a revocation newer than the current CRL, two thirds
+// of its validity gone, or the fingerprint row not naming it.
+func (p *Publisher) due(s *CRLScope) (bool, error) {
 	c, err := p.cached()
 	if err != nil || c == nil {
 		return true, err
 	}
-	if !c.confirmed {
+	if !c.confirmed || !s.names(c.crl) {
 		return true, nil
 	}
 	crl := c.crl
@@ -206,7 +304,8 @@ type crlCache struct {
 // fingerprint row at most crlRecheck apart (the staleness a replica that
 // is not the publisher may serve), the whole row at most crlReload apart
 // (in case the fingerprint was not updated, e.g. a crash between the two
-// writes).
+// writes). They pace database reads, not certificate or CRL validity, so
+// they are measured on the process clock rather than the host's.
 const (
 	crlRecheck = time.Second
 	crlReload  = time.Minute
@@ -331,6 +430,15 @@ func crlETag(number int64, der []byte) string {
 // straight into the CRL's buffer (crlEncoder), so memory is a small
 // multiple of the CRL's size, not of the table's.
 func (p *Publisher) Publish() error {
+	s := p.scope.Load()
+	if s == nil {
+		return errors.New("no CRL scope is active: upstream's crl.enabled is false")
+	}
+	return p.publish(s)
+}
+
+// publish publishes one CRL of scope s.
+func (p *Publisher) publish(s *CRLScope) error {
 	t0 := time.Now()
 	old, err := p.store.Get(crlTable, crlKey)
 	if err != nil && !database.IsErrNotFound(err) {
@@ -357,12 +465,8 @@ func (p *Publisher) Publish() error {
 	if err != nil {
 		return err
 	}
-	idp, err := issuingDistributionPoint(p.idp)
-	if err != nil {
-		return err
-	}
 	now := p.host.Now().UTC().Truncate(time.Second)
-	nextUpdate := now.Add(p.validity)
+	nextUpdate := now.Add(s.validity)
 	// The previous CRL's size (three quarters of its base64 row) is the
 	// best guess of this one's.
 	enc, err := newCRLEncoder(inters[0], sig, now, nextUpdate, len(old)*3/4+len(old)/64)
@@ -385,12 +489,12 @@ func (p *Publisher) Publish() error {
 	}
 	tScan := time.Since(t0)
 	number := prevNumber + 1
-	der, err := enc.finish(number, idp)
+	der, err := enc.finish(number, s.idp)
 	if err != nil {
 		return err
 	}
 	tSign := time.Since(t0)
-	row, err := encodeCRLInfo(number, nextUpdate, p.validity, der)
+	row, err := encodeCRLInfo(number, nextUpdate, s.validity, der)
 	if err != nil {
 		return err
 	}
@@ -401,7 +505,7 @@ func (p *Publisher) Publish() error {
 	if !swapped {
 		return errors.New("another replica published a CRL meanwhile; will retry")
 	}
-	info := &db.CertificateRevocationListInfo{Number: number, ExpiresAt: nextUpdate, Duration: p.validity, DER: der}
+	info := &db.CertificateRevocationListInfo{Number: number, ExpiresAt: nextUpdate, Duration: s.validity, DER: der}
 	c, err := newCRLCache(info, maphash.Bytes(crlSeed, row), time.Now())
 	if err != nil {
 		return err
@@ -465,8 +569,13 @@ func issuingDistributionPoint(uri string) (pkix.Extension, error) {
 }
 
 // ServeCRL answers /crl and /1.0/crl like upstream's api.CRL (DER, or PEM
-// with ?pem), plus ETag and Last-Modified.
+// with ?pem), plus ETag and Last-Modified. Without an active scope it
+// answers as upstream does with the CRL disabled.
 func (p *Publisher) ServeCRL(w http.ResponseWriter, r *http.Request) {
+	if p.scope.Load() == nil {
+		http.Error(w, "Certificate Revocation Lists are not enabled", http.StatusNotFound)
+		return
+	}
 	c, err := p.cached()
 	if err != nil {
 		http.Error(w, "CRL unavailable", http.StatusServiceUnavailable)
@@ -481,7 +590,7 @@ func (p *Publisher) ServeCRL(w http.ResponseWriter, r *http.Request) {
 	h.Set("ETag", etag)
 	h.Set("Last-Modified", crl.ThisUpdate.UTC().Format(http.TimeFormat))
 	h.Set("Expires", crl.NextUpdate.UTC().Format(http.TimeFormat))
-	h.Set("Cache-Control", "max-age="+strconv.Itoa(max(0, int(min(p.delay, time.Until(crl.NextUpdate)).Seconds())))+", public, no-transform, must-revalidate")
+	h.Set("Cache-Control", "max-age="+strconv.Itoa(max(0, int(min(p.delay, crl.NextUpdate.Sub(p.host.Now())).Seconds())))+", public, no-transform, must-revalidate")
 	if r.Header.Get("If-None-Match") == etag {
 		w.WriteHeader(http.StatusNotModified)
 		return

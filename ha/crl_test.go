@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
-	"log/slog"
 	"math/big"
 	mrand "math/rand"
 	"net/http"
@@ -17,28 +16,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	upstream "github.com/smallstep/certificates/authority"
 	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
 
 	"github.com/stepfort/stepfort/internal/storage"
+	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/plugins/plugintest"
 )
-
-// crlHost is a plugins.Host with a real upstream authority (for the
-// intermediate and its signer) and, for the publisher, a bbolt store of its
-// own that counts reads of the CRL row.
-type crlHost struct {
-	auth  *upstream.Authority
-	store *countingStore
-	now   time.Time
-}
-
-func (h *crlHost) Authority() *upstream.Authority { return h.auth }
-func (h *crlHost) DB() nosql.DB                   { return h.store }
-func (h *crlHost) Logger() *slog.Logger           { return slog.Default() }
-func (h *crlHost) Now() time.Time                 { return h.now }
-func (h *crlHost) Metrics() prometheus.Registerer { return prometheus.NewRegistry() }
 
 // countingStore counts Gets of the CRL row.
 type countingStore struct {
@@ -62,6 +46,14 @@ func (s *countingStore) gets() int {
 	return s.crlGets
 }
 
+// crlHost is a test host with a real upstream authority (for the
+// intermediate and its signer) and, for the publisher, a bbolt store of
+// its own that counts reads of the CRL row.
+type crlHost struct {
+	*plugintest.Host
+	store *countingStore
+}
+
 func newCRLHost(t *testing.T) *crlHost {
 	t.Helper()
 	auth, _ := newTestAuthority(t)
@@ -70,17 +62,27 @@ func newCRLHost(t *testing.T) *crlHost {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = store.Close() })
-	return &crlHost{auth: auth, store: &countingStore{DB: store}, now: time.Now().UTC().Truncate(time.Second)}
+	counting := &countingStore{DB: store}
+	h := plugintest.NewHostWithDB(t, counting, "bbolt")
+	h.Auth = auth
+	h.SetNow(time.Now().UTC().Truncate(time.Second))
+	return &crlHost{Host: h, store: counting}
 }
 
 const testIDP = "http://ca.example/1.0/crl"
 
-func newTestPublisher(t *testing.T, h *crlHost, replica string) *Publisher {
+// newTestPublisher is a publisher of testIDP CRLs valid for a day.
+func newTestPublisher(t *testing.T, h plugins.Host) *Publisher {
 	t.Helper()
-	p, err := NewPublisher(h, replica, testIDP, 24*time.Hour, time.Second, 5*time.Second)
+	p, err := NewPublisher(h, time.Second, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	scope, err := NewCRLScope(testIDP, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Activate(scope)
 	return p
 }
 
@@ -123,8 +125,8 @@ func storedCRL(t *testing.T, store nosql.DB) (db.CertificateRevocationListInfo, 
 // row.
 func TestPublishStreamedCRL(t *testing.T) {
 	h := newCRLHost(t)
-	p := newTestPublisher(t, h, "a")
-	inter := h.auth.GetIntermediateCertificates()[0]
+	p := newTestPublisher(t, h)
+	inter := h.Auth.GetIntermediateCertificates()[0]
 
 	// No table at all, then an empty one: a CRL without revokedCertificates.
 	for range 2 {
@@ -141,7 +143,7 @@ func TestPublishStreamedCRL(t *testing.T) {
 		}
 	}
 
-	now := h.now.Add(time.Minute) // the publication's time
+	now := h.Now().Add(time.Minute) // the publication's time
 	type want struct {
 		at     time.Time
 		reason int
@@ -168,7 +170,7 @@ func TestPublishStreamedCRL(t *testing.T) {
 		Reason: `"quoted" <html> ☃`}, true) // decoded through encoding/json
 	add(db.RevokedCertificateInfo{Serial: "340282366920938463463374607431768211455", RevokedAt: now, ReasonCode: 10}, true)
 
-	h.now = now
+	h.SetNow(now)
 	if err := p.Publish(); err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +181,7 @@ func TestPublishStreamedCRL(t *testing.T) {
 	if info.Number != 3 || crl.Number.Int64() != 3 {
 		t.Fatalf("number %d / %v, want 3", info.Number, crl.Number)
 	}
-	if !crl.ThisUpdate.Equal(h.now) || !crl.NextUpdate.Equal(h.now.Add(24*time.Hour)) || !info.ExpiresAt.Equal(crl.NextUpdate) || info.Duration != 24*time.Hour {
+	if !crl.ThisUpdate.Equal(h.Now()) || !crl.NextUpdate.Equal(h.Now().Add(24*time.Hour)) || !info.ExpiresAt.Equal(crl.NextUpdate) || info.Duration != 24*time.Hour {
 		t.Fatalf("times: this %v next %v expires %v duration %v", crl.ThisUpdate, crl.NextUpdate, info.ExpiresAt, info.Duration)
 	}
 	idp, _ := issuingDistributionPoint(testIDP)
@@ -223,7 +225,7 @@ func TestPublishStreamedCRL(t *testing.T) {
 // signature is ECDSA, not deterministic).
 func checkAgainstGo(t *testing.T, h *crlHost, crl *x509.RevocationList, entries []x509.RevocationListEntry) {
 	t.Helper()
-	signer, err := h.auth.GetX509Signer()
+	signer, err := h.Auth.GetX509Signer()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +235,7 @@ func checkAgainstGo(t *testing.T, h *crlHost, crl *x509.RevocationList, entries 
 		clean = append(clean, x509.RevocationListEntry{SerialNumber: e.SerialNumber, RevocationTime: e.RevocationTime, ReasonCode: e.ReasonCode})
 	}
 	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: crl.Number, ThisUpdate: crl.ThisUpdate, NextUpdate: crl.NextUpdate,
-		RevokedCertificateEntries: clean, ExtraExtensions: []pkix.Extension{idp}}, h.auth.GetIntermediateCertificates()[0], signer)
+		RevokedCertificateEntries: clean, ExtraExtensions: []pkix.Extension{idp}}, h.Auth.GetIntermediateCertificates()[0], signer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,8 +250,8 @@ func checkAgainstGo(t *testing.T, h *crlHost, crl *x509.RevocationList, entries 
 // changes, and sees a new CRL within crlRecheck.
 func TestCRLCacheFollowsTheDatabase(t *testing.T) {
 	h := newCRLHost(t)
-	a := newTestPublisher(t, h, "a")
-	b := newTestPublisher(t, h, "b")
+	a := newTestPublisher(t, h)
+	b := newTestPublisher(t, h)
 	serve := func(p *Publisher, etag string) *httptest.ResponseRecorder {
 		w := httptest.NewRecorder()
 		req := httptest.NewRequest("GET", "/1.0/crl", nil)
@@ -262,7 +264,7 @@ func TestCRLCacheFollowsTheDatabase(t *testing.T) {
 	if w := serve(b, ""); w.Code != http.StatusServiceUnavailable {
 		t.Fatalf("no CRL yet: %d", w.Code)
 	}
-	revoke(t, h.store, db.RevokedCertificateInfo{Serial: "77", RevokedAt: h.now, ReasonCode: 1})
+	revoke(t, h.store, db.RevokedCertificateInfo{Serial: "77", RevokedAt: h.Now(), ReasonCode: 1})
 	if err := a.Publish(); err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +282,7 @@ func TestCRLCacheFollowsTheDatabase(t *testing.T) {
 		if w := serve(b, ""); w.Code != 200 {
 			t.Fatal(w.Code)
 		}
-		if due, err := b.due(); due || err != nil {
+		if due, err := b.due(b.Scope()); due || err != nil {
 			t.Fatalf("due %v, %v", due, err)
 		}
 	}
@@ -289,7 +291,7 @@ func TestCRLCacheFollowsTheDatabase(t *testing.T) {
 	}
 
 	// A new CRL: b sees it within crlRecheck.
-	revoke(t, h.store, db.RevokedCertificateInfo{Serial: "78", RevokedAt: h.now, ReasonCode: 1})
+	revoke(t, h.store, db.RevokedCertificateInfo{Serial: "78", RevokedAt: h.Now(), ReasonCode: 1})
 	if err := a.Publish(); err != nil {
 		t.Fatal(err)
 	}
@@ -307,14 +309,14 @@ func TestCRLCacheFollowsTheDatabase(t *testing.T) {
 
 	// A CRL written without a fingerprint (an older stepfort) is picked
 	// up too, and the lease holder republishes to write both.
-	h.now = h.now.Add(time.Minute)
-	signer, _ := h.auth.GetX509Signer()
-	inter := h.auth.GetIntermediateCertificates()[0]
-	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(10), ThisUpdate: h.now, NextUpdate: h.now.Add(time.Hour)}, inter, signer)
+	h.Advance(time.Minute)
+	signer, _ := h.Auth.GetX509Signer()
+	inter := h.Auth.GetIntermediateCertificates()[0]
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(10), ThisUpdate: h.Now(), NextUpdate: h.Now().Add(time.Hour)}, inter, signer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	row, _ := json.Marshal(&db.CertificateRevocationListInfo{Number: 10, ExpiresAt: h.now.Add(time.Hour), Duration: time.Hour, DER: der})
+	row, _ := json.Marshal(&db.CertificateRevocationListInfo{Number: 10, ExpiresAt: h.Now().Add(time.Hour), Duration: time.Hour, DER: der})
 	if err := h.store.Set(crlTable, crlKey, row); err != nil {
 		t.Fatal(err)
 	}
@@ -325,13 +327,13 @@ func TestCRLCacheFollowsTheDatabase(t *testing.T) {
 	if info, _, err := b.current(); err != nil || info.Number != 10 {
 		t.Fatalf("b: %+v, %v", info, err)
 	}
-	if due, _ := a.due(); !due {
+	if due, _ := a.due(a.Scope()); !due {
 		t.Fatal("not due with a CRL the fingerprint does not name")
 	}
 	if err := a.Publish(); err != nil {
 		t.Fatal(err)
 	}
-	if due, _ := a.due(); due {
+	if due, _ := a.due(a.Scope()); due {
 		t.Fatal("due right after publishing")
 	}
 	if info, _, _ := storedCRL(t, h.store); info.Number != 11 {
@@ -343,7 +345,7 @@ func TestCRLCacheFollowsTheDatabase(t *testing.T) {
 // race detector).
 func TestCRLCacheConcurrent(t *testing.T) {
 	h := newCRLHost(t)
-	p := newTestPublisher(t, h, "a")
+	p := newTestPublisher(t, h)
 	if err := p.Publish(); err != nil {
 		t.Fatal(err)
 	}
@@ -370,3 +372,39 @@ func TestCRLCacheConcurrent(t *testing.T) {
 }
 
 func newRand() *mrand.Rand { return mrand.New(mrand.NewSource(42)) }
+
+func TestPublisherNumbersOnlyIncrease(t *testing.T) {
+	h := newTestHost(t)
+	p := newTestPublisher(t, h)
+	for want := int64(1); want <= 3; want++ {
+		if err := p.Publish(); err != nil {
+			t.Fatal(err)
+		}
+		info, crl, err := p.current()
+		if err != nil || info.Number != want || crl.Number.Int64() != want {
+			t.Fatalf("publish %d: info=%+v err=%v", want, info, err)
+		}
+	}
+	// A stale writer that read number 3 cannot store 4 after someone else did.
+	old, _ := h.Store.Get(crlTable, crlKey)
+	if err := p.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	if _, swapped, _ := h.Store.CmpAndSwap(crlTable, crlKey, old, []byte(`{"Number":4}`)); swapped {
+		t.Fatal("stale compare-and-swap replaced a newer CRL")
+	}
+	// Due: not right after publishing, yes after a revocation, yes near nextUpdate.
+	if due, _ := p.due(p.Scope()); due {
+		t.Fatal("due right after publishing")
+	}
+	h.Advance(time.Second)
+	_ = MarkDirty(h.Store, h.Now())
+	if due, _ := p.due(p.Scope()); !due {
+		t.Fatal("not due after a revocation")
+	}
+	_ = p.Publish()
+	h.Advance(17 * time.Hour)
+	if due, _ := p.due(p.Scope()); !due {
+		t.Fatal("not due after two thirds of the validity")
+	}
+}

@@ -1,7 +1,6 @@
 package ha
 
 import (
-	"context"
 	"crypto"
 	"encoding/json"
 	"math/big"
@@ -16,6 +15,7 @@ import (
 	"github.com/stepfort/stepfort/internal/storage"
 	"github.com/stepfort/stepfort/internal/testenv"
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/plugins/plugintest"
 )
 
 // ask sends a SHA-1 request (what RFC 5019 clients use) for serial.
@@ -44,16 +44,14 @@ func askWith(t *testing.T, r *Responder, serial *big.Int, hash crypto.Hash) *ocs
 }
 
 // startResponder builds a responder with cfg and starts its status feed
-// for the test's lifetime.
-func startResponder(t *testing.T, h *fakeHost, cfg OCSPConfig) *Responder {
+// (its loops run until the test ends).
+func startResponder(t *testing.T, h *plugintest.Host, cfg OCSPConfig) *Responder {
 	t.Helper()
 	r, err := NewResponder(h, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	if err := r.StartStatusFeed(ctx); err != nil {
+	if err := r.StartStatusFeed(); err != nil {
 		t.Fatal(err)
 	}
 	return r
@@ -82,16 +80,13 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 // On bbolt the index is loaded once and then fed by this replica's writes
 // (CertificateWatcher); it answers without reading the database.
 func TestStatusIndexLiveOnBbolt(t *testing.T) {
-	h := newFakeHost(t)
+	h := newTestHost(t)
 	before := big.NewInt(1001)
-	if err := h.store.Set(storage.CertsTable, []byte(before.String()), []byte("der")); err != nil {
+	if err := h.Store.Set(storage.CertsTable, []byte(before.String()), []byte("der")); err != nil {
 		t.Fatal(err)
 	}
-	revokeRow(t, h.store, before, ocsp.Superseded, h.now.Add(-time.Hour))
+	revokeRow(t, h.Store, before, ocsp.Superseded, h.Now().Add(-time.Hour))
 	r := startResponder(t, h, DefaultConfig().OCSP)
-	if _, kind := backend(h.store); kind != "bolt" {
-		t.Fatalf("backend of upstream's bbolt database = %q", kind)
-	}
 	if !r.idx.isLive() || len(r.idx.revoked) != 1 {
 		t.Fatalf("live=%v revoked=%d after load", r.idx.isLive(), len(r.idx.revoked))
 	}
@@ -104,7 +99,7 @@ func TestStatusIndexLiveOnBbolt(t *testing.T) {
 	if got := ask(t, r, fresh); got.Status != ocsp.Unknown {
 		t.Fatalf("never-issued serial answered %d", got.Status)
 	}
-	if err := h.store.Set(storage.CertsTable, []byte(fresh.String()), []byte("der")); err != nil {
+	if err := h.Store.Set(storage.CertsTable, []byte(fresh.String()), []byte("der")); err != nil {
 		t.Fatal(err)
 	}
 	if got := ask(t, r, fresh); got.Status != ocsp.Unknown {
@@ -117,7 +112,7 @@ func TestStatusIndexLiveOnBbolt(t *testing.T) {
 
 	// A revocation is answered as soon as it is announced, reason and time
 	// included, and pre-signed for SHA-1 in the background.
-	at := h.now.Add(-time.Minute).UTC().Truncate(time.Second)
+	at := h.Now().Add(-time.Minute).UTC().Truncate(time.Second)
 	r.Committed(plugins.CertificateEvent{Kind: plugins.EventRevoked, Serial: fresh.String(), Revocation: &plugins.Revocation{ReasonCode: ocsp.KeyCompromise, RevokedAt: at}})
 	got := ask(t, r, fresh)
 	if got.Status != ocsp.Revoked || got.RevocationReason != ocsp.KeyCompromise || !got.RevokedAt.Equal(at) {
@@ -153,9 +148,10 @@ func TestStatusFeedOnPostgres(t *testing.T) {
 		return d
 	}
 	storeA, storeB := open(), open()
-	h := newFakeHost(t)
-	// The daemon hands plugins upstream's *db.DB around the nosql store.
-	h.store, h.now = &db.DB{DB: storeA}, time.Now()
+	auth, _ := newTestAuthority(t)
+	// The daemon hands plugins the PostgreSQL store itself.
+	h := plugintest.NewHostWithDB(t, storeA, "postgresql")
+	h.Auth = auth
 	r := startResponder(t, h, DefaultConfig().OCSP)
 	waitFor(t, "feed live", 10*time.Second, r.idx.isLive)
 	// Several idle periods (wait timeouts and pings) pass first.
@@ -204,7 +200,7 @@ func TestStatusFeedOnPostgres(t *testing.T) {
 	if st, _, ok := r.idx.lookup(other.String()); !ok || st.code != statusRevoked {
 		t.Fatal("resync did not load the revocation made while the feed was down")
 	}
-	if n := testutilCounter(t, h.reg, "stepfort_ocsp_status_resyncs_total"); n < 2 {
+	if n := testutilCounter(t, h.Registry, "stepfort_ocsp_status_resyncs_total"); n < 2 {
 		t.Fatalf("resyncs = %v, want >= 2", n)
 	}
 }
@@ -232,7 +228,7 @@ func testutilCounter(t *testing.T, reg *prometheus.Registry, name string) float6
 // The signed-response cache stays within ocsp.cacheSize however many
 // certificates are asked about, dropping entries one at a time.
 func TestResponseCacheBounded(t *testing.T) {
-	h := newFakeHost(t)
+	h := newTestHost(t)
 	cfg := DefaultConfig().OCSP
 	cfg.CacheSize = 1000
 	r := startResponder(t, h, cfg)
@@ -259,7 +255,7 @@ func TestResponseCacheBounded(t *testing.T) {
 // A responder built again in the same process counts into the collectors
 // the registry already exposes.
 func TestMetricsReusedAcrossRestarts(t *testing.T) {
-	h := newFakeHost(t)
+	h := newTestHost(t)
 	first, err := NewResponder(h, DefaultConfig().OCSP)
 	if err != nil {
 		t.Fatal(err)
@@ -272,7 +268,7 @@ func TestMetricsReusedAcrossRestarts(t *testing.T) {
 		t.Fatal("second responder registered its own collectors")
 	}
 	ask(t, second, big.NewInt(99))
-	if testutilCounter(t, h.reg, "stepfort_ocsp_responses_total") != 1 { // summed over labels
+	if testutilCounter(t, h.Registry, "stepfort_ocsp_responses_total") != 1 { // summed over labels
 		t.Fatal("response not counted in the registered collector")
 	}
 }

@@ -78,8 +78,10 @@ type cachedResponse struct {
 	nextUpdate   time.Time
 }
 
-// NewResponder builds a responder for the host's current issuing CA. Until
-// StartStatusFeed runs it reads every status from the database.
+// NewResponder builds a responder for the host's issuing CA. It reads
+// every status from the database until StartStatusFeed runs. The signing
+// key is made on first use: the authority may not exist yet while plugins
+// are built.
 func NewResponder(h plugins.Host, cfg OCSPConfig) (*Responder, error) {
 	r := &Responder{host: h, store: h.DB(), cfg: cfg, log: h.Logger(), idx: newStatusIndex(),
 		cache: map[cacheKey]*cachedResponse{}, unknown: map[cacheKey]*cachedResponse{}, presign: make(chan *big.Int, 4096),
@@ -98,36 +100,33 @@ func NewResponder(h plugins.Host, cfg OCSPConfig) (*Responder, error) {
 	for _, s := range []string{"good", "revoked", "unknown", "malformedRequest", "unauthorized", "tryLater", "internalError"} {
 		r.byStatus[s] = r.requests.WithLabelValues(s)
 	}
-	if _, err := r.currentSigner(); err != nil {
-		return nil, err
-	}
 	return r, nil
 }
 
-// StartStatusFeed loads the revoked set and keeps it current until ctx
-// ends: on PostgreSQL through notifications (the index is live only while
-// the feed is); on bbolt and badger, which one process at a time can open,
-// this replica's own writes are the complete feed. Other databases (MySQL)
-// keep reading per request. It also starts the pre-signer.
-func (r *Responder) StartStatusFeed(ctx context.Context) error {
-	go r.presignLoop(ctx)
-	_, kind := backend(r.store)
-	switch {
-	case kind == "postgresql":
-		if f := newPGFeed(ctx, r.store, r.idx, r.log, r.host.Metrics()); f != nil {
+// StartStatusFeed loads the revoked set and has it kept current while the
+// daemon serves (host.Go): on PostgreSQL through notifications (the index
+// is live only while the feed is); on bbolt and badger, which one process
+// at a time can open, this replica's own writes are the complete feed.
+// Other databases (MySQL) keep reading per request. It also starts the
+// pre-signer.
+func (r *Responder) StartStatusFeed() error {
+	r.host.Go("ocsp-presign", r.presignLoop)
+	switch backend := r.host.Backend(); {
+	case backend == "postgresql":
+		if f := newPGFeed(r.store, r.idx, r.log, r.host.Metrics()); f != nil {
 			f.changed = r.schedulePresign
-			go f.Run(ctx)
+			r.host.Go("ocsp-status-feed", f.Run)
 		}
 		return nil
-	case kind == "bolt" || strings.HasPrefix(kind, "badger"):
+	case backend == "bbolt" || strings.HasPrefix(backend, "badger"):
 		n, err := r.idx.load(r.store)
 		if err != nil {
 			return err
 		}
-		r.log.Info("OCSP status cache live", "revoked", n, "database", kind)
+		r.log.Info("OCSP status cache live", "revoked", n, "database", backend)
 		return nil
 	default:
-		r.log.Info("OCSP status cache off: no change feed for this database; every request reads the database", "database", kind)
+		r.log.Info("OCSP status cache off: no change feed for this database; every request reads the database", "database", backend)
 		return nil
 	}
 }
@@ -163,7 +162,13 @@ func (r *Responder) schedulePresign(serial string) {
 	}
 }
 
+// presignLoop signs queued responses until ctx ends. It first makes the
+// signing key, so the first request does not wait for it (the authority
+// exists once the daemon serves).
 func (r *Responder) presignLoop(ctx context.Context) {
+	if _, err := r.currentSigner(); err != nil {
+		r.log.Error("OCSP signer", "error", err)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -513,6 +518,9 @@ func (r *Responder) currentSigner() (*responderKey, error) {
 		return k, nil
 	}
 	auth := r.host.Authority()
+	if auth == nil {
+		return nil, errors.New("no authority yet to answer OCSP for")
+	}
 	inters := auth.GetIntermediateCertificates()
 	if len(inters) == 0 {
 		return nil, errors.New("no intermediate certificate to answer OCSP for")

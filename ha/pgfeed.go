@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"strings"
 	"time"
 
@@ -18,17 +17,6 @@ import (
 
 	"github.com/stepfort/stepfort/internal/storage"
 )
-
-// backend names the nosql implementation under store (upstream's *db.DB
-// embeds it): "postgresql", "bolt", "badger/v1", "mysql", ...
-func backend(store nosql.DB) (nosql.DB, string) {
-	store = storage.Unwrap(store)
-	t := reflect.TypeOf(store)
-	if t == nil || t.Kind() != reflect.Pointer {
-		return store, ""
-	}
-	return store, strings.TrimPrefix(t.Elem().PkgPath(), "github.com/smallstep/nosql/")
-}
 
 // notifyChannel carries "i:<serial>" (issued), "r:<serial>" (revoked) and
 // "rd:<serial>" (revocation row deleted) from database triggers, so every
@@ -96,17 +84,18 @@ type pgFeed struct {
 	resyncs prometheus.Counter
 }
 
-// newPGFeed returns a feed when store is PostgreSQL and the triggers could
-// be installed, or nil (with the reason logged) when requests must keep
-// reading the database.
-func newPGFeed(ctx context.Context, store nosql.DB, idx *statusIndex, log *slog.Logger, reg prometheus.Registerer) *pgFeed {
-	inner, _ := backend(store)
-	pool := storage.SQLPool(inner)
+// newPGFeed returns a feed for the PostgreSQL store, or nil (with the
+// reason logged) when requests must keep reading the database: the
+// triggers could not be installed, or the pool was not found.
+func newPGFeed(store nosql.DB, idx *statusIndex, log *slog.Logger, reg prometheus.Registerer) *pgFeed {
+	pool := storage.SQLPool(store)
 	if pool == nil {
 		log.Warn("OCSP status cache off: PostgreSQL connection pool not found; every request reads the database")
 		return nil
 	}
-	ictx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// Plugins are built before the daemon serves and without a context;
+	// the bound keeps a stuck database from hanging start-up.
+	ictx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := installNotifyTriggers(ictx, pool); err != nil {
 		log.Warn("OCSP status cache off: cannot install notification triggers; every request reads the database", "error", err)

@@ -11,10 +11,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -31,7 +29,13 @@ func init() {
 	plugins.Register(plugins.Factory{
 		Name:      Name,
 		NewConfig: func() plugins.Config { return DefaultConfig() },
-		New:       func(c plugins.Config) (plugins.Plugin, error) { return New(c.(*Config)), nil },
+		New: func(c plugins.Config, h plugins.Host) (plugins.Plugin, error) {
+			p, err := New(c.(*Config), h)
+			if err != nil {
+				return nil, err
+			}
+			return p, nil
+		},
 	})
 }
 
@@ -130,129 +134,146 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Plugin is the revocation plugin.
+// Plugin is the revocation plugin. Its fields are set by New and never
+// change: what a configuration reload changes (the CRL's URL and validity)
+// lives in a generation, handed to the publisher when it activates.
 type Plugin struct {
-	cfg         *Config
-	crlURL      string        // resolved CDP and IDP, "" when the CRL is disabled
-	crlValidity time.Duration // upstream's crl.cacheDuration
-	responder   *Responder
-	watching    atomic.Pointer[Responder] // the responder, once it can take writes
-	publisher   *Publisher
-	done        chan struct{}
+	cfg       *Config
+	host      plugins.Host
+	responder *Responder
+	publisher *Publisher
 }
 
-// New returns the plugin.
-func New(cfg *Config) *Plugin { return &Plugin{cfg: cfg} }
+// New builds the plugin ready to serve: the OCSP responder with its status
+// index loaded (or its PostgreSQL feed prepared) and the CRL publisher,
+// which publishes nothing until a generation with a CRL is activated. The
+// background loops run in the host's goroutine group.
+func New(cfg *Config, h plugins.Host) (*Plugin, error) {
+	if h.DB() == nil {
+		return nil, fmt.Errorf("the %s plugin needs a database", Name)
+	}
+	r, err := NewResponder(h, cfg.OCSP)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.StartStatusFeed(); err != nil {
+		return nil, err
+	}
+	pub, err := NewPublisher(h, cfg.CRL.PublishDelay.Duration, cfg.CRL.LeaseTTL.Duration)
+	if err != nil {
+		return nil, err
+	}
+	h.Go("ocsp-refresh", r.RefreshLoop)
+	// Every replica runs the publisher loop; the lease picks the one that
+	// acts.
+	h.Go("crl-publisher", pub.Run)
+	return &Plugin{cfg: cfg, host: h, responder: r, publisher: pub}, nil
+}
 
 // Name implements plugins.Plugin.
 func (p *Plugin) Name() string { return Name }
 
+// generation is the plugin's part of one configuration generation. It is
+// immutable: requests served by an old generation read only its own
+// values while a reload builds the next one.
+type generation struct {
+	publisher *Publisher
+	crl       *CRLScope // nil when the generation has no CRL
+	ocspURL   string
+}
+
 // MutateConfig makes the CRL's Issuing Distribution Point and the
-// certificates' distribution point the same URL, and switches off upstream's
-// own CRL generation (every replica regenerates on its own there, with
-// racing numbers): the lease holder publishes instead, into the same row.
-func (p *Plugin) MutateConfig(cfg *upconfig.Config) error {
-	p.crlURL = ""
+// certificates' distribution point the same URL, and switches off
+// upstream's own CRL generation (every replica regenerates on its own
+// there, with racing numbers): the lease holder publishes instead, into
+// the same row. It returns the generation's enforcer and CRL scope; the
+// publisher uses the scope once the generation is activated.
+func (p *Plugin) MutateConfig(cfg *upconfig.Config) (plugins.Generation, error) {
+	scope, err := p.crlScope(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if scope != nil {
+		cfg.CRL.Enabled = false
+		cfg.CRL.GenerateOnRevoke = false
+	}
+	return &generation{publisher: p.publisher, crl: scope, ocspURL: p.cfg.OCSP.URL}, nil
+}
+
+// crlScope resolves the CRL URL and validity of cfg: nil when upstream's
+// CRL is disabled.
+func (p *Plugin) crlScope(cfg *upconfig.Config) (*CRLScope, error) {
 	want := p.cfg.CRL.URL
 	if !cfg.CRL.IsEnabled() {
 		if want != "" {
-			return fmt.Errorf("stepfort.plugins.%s.crl.url: set, but upstream's crl.enabled is false", Name)
+			return nil, fmt.Errorf("stepfort.plugins.%s.crl.url: set, but upstream's crl.enabled is false", Name)
 		}
-		return nil
+		return nil, nil
 	}
+	url := want
 	switch {
 	case want == "" && cfg.CRL.IDPurl == "":
-		return fmt.Errorf("crl.idpURL: required with stepfort.plugins.%s so certificates can name the CRL", Name)
+		return nil, fmt.Errorf("crl.idpURL: required with stepfort.plugins.%s so certificates can name the CRL", Name)
 	case want == "":
-		p.crlURL = cfg.CRL.IDPurl
+		url = cfg.CRL.IDPurl
 	case cfg.CRL.IDPurl != "" && cfg.CRL.IDPurl != want:
-		return fmt.Errorf("stepfort.plugins.%s.crl.url %q differs from crl.idpURL %q: they must be equal", Name, want, cfg.CRL.IDPurl)
-	default:
-		p.crlURL = want
+		return nil, fmt.Errorf("stepfort.plugins.%s.crl.url %q differs from crl.idpURL %q: they must be equal", Name, want, cfg.CRL.IDPurl)
 	}
-	p.crlValidity = 24 * time.Hour
+	validity := 24 * time.Hour
 	if cfg.CRL.CacheDuration != nil && cfg.CRL.CacheDuration.Duration > 0 {
-		p.crlValidity = cfg.CRL.CacheDuration.Duration
+		validity = cfg.CRL.CacheDuration.Duration
 	}
-	if p.crlValidity > 10*24*time.Hour {
-		return fmt.Errorf("crl.cacheDuration: at most 240h (10 days), got %s", p.crlValidity)
+	if validity > 10*24*time.Hour {
+		return nil, fmt.Errorf("crl.cacheDuration: at most 240h (10 days), got %s", validity)
 	}
-	cfg.CRL.Enabled = false
-	cfg.CRL.GenerateOnRevoke = false
-	return nil
+	return NewCRLScope(url, validity)
 }
 
-// EnforceCertificate adds the CRL distribution point and the OCSP URL to
-// issued certificates (renewals copy them from the old certificate).
-func (p *Plugin) EnforceCertificate(cert *x509.Certificate) error {
-	if p.crlURL != "" && !slices.Contains(cert.CRLDistributionPoints, p.crlURL) {
-		cert.CRLDistributionPoints = append(cert.CRLDistributionPoints, p.crlURL)
+// EnforceCertificate adds this generation's CRL distribution point and the
+// OCSP URL to issued certificates (renewals copy them from the old
+// certificate).
+func (g *generation) EnforceCertificate(cert *x509.Certificate) error {
+	if g.crl != nil && !slices.Contains(cert.CRLDistributionPoints, g.crl.URL()) {
+		cert.CRLDistributionPoints = append(cert.CRLDistributionPoints, g.crl.URL())
 	}
-	if u := p.cfg.OCSP.URL; u != "" && !slices.Contains(cert.OCSPServer, u) {
+	if u := g.ocspURL; u != "" && !slices.Contains(cert.OCSPServer, u) {
 		cert.OCSPServer = append(cert.OCSPServer, u)
 	}
 	return nil
 }
 
-// Start builds the responder and, when there is a CRL, starts the
-// publisher loop (every replica runs it; the lease picks the one that acts).
-func (p *Plugin) Start(ctx context.Context, h plugins.Host) error {
-	if h.DB() == nil {
-		return fmt.Errorf("the revocation plugin needs a database")
-	}
-	r, err := NewResponder(h, p.cfg.OCSP)
-	if err != nil {
-		return err
-	}
-	p.responder = r
-	p.watching.Store(r)
-	if err := r.StartStatusFeed(ctx); err != nil {
-		return err
-	}
-	go r.RefreshLoop(ctx)
-	p.done = make(chan struct{})
-	if p.crlURL == "" {
-		close(p.done)
-		return nil
-	}
-	host, _ := os.Hostname()
-	replica := fmt.Sprintf("%s/%d/%x", host, os.Getpid(), time.Now().UnixNano()&0xffffff)
-	if p.publisher, err = NewPublisher(h, replica, p.crlURL, p.crlValidity, p.cfg.CRL.PublishDelay.Duration, p.cfg.CRL.LeaseTTL.Duration); err != nil {
-		return err
-	}
-	go func() { defer close(p.done); p.publisher.Run(ctx) }()
-	return nil
-}
+// Activate hands the generation's CRL scope to the publisher, which
+// publishes a CRL with the new Issuing Distribution Point at once if it
+// changed.
+func (g *generation) Activate() { g.publisher.Activate(g.crl) }
 
-// Stop waits for the publisher to release its lease.
+// Stop gives up the CRL lease (if this replica holds it) so another
+// replica publishes at once instead of after the lease expires. The
+// publisher loop has returned by now.
 func (p *Plugin) Stop(ctx context.Context) error {
-	if p.done == nil {
-		return nil
-	}
-	select {
-	case <-p.done:
-	case <-ctx.Done():
+	if err := p.host.Locker().Unlock(ctx, crlLeaseName); err != nil {
+		return fmt.Errorf("release CRL lease: %w", err)
 	}
 	return nil
 }
 
-// Health reports the CRL publisher lease holder and the CRL number.
-func (p *Plugin) Health(context.Context) (map[string]any, error) {
-	out := map[string]any{}
-	if r := p.responder; r != nil {
+// Health reports where OCSP statuses come from, and when there is a CRL,
+// the publisher lease holder and the CRL number.
+func (p *Plugin) Health(ctx context.Context) (map[string]any, error) {
+	out := map[string]any{
 		// "memory": statuses come from the live index; "database": read
 		// per request (no feed, or the feed is reconnecting).
-		out["ocspStatusSource"] = map[bool]string{true: "memory", false: "database"}[r.idx.isLive()]
+		"ocspStatusSource": map[bool]string{true: "memory", false: "database"}[p.responder.idx.isLive()],
 	}
-	if p.publisher == nil {
+	if p.publisher.Scope() == nil {
 		return out, nil
 	}
-	l, err := p.publisher.leases.Get(crlLeaseName)
+	l, err := p.host.Locker().Lease(ctx, crlLeaseName)
 	if err != nil {
 		return nil, fmt.Errorf("read CRL lease: %w", err)
 	}
 	out["crlPublisher"] = l.Holder
-	out["crlPublisherIsSelf"] = l.Holder == p.publisher.replica && time.Now().Before(l.Until)
+	out["crlPublisherIsSelf"] = l.Holder == p.host.Replica() && p.host.Now().Before(l.Until)
 	if info, _, err := p.publisher.current(); err == nil && info != nil {
 		out["crlNumber"] = info.Number
 	}
@@ -263,7 +284,7 @@ func (p *Plugin) Health(context.Context) (map[string]any, error) {
 // router unless ocsp.accessLog asks for them in the access log. The
 // responder recovers its own panics and counts responses by status.
 func (p *Plugin) DirectRoute(r *http.Request) http.Handler {
-	if p.cfg.OCSP.AccessLog || p.responder == nil {
+	if p.cfg.OCSP.AccessLog {
 		return nil
 	}
 	path := strings.TrimPrefix(r.URL.Path, "/1.0")
@@ -277,37 +298,34 @@ func (p *Plugin) DirectRoute(r *http.Request) http.Handler {
 
 // CertificateCommitted keeps the responder's status index current with this
 // replica's own writes, before they are acknowledged.
-func (p *Plugin) CertificateCommitted(ev plugins.CertificateEvent) {
-	if r := p.watching.Load(); r != nil {
-		r.Committed(ev)
-	}
-}
+func (p *Plugin) CertificateCommitted(ev plugins.CertificateEvent) { p.responder.Committed(ev) }
 
-// ObserveCertificate marks the CRL dirty on every revocation.
+// ObserveCertificate marks the CRL dirty on every revocation. It does so
+// even while this replica's generation has no CRL: the lease holder may be
+// another replica whose generation has one.
 func (p *Plugin) ObserveCertificate(_ context.Context, ev plugins.CertificateEvent) error {
-	if ev.Kind != plugins.EventRevoked || p.publisher == nil {
+	if ev.Kind != plugins.EventRevoked {
 		return nil
 	}
-	return MarkDirty(p.publisher.store, ev.OccurredAt)
+	return MarkDirty(p.host.DB(), ev.OccurredAt)
 }
 
-// Routes serves OCSP over HTTPS.
+// Routes serves OCSP and the CRL over HTTPS.
 func (p *Plugin) Routes(r chi.Router) { p.mount(r) }
 
-// InsecureRoutes serves OCSP over plain HTTP, where clients expect it.
+// InsecureRoutes serves OCSP and the CRL over plain HTTP, where clients
+// expect them.
 func (p *Plugin) InsecureRoutes(r chi.Router) { p.mount(r) }
 
+// mount adds the OCSP and CRL routes. The CRL routes replace upstream's
+// api.CRL, which would answer "CRL not enabled" now that upstream's
+// generation is switched off; whether there is a CRL is decided per
+// request by the active generation, since routes outlive reloads.
 func (p *Plugin) mount(r chi.Router) {
-	h := func(w http.ResponseWriter, req *http.Request) { p.responder.ServeHTTP(w, req) }
-	r.Post("/ocsp", h)
-	r.Get("/ocsp/*", h)
-	r.Post("/1.0/ocsp", h)
-	r.Get("/1.0/ocsp/*", h)
-	if p.crlURL != "" {
-		// Replaces upstream's api.CRL, which would answer "CRL not enabled"
-		// now that upstream's generation is switched off.
-		crl := func(w http.ResponseWriter, req *http.Request) { p.publisher.ServeCRL(w, req) }
-		r.Get("/crl", crl)
-		r.Get("/1.0/crl", crl)
-	}
+	r.Post("/ocsp", p.responder.ServeHTTP)
+	r.Get("/ocsp/*", p.responder.ServeHTTP)
+	r.Post("/1.0/ocsp", p.responder.ServeHTTP)
+	r.Get("/1.0/ocsp/*", p.responder.ServeHTTP)
+	r.Get("/crl", p.publisher.ServeCRL)
+	r.Get("/1.0/crl", p.publisher.ServeCRL)
 }

@@ -2,6 +2,7 @@ package plugins
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"time"
 )
@@ -16,13 +17,6 @@ const (
 	EventRevoked EventKind = "revoked"
 )
 
-// ProvisionerRef identifies the provisioner that authorized an issuance.
-type ProvisionerRef struct {
-	ID   string `json:"id,omitempty"`
-	Name string `json:"name,omitempty"`
-	Type string `json:"type,omitempty"`
-}
-
 // Revocation carries the reason and time of a revocation event.
 type Revocation struct {
 	ReasonCode int       `json:"reasonCode"`
@@ -30,6 +24,9 @@ type Revocation struct {
 	RevokedAt  time.Time `json:"revokedAt"`
 	MTLS       bool      `json:"mtls,omitempty"`
 	ACME       bool      `json:"acme,omitempty"`
+	// Actor names who revoked administratively (Host.Revoke): for example
+	// "plugin:deviceAttest". Empty for token, mTLS and ACME revocations.
+	Actor string `json:"actor,omitempty"`
 }
 
 // CertificateEvent is one durable record of an issuance, renewal or
@@ -58,4 +55,25 @@ func (e *CertificateEvent) Certificate() (*x509.Certificate, error) {
 		return nil, fmt.Errorf("event %s has no certificate", e.ID)
 	}
 	return x509.ParseCertificate(e.CertificateDER)
+}
+
+// DeviceEventKind says what happened to a device.
+type DeviceEventKind string
+
+// Device event kinds.
+const (
+	DeviceDisabled DeviceEventKind = "device.disabled"
+	DeviceRemoved  DeviceEventKind = "device.removed"
+)
+
+// DeviceEvent is one durable record of a device that stopped being active,
+// written in the same transaction as the change (Host.Events).
+type DeviceEvent struct {
+	ID         string          `json:"id"`
+	Kind       DeviceEventKind `json:"kind"`
+	DeviceID   string          `json:"deviceId"`
+	OccurredAt time.Time       `json:"occurredAt"`
+	// Device is the inventory record as stored after the change (for a
+	// removal, as it was before).
+	Device json.RawMessage `json:"device,omitempty"`
 }

@@ -5,49 +5,35 @@
 // implementing the optional interfaces below; the daemon discovers them with
 // type assertions, the way step-ca discovers optional capabilities of a
 // CertificateAuthorityService (cas/apiv1).
+//
+// Life of a plugin: the daemon builds it with its Factory, handing it the
+// Host, so every capability can serve from the moment the plugin exists
+// (there is no "not started" state). Background work goes through Host.Go,
+// which starts when the daemon serves and is joined when it stops; then the
+// daemon calls Stop if the plugin implements Stopper.
 package plugins
 
 import (
 	"context"
 	"crypto/x509"
-	"log/slog"
 	"net/http"
-	"time"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/smallstep/certificates/acme"
-	"github.com/smallstep/certificates/authority"
 	"github.com/smallstep/certificates/authority/config"
-	"github.com/smallstep/certificates/authority/provisioner"
-	"github.com/smallstep/nosql"
 )
 
-// Plugin is the lifecycle every plugin has. Start runs after the authority is
-// built and before any listener accepts connections; Stop runs after the
-// listeners have drained.
+// Plugin is what every plugin is.
 type Plugin interface {
 	// Name is the plugin's key under "stepfort.plugins" in ca.json.
 	Name() string
-	Start(ctx context.Context, host Host) error
-	Stop(ctx context.Context) error
 }
 
-// Host is what the daemon offers a running plugin.
-type Host interface {
-	// Authority returns the current upstream authority. It changes on SIGHUP
-	// reload, so call it per request instead of keeping the result.
-	Authority() *authority.Authority
-	// DB is the shared database (bbolt or PostgreSQL). Plugin tables are
-	// prefixed "stepfort_" and must be created with CreateTable before use.
-	DB() nosql.DB
-	// Logger is a structured logger tagged with the plugin name.
-	Logger() *slog.Logger
-	// Now is the daemon clock; tests inject their own.
-	Now() time.Time
-	// Metrics registers collectors exported on metricsAddress next to
-	// upstream's metrics. Name them "stepfort_<plugin>_...".
-	Metrics() prometheus.Registerer
+// Stopper releases what a plugin holds. The daemon calls Stop after the
+// listeners have drained and every Host.Go goroutine has returned, before
+// the database closes.
+type Stopper interface {
+	Stop(ctx context.Context) error
 }
 
 // RouteProvider mounts routes on the HTTPS listener.
@@ -77,11 +63,32 @@ type AdminRouteProvider interface {
 	AdminRoutes() []AdminRoute
 }
 
-// ConfigMutator may change the upstream configuration after it is loaded and
-// before the authority is built, for example to add provisioner options.
-// It runs again on every reload with the freshly loaded configuration.
+// Generation is a plugin's view of one configuration generation: the
+// upstream configuration loaded at start or by a SIGHUP reload. It is built
+// once per generation and never changed afterwards, so requests served by
+// the old generation and the new one never share a mutable field.
+//
+// The daemon discovers per-generation capabilities on it by type assertion
+// (today CertificateEnforcer), and calls Activate once the generation is the
+// one serving requests. A generation that fails to build is never
+// activated.
+type Generation interface {
+	Activate()
+}
+
+// ConfigMutator sees each freshly loaded upstream configuration before the
+// authority is built (at start and on every reload). It may change cfg, for
+// example to add provisioner options, and returns the plugin's Generation
+// for it, or nil when it has nothing per generation.
 type ConfigMutator interface {
-	MutateConfig(cfg *config.Config) error
+	MutateConfig(cfg *config.Config) (Generation, error)
+}
+
+// ProvisionerRef identifies the provisioner that authorized an issuance.
+type ProvisionerRef struct {
+	ID   string `json:"id,omitempty"`
+	Name string `json:"name,omitempty"`
+	Type string `json:"type,omitempty"`
 }
 
 // SignRequest is what a SignAuthorizer sees of an X.509 issuance that is about
@@ -120,10 +127,19 @@ type SignAuthorizer interface {
 	AuthorizeSign(ctx context.Context, req SignRequest) error
 }
 
+// RenewRequest is what a RenewAuthorizer sees of a /renew or /rekey.
+type RenewRequest struct {
+	// Provisioner is the provisioner that issued the certificate being
+	// renewed, as upstream identified it.
+	Provisioner ProvisionerRef
+	// Certificate is the certificate presented for renewal.
+	Certificate *x509.Certificate
+}
+
 // RenewAuthorizer vetoes /renew and /rekey. The daemon calls every
 // RenewAuthorizer, then upstream's default renewal checks.
 type RenewAuthorizer interface {
-	AuthorizeRenew(ctx context.Context, p *provisioner.Controller, cert *x509.Certificate) error
+	AuthorizeRenew(ctx context.Context, req RenewRequest) error
 }
 
 // ACMEDBWrapper wraps upstream's ACME database, the earliest point at which a
@@ -135,9 +151,17 @@ type ACMEDBWrapper interface {
 // CertificateObserver receives certificate events. Delivery is at least once
 // and survives crashes (see docs/design/events.md): the observer must be
 // idempotent, keyed by Event.ID or by serial and kind. Returning an error
-// makes the daemon retry the event later.
+// makes the daemon retry the event later, for this observer only.
 type CertificateObserver interface {
 	ObserveCertificate(ctx context.Context, ev CertificateEvent) error
+}
+
+// DeviceObserver receives device events with the same guarantees as
+// CertificateObserver. An event says what happened when it was recorded;
+// act on the device's state as it is now (a device disabled and enabled
+// again must not lose its certificates to a late delivery).
+type DeviceObserver interface {
+	ObserveDevice(ctx context.Context, ev DeviceEvent) error
 }
 
 // DirectRouteProvider serves high-rate requests (OCSP) straight from the
@@ -164,6 +188,9 @@ type CertificateWatcher interface {
 // distribution point and OCSP URL. It runs for /sign, ACME and SCEP, after
 // the provisioner's own enforcers; upstream copies these extensions from the
 // old certificate on /renew and /rekey. An error denies issuance (403).
+//
+// The daemon looks for it on the plugin's Generation first (settings that
+// follow ca.json reloads), then on the plugin.
 type CertificateEnforcer interface {
 	EnforceCertificate(cert *x509.Certificate) error
 }

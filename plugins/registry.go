@@ -19,8 +19,10 @@ type Factory struct {
 	Name string
 	// NewConfig returns a pointer to a config with defaults filled in.
 	NewConfig func() Config
-	// New builds the plugin from a validated config.
-	New func(cfg Config) (Plugin, error)
+	// New builds the plugin from a validated config. The plugin must be
+	// ready to serve every capability it has when New returns; background
+	// work goes through host.Go.
+	New func(cfg Config, host Host) (Plugin, error)
 }
 
 var (

@@ -75,6 +75,7 @@ DEB_TOOLS=(
 	"swtpm:swtpm"
 	"swtpm-tools:swtpm_setup"
 	"lego:lego"
+	"gcc:gcc" # the race detector in make unit needs cgo
 )
 
 present() {

@@ -8,12 +8,11 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/smallstep/certificates/acme"
-	"github.com/smallstep/certificates/authority"
 	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/nosql"
 
+	"github.com/stepfort/stepfort/plugins/plugintest"
 	"github.com/stepfort/stepfort/provisioners/deviceattest"
 	"github.com/stepfort/stepfort/provisioners/inventory"
 )
@@ -21,14 +20,6 @@ import (
 // gateOverhead is the in-process cost of the gate per device-attest-01
 // challenge (gate on minus gate off), set by gateCost.
 var gateOverhead time.Duration
-
-type host struct{ db nosql.DB }
-
-func (h host) Authority() *authority.Authority { return nil }
-func (h host) DB() nosql.DB                    { return h.db }
-func (h host) Logger() *slog.Logger            { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-func (h host) Now() time.Time                  { return time.Now() }
-func (h host) Metrics() prometheus.Registerer  { return prometheus.NewRegistry() }
 
 // nopDB is the ACME database under the gate: UpdateChallenge costs nothing,
 // so only the plugin's work is timed.
@@ -66,12 +57,16 @@ func gateCost(work string, devices, iters int) error {
 
 	cfgOn := defaultCfg([]string{"agents"})
 	cfgOff := defaultCfg([]string{})
-	pOn, pOff := deviceattest.New(cfgOn), deviceattest.New(cfgOff)
-	for _, p := range []*deviceattest.Plugin{pOn, pOff} {
-		if err := p.Start(context.Background(), host{db: db}); err != nil {
-			return err
-		}
-		defer p.Stop(context.Background())
+	h := plugintest.New(db, "bbolt", "bench")
+	h.Clock, h.Log = time.Now, slog.New(slog.NewTextHandler(io.Discard, nil))
+	defer h.Close()
+	pOn, err := deviceattest.New(cfgOn, h)
+	if err != nil {
+		return err
+	}
+	pOff, err := deviceattest.New(cfgOff, h)
+	if err != nil {
+		return err
 	}
 	ctx := acme.NewProvisionerContext(context.Background(), &provisioner.ACME{Name: "agents", Type: "ACME"})
 	gOn, gOff := pOn.WrapACMEDB(nopDB{}), pOff.WrapACMEDB(nopDB{})

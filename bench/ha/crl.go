@@ -13,7 +13,6 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/smallstep/certificates/authority"
 	upconfig "github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/db"
@@ -23,27 +22,41 @@ import (
 	"github.com/stepfort/stepfort/bench/internal/benchproc"
 	"github.com/stepfort/stepfort/ha"
 	"github.com/stepfort/stepfort/internal/storage"
+	"github.com/stepfort/stepfort/plugins/plugintest"
 )
 
 // The CRL part runs in a child process (this binary with -crl-child) so that
 // its RSS is not mixed with the load generator's or the other parts' heap.
 
 // benchHost is the plugins.Host the publisher needs: an upstream authority
-// (for the intermediate and its signer) over a bbolt database. Its logger
-// keeps the attributes of the publisher's "CRL published" line, which
-// break the publication down.
+// (for the intermediate and its signer) over a bbolt database, on the real
+// clock. Its logger keeps the attributes of the publisher's "CRL
+// published" line, which break the publication down.
 type benchHost struct {
-	auth      *authority.Authority
-	store     nosql.DB
-	reg       *prometheus.Registry
+	*plugintest.Host
 	published map[string]float64
 }
 
-func (h *benchHost) Authority() *authority.Authority { return h.auth }
-func (h *benchHost) DB() nosql.DB                    { return h.store }
-func (h *benchHost) Logger() *slog.Logger            { return slog.New(publishedHandler{h}) }
-func (h *benchHost) Now() time.Time                  { return time.Now() }
-func (h *benchHost) Metrics() prometheus.Registerer  { return h.reg }
+func newBenchHost(auth *authority.Authority, store nosql.DB, replica string) *benchHost {
+	h := &benchHost{Host: plugintest.New(store, "bbolt", replica)}
+	h.Auth, h.Clock = auth, time.Now
+	h.Log = slog.New(publishedHandler{h})
+	return h
+}
+
+// newBenchPublisher is a CRL publisher for the bench's scope.
+func newBenchPublisher(h *benchHost) (*ha.Publisher, error) {
+	pub, err := ha.NewPublisher(h, 5*time.Second, 15*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	scope, err := ha.NewCRLScope("http://localhost/1.0/crl", 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	pub.Activate(scope)
+	return pub, nil
+}
 
 // publishedHandler records the numeric attributes of "CRL published".
 type publishedHandler struct{ h *benchHost }
@@ -134,8 +147,9 @@ func crlChild(caConfig, password, dbPath string, sizes []int) error {
 	if err != nil {
 		return fmt.Errorf("authority: %w", err)
 	}
-	h := &benchHost{auth: auth, store: store, reg: prometheus.NewRegistry()}
-	pub, err := ha.NewPublisher(h, "bench", "http://localhost/1.0/crl", 24*time.Hour, 5*time.Second, 15*time.Second)
+	h := newBenchHost(auth, store, "bench")
+	defer h.Close()
+	pub, err := newBenchPublisher(h)
 	if err != nil {
 		return fmt.Errorf("publisher: %w", err)
 	}
@@ -203,7 +217,9 @@ func crlChild(caConfig, password, dbPath string, sizes []int) error {
 			return err
 		}
 		_, st.AgainPeak, _ = benchproc.ProcMemory("self")
-		other, err := ha.NewPublisher(&benchHost{auth: auth, store: store, reg: prometheus.NewRegistry()}, "other", "http://localhost/1.0/crl", 24*time.Hour, 5*time.Second, 15*time.Second)
+		otherHost := newBenchHost(auth, store, "other")
+		defer otherHost.Close()
+		other, err := newBenchPublisher(otherHost)
 		if err != nil {
 			return err
 		}

@@ -17,10 +17,10 @@ import (
 	"github.com/smallstep/cli-utils/ui"
 	"go.step.sm/crypto/pemutil"
 
-	// KMS drivers registered by upstream's cmd/step-ca. pkcs11 and yubikey
-	// need cgo (a smart-card library); in the CGO_ENABLED=0 build their
-	// packages register a stub that answers with a clear "not supported
-	// without cgo" error, exactly as an upstream step-ca built without cgo.
+	// KMS drivers registered by upstream's cmd/step-ca. pkcs11 needs cgo;
+	// in the CGO_ENABLED=0 build its package registers a stub that answers
+	// with a clear "not supported without cgo" error, exactly as an
+	// upstream step-ca built without cgo. yubikey is in kms_yubikey.go.
 	_ "go.step.sm/crypto/kms/awskms"
 	_ "go.step.sm/crypto/kms/azurekms"
 	_ "go.step.sm/crypto/kms/cloudkms"
@@ -28,7 +28,6 @@ import (
 	_ "go.step.sm/crypto/kms/softkms"
 	_ "go.step.sm/crypto/kms/sshagentkms"
 	_ "go.step.sm/crypto/kms/tpmkms"
-	_ "go.step.sm/crypto/kms/yubikey"
 
 	// CAS drivers registered by upstream's cmd/step-ca.
 	_ "github.com/smallstep/certificates/cas/cloudcas"

@@ -1,11 +1,13 @@
-// Package adminapi serves stepfort's admin API under /api/v1: JSON in and
-// out, every route authenticated by a scoped bearer token.
+// Package admin is stepfort's admin API: the server under /api/v1 (JSON in
+// and out, every route authenticated by a scoped bearer token) and the
+// store of those tokens. Plugins add routes with plugins.AdminRouteProvider
+// and answer with WriteJSON, WriteError and ReadJSON, so every endpoint
+// speaks the same error format.
 package admin
 
 import (
-	"encoding/json"
+	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -19,53 +21,18 @@ import (
 // Prefix is where the admin API is mounted.
 const Prefix = "/api/v1"
 
-// maxBody bounds request bodies; bulk imports set their own, larger limit.
-const maxBody = 1 << 20
-
-// Counter records outcomes for metrics.
+// Counter records request outcomes for metrics: "ok", "unauthorized",
+// "forbidden" or "error".
 type Counter interface{ AdminRequest(outcome string) }
 
 // Server is the admin API.
 type Server struct {
-	Tokens      *TokenStore
+	Tokens *TokenStore
+	// MaxTokenTTL caps the lifetime of tokens created through the API
+	// (0 = no cap, and tokens may never expire).
 	MaxTokenTTL time.Duration
-	Log         *slog.Logger
-	Metrics     Counter
-}
-
-// Error is the JSON body of every error response.
-type Error struct {
-	Status  int    `json:"status"`
-	Error   string `json:"error"`
-	Message string `json:"message"`
-}
-
-// WriteError writes a JSON error with the given status.
-func WriteError(w http.ResponseWriter, status int, format string, args ...any) {
-	WriteJSON(w, status, Error{Status: status, Error: strings.ToLower(strings.ReplaceAll(http.StatusText(status), " ", "_")), Message: fmt.Sprintf(format, args...)})
-}
-
-// WriteJSON writes v as JSON with the given status.
-func WriteJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
-// ReadJSON decodes a request body strictly into v, answering 400 itself on
-// failure (it returns false then).
-func ReadJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		WriteError(w, http.StatusBadRequest, "invalid request body: %v", err)
-		return false
-	}
-	return true
+	Log         *slog.Logger // slog.Default() if nil
+	Metrics     Counter      // optional
 }
 
 // Mount registers the admin API on r: the token routes and every plugin's
@@ -98,10 +65,15 @@ func (s *Server) routes() []plugins.AdminRoute {
 
 type tokenKey struct{}
 
-// TokenFrom returns the authenticated token of a request.
+// TokenFrom returns the authenticated token of a request (nil outside the
+// admin API's handlers).
 func TokenFrom(r *http.Request) *Token {
 	t, _ := r.Context().Value(tokenKey{}).(*Token)
 	return t
+}
+
+func withToken(r *http.Request, t *Token) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), tokenKey{}, t))
 }
 
 // require authenticates the bearer token and checks scope ("" = any valid
@@ -126,20 +98,27 @@ func (s *Server) require(scope string) func(http.Handler) http.Handler {
 				return
 			case err != nil:
 				s.count("error")
-				s.Log.Error("admin token lookup failed", "error", err)
+				s.log().Error("admin token lookup failed", "error", err)
 				WriteError(w, http.StatusServiceUnavailable, "token store unavailable")
 				return
 			}
 			if scope != "" && !t.Allows(scope) {
 				s.count("forbidden")
-				s.Log.Warn("admin request denied", "token", t.ID, "name", t.Name, "scope", scope, "path", r.URL.Path)
+				s.log().Warn("admin request denied", "token", t.ID, "name", t.Name, "scope", scope, "path", r.URL.Path)
 				WriteError(w, http.StatusForbidden, "token %q lacks scope %q", t.Name, scope)
 				return
 			}
 			s.count("ok")
-			next.ServeHTTP(w, r.WithContext(contextWith(r, t)))
+			next.ServeHTTP(w, withToken(r, t))
 		})
 	}
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.Default()
+	}
+	return s.Log
 }
 
 func (s *Server) count(outcome string) {
@@ -200,7 +179,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	s.Log.Info("admin token created", "id", t.ID, "name", t.Name, "scopes", t.Scopes, "by", caller.ID)
+	s.log().Info("admin token created", "id", t.ID, "name", t.Name, "scopes", t.Scopes, "by", caller.ID)
 	WriteJSON(w, http.StatusCreated, CreateTokenResponse{Token: t, Secret: secret})
 }
 
@@ -222,7 +201,7 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		WriteError(w, http.StatusServiceUnavailable, "revoke token: %v", err)
 	default:
-		s.Log.Info("admin token revoked", "id", t.ID, "name", t.Name, "by", TokenFrom(r).ID)
+		s.log().Info("admin token revoked", "id", t.ID, "name", t.Name, "by", TokenFrom(r).ID)
 		WriteJSON(w, http.StatusOK, t)
 	}
 }

@@ -1,7 +1,7 @@
-// Package admintoken issues and checks the scoped bearer tokens of the admin
-// API. Only a SHA-256 of each token's secret is stored; the secret is shown
-// once, at creation.
 package admin
+
+// The scoped bearer tokens of the admin API. Only a SHA-256 of each token's
+// secret is stored; the secret is shown once, at creation.
 
 import (
 	"crypto/rand"
@@ -87,14 +87,15 @@ func ValidScope(s string) bool {
 	return !hasAction || action == "read" || action == "write"
 }
 
-// Store keeps tokens in the shared database, so every replica accepts them
+// TokenStore keeps tokens in the shared database, so every replica accepts them
 // and a revocation on one replica holds on all.
 type TokenStore struct {
 	db  nosql.DB
 	now func() time.Time
 }
 
-// NewStore creates the token table if needed.
+// NewTokenStore creates the token table if needed. now is the clock
+// (time.Now if nil).
 func NewTokenStore(db nosql.DB, now func() time.Time) (*TokenStore, error) {
 	if now == nil {
 		now = time.Now

@@ -1,7 +1,9 @@
-// Package auditlog is a plugin that appends every certificate event (issued,
-// renewed, revoked) to a JSON Lines file: an audit trail an operator can ship
-// to a SIEM. Each line is written once per event ID even when delivery is
-// retried, because the plugin skips IDs it has already written.
+// Package audit is the "auditLog" plugin: it appends every certificate
+// event (issued, renewed, revoked) to a JSON Lines file, an audit trail an
+// operator can ship to a SIEM. Delivery is at least once, so the plugin
+// remembers the event IDs in the file (read back when it is built) and
+// writes each event once even when delivery is retried or the daemon
+// restarts.
 package audit
 
 import (
@@ -25,8 +27,18 @@ func init() {
 	plugins.Register(plugins.Factory{
 		Name:      Name,
 		NewConfig: func() plugins.Config { return &Config{} },
-		New:       func(c plugins.Config) (plugins.Plugin, error) { return New(c.(*Config)), nil },
+		New:       newPlugin,
 	})
+}
+
+// newPlugin is the Factory's New. The audit log needs nothing from the
+// host: it only observes events.
+func newPlugin(c plugins.Config, _ plugins.Host) (plugins.Plugin, error) {
+	p, err := New(c.(*Config))
+	if err != nil {
+		return nil, err // not a typed nil inside the interface
+	}
+	return p, nil
 }
 
 // Config is the plugin's ca.json block.
@@ -46,7 +58,8 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Line is one record in the file.
+// Line is one record in the file: the event without the certificate's DER,
+// plus the certificate fields an auditor searches by.
 type Line struct {
 	plugins.CertificateEvent
 	NotBefore string `json:"notBefore,omitempty"`
@@ -54,32 +67,38 @@ type Line struct {
 	Subject   string `json:"subject,omitempty"`
 }
 
-// Plugin writes the audit file.
+// Plugin writes the audit file. It is a plugins.CertificateObserver and
+// nothing else: it needs no background work and holds no open file.
 type Plugin struct {
-	cfg  *Config
+	path string
 	mu   sync.Mutex
 	seen map[string]bool // event IDs already in the file
 }
 
-// New returns the plugin.
-func New(cfg *Config) *Plugin { return &Plugin{cfg: cfg} }
+// New returns the plugin with the IDs already in the file loaded, so a
+// redelivered event is not written twice. A missing file, or a missing
+// directory, is not an error: the file is created (0600) on the first
+// event, and while its directory is missing every delivery fails and is
+// retried. A file that exists but cannot be read is an error.
+func New(cfg *Config) (*Plugin, error) {
+	seen, err := readIDs(cfg.Path)
+	if err != nil {
+		return nil, err
+	}
+	return &Plugin{path: cfg.Path, seen: seen}, nil
+}
 
-// Name implements plugins.Plugin.
-func (p *Plugin) Name() string { return Name }
-
-// Start loads the IDs already written so a redelivered event is not
-// duplicated. A missing directory is not fatal: delivery fails and is
-// retried until it exists.
-func (p *Plugin) Start(_ context.Context, _ plugins.Host) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.seen = map[string]bool{}
-	f, err := os.Open(p.cfg.Path)
+// readIDs returns the event IDs in the file at path (none if it does not
+// exist). Lines it cannot parse are skipped: a torn last line must not stop
+// the daemon.
+func readIDs(path string) (map[string]bool, error) {
+	seen := map[string]bool{}
+	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return seen, nil
 	}
 	if err != nil {
-		return fmt.Errorf("open %s: %w", p.cfg.Path, err)
+		return nil, fmt.Errorf("open audit log: %w", err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -89,14 +108,17 @@ func (p *Plugin) Start(_ context.Context, _ plugins.Host) error {
 			ID string `json:"id"`
 		}
 		if json.Unmarshal(sc.Bytes(), &l) == nil && l.ID != "" {
-			p.seen[l.ID] = true
+			seen[l.ID] = true
 		}
 	}
-	return sc.Err()
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read audit log %s: %w", path, err)
+	}
+	return seen, nil
 }
 
-// Stop implements plugins.Plugin.
-func (p *Plugin) Stop(context.Context) error { return nil }
+// Name implements plugins.Plugin.
+func (p *Plugin) Name() string { return Name }
 
 // ObserveCertificate appends the event, unless already written.
 func (p *Plugin) ObserveCertificate(_ context.Context, ev plugins.CertificateEvent) error {
@@ -116,7 +138,7 @@ func (p *Plugin) ObserveCertificate(_ context.Context, ev plugins.CertificateEve
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(p.cfg.Path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	f, err := os.OpenFile(p.path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fmt.Errorf("open audit log: %w", err)
 	}
@@ -129,8 +151,10 @@ func (p *Plugin) ObserveCertificate(_ context.Context, ev plugins.CertificateEve
 		return fmt.Errorf("sync audit log: %w", err)
 	}
 	if err := f.Close(); err != nil {
-		return err
+		return fmt.Errorf("close audit log: %w", err)
 	}
 	p.seen[ev.ID] = true
 	return nil
 }
+
+var _ plugins.CertificateObserver = (*Plugin)(nil)

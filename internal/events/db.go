@@ -1,9 +1,10 @@
-// Package events turns upstream step-ca's certificate stores into durable
-// certificate events and delivers them to plugins.
+// Package events turns upstream step-ca's certificate stores, and the device
+// changes plugins record (Recorder), into durable events and delivers them
+// to plugins.
 //
 // Guarantee: an event is written in the same database transaction as the
-// certificate or revocation it describes (see DB), so a certificate that a
-// client received always has its event. The Outbox delivers events at least
+// certificate, revocation or device change it describes (see DB and
+// Recorder), so a certificate that a client received always has its event. The Outbox delivers events at least
 // once, across crashes and replicas, and deletes an event only after every
 // observer has accepted it. docs/design/events.md has the full argument.
 package events
@@ -15,6 +16,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/smallstep/certificates/authority/provisioner"
@@ -46,6 +48,7 @@ type DB struct {
 	outbox   *Outbox // nil: no observers, write no events
 	now      func() time.Time
 	watchers []plugins.CertificateWatcher
+	admin    sync.Map // serial -> *adminRevocation, see Administrative
 }
 
 // Watch adds a watcher told about every committed issuance, renewal and
@@ -53,15 +56,57 @@ type DB struct {
 // before the DB is used.
 func (d *DB) Watch(w plugins.CertificateWatcher) { d.watchers = append(d.watchers, w) }
 
-// NewDB wraps base. With a nil outbox it behaves exactly like upstream.
-func NewDB(base *db.DB, outbox *Outbox) (*DB, error) {
-	d := &DB{DB: base, outbox: outbox, now: time.Now}
+// NewDB wraps base. now is the clock of event IDs and times (nil:
+// time.Now). Certificate events are written only when outbox has a
+// certificate observer; with a nil outbox the DB behaves exactly like
+// upstream.
+func NewDB(base *db.DB, outbox *Outbox, now func() time.Time) (*DB, error) {
+	if now == nil {
+		now = time.Now
+	}
+	d := &DB{DB: base, outbox: outbox, now: now}
 	if outbox != nil {
 		if err := base.CreateTable(Table); err != nil {
 			return nil, fmt.Errorf("create table %s: %w", Table, err)
 		}
 	}
 	return d, nil
+}
+
+// AdminTokenPrefix starts the TokenID of a revocation stored by an
+// administrative revocation; the actor follows it.
+const AdminTokenPrefix = "stepfort-admin:"
+
+type adminRevocation struct{ actor string }
+
+// Administrative marks the revocation of serial that the caller is about to
+// make through upstream's Authority.Revoke as administrative, until done is
+// called. Upstream knows only token, mTLS and ACME revocations, so the
+// daemon revokes with MTLS set; while the mark is registered, Revoke stores
+// the revocation with MTLS and ACME unset and TokenID AdminTokenPrefix+actor,
+// and the revoked event names the actor. Safe for concurrent use; call done
+// when the revoke returns:
+//
+//	defer d.Administrative(serial, "plugin:deviceAttest")()
+func (d *DB) Administrative(serial, actor string) (done func()) {
+	mark := &adminRevocation{actor: actor}
+	d.admin.Store(serial, mark)
+	// Only our own mark: a later registration for the serial stays.
+	return func() { d.admin.CompareAndDelete(serial, mark) }
+}
+
+// administrative returns the revocation to store for rci and its actor:
+// rci itself, or a copy rewritten by Administrative.
+func (d *DB) administrative(rci *db.RevokedCertificateInfo) (*db.RevokedCertificateInfo, string) {
+	v, ok := d.admin.Load(rci.Serial)
+	if !ok {
+		return rci, ""
+	}
+	actor := v.(*adminRevocation).actor
+	admin := *rci
+	admin.MTLS, admin.ACME = false, false
+	admin.TokenID = AdminTokenPrefix + actor
+	return &admin, actor
 }
 
 type attested interface {
@@ -146,20 +191,21 @@ func (d *DB) StoreRenewedCertificate(parent *x509.Certificate, chain ...*x509.Ce
 // when its compare-and-swap does not swap, so an already-revoked serial leaves
 // a spurious event; it is deleted here, and the Outbox also drops any revoked
 // event that does not match the stored revocation (in case of a crash before
-// the delete).
+// the delete). A revocation marked by Administrative is stored as such.
 func (d *DB) Revoke(rci *db.RevokedCertificateInfo) error {
-	if d.outbox == nil {
+	rci, actor := d.administrative(rci)
+	ev := d.revokedEvent(rci, actor)
+	if !d.outbox.observesCertificates() {
 		if err := d.DB.Revoke(rci); err != nil {
 			return err
 		}
-		d.notify(d.revokedEvent(rci))
+		d.notify(ev)
 		return nil
 	}
 	rcib, err := json.Marshal(rci)
 	if err != nil {
 		return fmt.Errorf("marshal revocation: %w", err)
 	}
-	ev := d.revokedEvent(rci)
 	if crt, err := d.GetCertificate(rci.Serial); err == nil {
 		ev.CertificateDER = crt.Raw
 		if data, err := d.GetCertificateData(rci.Serial); err == nil && data.Provisioner != nil {
@@ -182,10 +228,10 @@ func (d *DB) Revoke(rci *db.RevokedCertificateInfo) error {
 	return nil
 }
 
-func (d *DB) revokedEvent(rci *db.RevokedCertificateInfo) *plugins.CertificateEvent {
+func (d *DB) revokedEvent(rci *db.RevokedCertificateInfo, actor string) *plugins.CertificateEvent {
 	ev := d.newEvent(plugins.EventRevoked, rci.Serial)
 	ev.Revocation = &plugins.Revocation{
-		ReasonCode: rci.ReasonCode, Reason: rci.Reason, RevokedAt: rci.RevokedAt, MTLS: rci.MTLS, ACME: rci.ACME,
+		ReasonCode: rci.ReasonCode, Reason: rci.Reason, RevokedAt: rci.RevokedAt, MTLS: rci.MTLS, ACME: rci.ACME, Actor: actor,
 	}
 	return ev
 }
@@ -196,10 +242,10 @@ func (d *DB) newEvent(kind plugins.EventKind, serial string) *plugins.Certificat
 }
 
 func (d *DB) addEvent(tx *database.Tx, ev *plugins.CertificateEvent) error {
-	if d.outbox == nil {
+	if !d.outbox.observesCertificates() {
 		return nil
 	}
-	b, err := json.Marshal(&record{Event: *ev})
+	b, err := json.Marshal(&record{Event: ev})
 	if err != nil {
 		return fmt.Errorf("marshal event: %w", err)
 	}
@@ -211,7 +257,7 @@ func (d *DB) notify(ev *plugins.CertificateEvent) {
 	for _, w := range d.watchers {
 		w.CertificateCommitted(*ev)
 	}
-	if d.outbox != nil {
+	if d.outbox.observesCertificates() {
 		d.outbox.Notify(ev.ID)
 	}
 }

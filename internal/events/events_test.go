@@ -97,8 +97,8 @@ func TestEventsAreStoredWithCertificatesAndDelivered(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			base := open(t)
 			rec := &recorder{}
-			ob := NewOutbox(base, []Observer{{Name: "rec", CertificateObserver: rec}}, OutboxOptions{Replica: "a", ClaimTTL: 5 * time.Second, RetryInterval: time.Second})
-			d, err := NewDB(base, ob)
+			ob := NewOutbox(base, []Observer{{Name: "rec", Certificate: rec}}, OutboxOptions{Replica: "a", ClaimTTL: 5 * time.Second, RetryInterval: time.Second})
+			d, err := NewDB(base, ob, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -176,8 +176,8 @@ func TestUndeliveredEventsSurviveACrash(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			base := open(t)
 			failing := &recorder{fail: 1 << 30}
-			ob := NewOutbox(base, []Observer{{Name: "rec", CertificateObserver: failing}}, OutboxOptions{Replica: "a", ClaimTTL: 5 * time.Second, RetryInterval: time.Second})
-			d, err := NewDB(base, ob)
+			ob := NewOutbox(base, []Observer{{Name: "rec", Certificate: failing}}, OutboxOptions{Replica: "a", ClaimTTL: 5 * time.Second, RetryInterval: time.Second})
+			d, err := NewDB(base, ob, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -194,7 +194,7 @@ func TestUndeliveredEventsSurviveACrash(t *testing.T) {
 			// delivers it, after the back-off.
 			rec := &recorder{}
 			now := time.Now().Add(time.Minute)
-			ob2 := NewOutbox(base, []Observer{{Name: "rec", CertificateObserver: rec}}, OutboxOptions{Replica: "b", ClaimTTL: 5 * time.Second, RetryInterval: time.Second, Now: func() time.Time { return now }})
+			ob2 := NewOutbox(base, []Observer{{Name: "rec", Certificate: rec}}, OutboxOptions{Replica: "b", ClaimTTL: 5 * time.Second, RetryInterval: time.Second, Now: func() time.Time { return now }})
 			if left := ob2.Sweep(context.Background()); left != 0 {
 				t.Fatalf("pending after restart = %d", left)
 			}
@@ -210,10 +210,10 @@ func TestClaimedEventIsNotDeliveredTwice(t *testing.T) {
 	recA, recB := &recorder{}, &recorder{}
 	opts := OutboxOptions{ClaimTTL: time.Minute, RetryInterval: time.Second}
 	opts.Replica = "a"
-	a := NewOutbox(base, []Observer{{Name: "rec", CertificateObserver: recA}}, opts)
+	a := NewOutbox(base, []Observer{{Name: "rec", Certificate: recA}}, opts)
 	opts.Replica = "b"
-	b := NewOutbox(base, []Observer{{Name: "rec", CertificateObserver: recB}}, opts)
-	d, _ := NewDB(base, a)
+	b := NewOutbox(base, []Observer{{Name: "rec", Certificate: recB}}, opts)
+	d, _ := NewDB(base, a, nil)
 	c := newCert(t, nil)
 	if err := d.StoreCertificateChain(nil, c); err != nil {
 		t.Fatal(err)
@@ -242,8 +242,8 @@ func TestClaimedEventIsNotDeliveredTwice(t *testing.T) {
 func TestObserverPanicIsRetried(t *testing.T) {
 	base := backends(t)["bbolt"](t)
 	p := &panicky{}
-	ob := NewOutbox(base, []Observer{{Name: "p", CertificateObserver: p}}, OutboxOptions{Replica: "a", ClaimTTL: time.Minute, RetryInterval: time.Second})
-	d, _ := NewDB(base, ob)
+	ob := NewOutbox(base, []Observer{{Name: "p", Certificate: p}}, OutboxOptions{Replica: "a", ClaimTTL: time.Minute, RetryInterval: time.Second})
+	d, _ := NewDB(base, ob, nil)
 	if err := d.StoreCertificateChain(nil, newCert(t, nil)); err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +265,7 @@ func (panicky) ObserveCertificate(context.Context, plugins.CertificateEvent) err
 
 func TestNoObserversWritesNoEvents(t *testing.T) {
 	base := backends(t)["bbolt"](t)
-	d, err := NewDB(base, nil)
+	d, err := NewDB(base, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,8 +280,8 @@ func TestNoObserversWritesNoEvents(t *testing.T) {
 func TestRestartTakesOverItsOwnClaims(t *testing.T) {
 	base := backends(t)["bbolt"](t)
 	dead := &recorder{}
-	a := NewOutbox(base, []Observer{{Name: "rec", CertificateObserver: dead}}, OutboxOptions{Replica: "host|:9000|111-aaaa", ClaimTTL: time.Hour, RetryInterval: time.Second})
-	d, _ := NewDB(base, a)
+	a := NewOutbox(base, []Observer{{Name: "rec", Certificate: dead}}, OutboxOptions{Replica: "host|:9000|111-aaaa", ClaimTTL: time.Hour, RetryInterval: time.Second})
+	d, _ := NewDB(base, a, nil)
 	if err := d.StoreCertificateChain(nil, newCert(t, nil)); err != nil {
 		t.Fatal(err)
 	}
@@ -294,12 +294,12 @@ func TestRestartTakesOverItsOwnClaims(t *testing.T) {
 		t.Fatal("claim failed")
 	}
 	other := &recorder{}
-	b := NewOutbox(base, []Observer{{Name: "rec", CertificateObserver: other}}, OutboxOptions{Replica: "otherhost|:9000|5-bbbb", ClaimTTL: time.Hour, RetryInterval: time.Second})
+	b := NewOutbox(base, []Observer{{Name: "rec", Certificate: other}}, OutboxOptions{Replica: "otherhost|:9000|5-bbbb", ClaimTTL: time.Hour, RetryInterval: time.Second})
 	if b.deliver(context.Background(), []byte(id), nil) {
 		t.Fatal("another replica took a live claim")
 	}
 	restarted := &recorder{}
-	c := NewOutbox(base, []Observer{{Name: "rec", CertificateObserver: restarted}}, OutboxOptions{Replica: "host|:9000|222-cccc", ClaimTTL: time.Hour, RetryInterval: time.Second})
+	c := NewOutbox(base, []Observer{{Name: "rec", Certificate: restarted}}, OutboxOptions{Replica: "host|:9000|222-cccc", ClaimTTL: time.Hour, RetryInterval: time.Second})
 	if !c.deliver(context.Background(), []byte(id), nil) || len(restarted.got()) != 1 {
 		t.Fatal("the restarted replica did not take over its previous incarnation's claim")
 	}

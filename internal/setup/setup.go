@@ -4,29 +4,17 @@
 package setup
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/smallstep/certificates/db"
-	"go.step.sm/crypto/jose"
-	"go.step.sm/crypto/pemutil"
 
 	"github.com/stepfort/stepfort/internal/admin"
 )
@@ -60,24 +48,67 @@ type Result struct {
 // ErrNotEmpty is returned when Dir has content and Force is not set.
 var ErrNotEmpty = errors.New("directory is not empty (use --force to overwrite)")
 
-// Init writes the installation. On error it leaves no half-written config.
+// Init writes the installation. ca.json is written last, so a directory
+// with a ca.json holds a complete installation; on error no ca.json is
+// written.
 func Init(o Options) (*Result, error) {
 	if err := o.defaults(); err != nil {
 		return nil, err
 	}
-	if entries, err := os.ReadDir(o.Dir); err == nil && len(entries) > 0 && !o.Force {
-		return nil, fmt.Errorf("%s: %w", o.Dir, ErrNotEmpty)
+	if err := makeDirs(o.Dir, o.Force); err != nil {
+		return nil, err
+	}
+	r := newResult(o)
+	password := randomSecret(32)
+	if err := writeFile(r.PasswordFile, []byte(password+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	ca, err := writeCAFiles(o, r, password)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeStepDefaults(r); err != nil {
+		return nil, err
+	}
+	secret, err := createAdminToken(ca.DB)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFile(r.AdminTokenFile, []byte(secret+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	b, err := json.MarshalIndent(ca, "", "\t")
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFile(r.ConfigFile, append(b, '\n'), 0o644); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// makeDirs creates the installation's directories, refusing a non-empty
+// dir unless force is set.
+func makeDirs(dir string, force bool) error {
+	if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 && !force {
+		return fmt.Errorf("%s: %w", dir, ErrNotEmpty)
 	}
 	for _, sub := range []string{"certs", "secrets", "config", "db", "logs", "templates"} {
 		perm := os.FileMode(0o755)
 		if sub == "secrets" {
 			perm = 0o700
 		}
-		if err := os.MkdirAll(filepath.Join(o.Dir, sub), perm); err != nil {
-			return nil, err
+		if err := os.MkdirAll(filepath.Join(dir, sub), perm); err != nil {
+			return err
 		}
 	}
-	r := &Result{
+	return nil
+}
+
+// newResult names the files Init writes; RootFingerprint is filled in once
+// the root exists.
+func newResult(o Options) *Result {
+	return &Result{
 		Dir:            o.Dir,
 		ConfigFile:     filepath.Join(o.Dir, "config", "ca.json"),
 		PasswordFile:   filepath.Join(o.Dir, "secrets", "password"),
@@ -86,128 +117,61 @@ func Init(o Options) (*Result, error) {
 		CAURL:          caURL(o.DNSNames[0], o.Address),
 		Provisioner:    o.Provisioner,
 	}
-	password := randomSecret(32)
-	if err := writeFile(r.PasswordFile, []byte(password+"\n"), 0o600); err != nil {
-		return nil, err
-	}
+}
 
-	root, rootKey, err := newCA(o.Name+" Root CA", nil, nil, 1, 10*365*24*time.Hour)
+// writeCAFiles writes everything ca.json refers to (both CAs, the device
+// template, a fresh database) and returns ca.json's content.
+func writeCAFiles(o Options, r *Result, password string) (*caFile, error) {
+	issuing, err := writeCAPair(o.Dir, o.Name, "", password)
 	if err != nil {
 		return nil, err
 	}
-	inter, interKey, err := newCA(o.Name+" Intermediate CA", root, rootKey, 0, 10*365*24*time.Hour)
-	if err != nil {
-		return nil, err
-	}
-	r.RootFingerprint = fingerprint(root)
-	interCert := filepath.Join(o.Dir, "certs", "intermediate_ca.crt")
-	interKeyFile := filepath.Join(o.Dir, "secrets", "intermediate_ca_key")
-	if err := writeCert(r.RootFile, root); err != nil {
-		return nil, err
-	}
-	if err := writeKey(filepath.Join(o.Dir, "secrets", "root_ca_key"), rootKey, password); err != nil {
-		return nil, err
-	}
-	if err := writeCert(interCert, inter); err != nil {
-		return nil, err
-	}
-	if err := writeKey(interKeyFile, interKey, password); err != nil {
-		return nil, err
-	}
-
+	r.RootFile, r.RootFingerprint = issuing.rootFile, fingerprint(issuing.root)
 	// The TPM Attestation CA has its own root, trusted only where an ACME
 	// provisioner's attestationRoots names it.
-	att, err := writeAttestationCA(o, password)
+	attestation, err := writeCAPair(o.Dir, o.Name+" TPM Attestation", "attestation_", password)
 	if err != nil {
 		return nil, err
 	}
-
-	jwk, jwe, err := jose.GenerateDefaultKeyPair([]byte(password))
-	if err != nil {
-		return nil, fmt.Errorf("generate provisioner key: %w", err)
+	templateFile := filepath.Join(o.Dir, "templates", "device.tpl")
+	if err := writeFile(templateFile, []byte(DeviceTemplate), 0o644); err != nil {
+		return nil, err
 	}
-	encryptedKey, err := jwe.CompactSerialize()
+	dbCfg, err := newDatabase(o)
 	if err != nil {
 		return nil, err
 	}
-
-	dbCfg := &db.Config{Type: "bbolt", DataSource: filepath.Join(o.Dir, "db", "stepfort.db")}
-	if o.DB == "bbolt" {
-		// A forced re-init makes a new PKI: the old database would hold
-		// certificates of a CA that no longer exists.
-		if err := os.Remove(dbCfg.DataSource); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, err
-		}
+	provs, err := newProvisioners(o.Provisioner, password, issuing, attestation, templateFile)
+	if err != nil {
+		return nil, err
 	}
+	return newCAFile(o, r, issuing, attestation, dbCfg, provs), nil
+}
+
+// newDatabase returns the database settings. A forced re-init makes a new
+// PKI, so it removes an old bbolt file: it would hold certificates of a CA
+// that no longer exists. A PostgreSQL database is the operator's to manage.
+func newDatabase(o Options) (*db.Config, error) {
 	if o.DB == "postgresql" {
-		dbCfg = &db.Config{Type: "postgresql", DataSource: o.DBDSN, Database: o.DBName}
+		return &db.Config{Type: "postgresql", DataSource: o.DBDSN, Database: o.DBName}, nil
 	}
-	deviceTemplate := filepath.Join(o.Dir, "templates", "device.tpl")
-	if err := writeFile(deviceTemplate, []byte(DeviceTemplate), 0o644); err != nil {
+	cfg := &db.Config{Type: "bbolt", DataSource: filepath.Join(o.Dir, "db", "stepfort.db")}
+	if err := os.Remove(cfg.DataSource); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	httpPort := portOf(o.InsecureAddress)
-	caJSON := map[string]any{
-		"root":            r.RootFile,
-		"federatedRoots":  nil,
-		"crt":             interCert,
-		"key":             interKeyFile,
-		"address":         o.Address,
-		"insecureAddress": o.InsecureAddress,
-		"dnsNames":        o.DNSNames,
-		"logger":          map[string]any{"format": "json"},
-		"db":              dbCfg,
-		"crl":             map[string]any{"enabled": true, "generateOnRevoke": true, "idpURL": "http://" + hostPort(o.DNSNames[0], httpPort) + "/1.0/crl"},
-		"authority": map[string]any{
-			"provisioners": []any{
-				map[string]any{"type": "JWK", "name": o.Provisioner, "key": jwk, "encryptedKey": encryptedKey},
-				map[string]any{"type": "ACME", "name": "acme"},
-				map[string]any{"type": "ACME", "name": "agents", "challenges": []string{"device-attest-01"},
-					"attestationFormats": []string{"tpm"}, "attestationRoots": att.rootPEM,
-					"options": map[string]any{"x509": map[string]any{"templateFile": deviceTemplate}}},
-				// Account CA role: a device certificate (x5c) buys short-lived
-				// client certificates; the deviceAttest plugin links them to the device.
-				map[string]any{"type": "X5C", "name": "accounts",
-					"roots":  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}),
-					"claims": map[string]any{"defaultTLSCertDuration": "24h", "maxTLSCertDuration": "24h"}},
-			},
-		},
-		"stepfort": map[string]any{
-			"admin": map[string]any{},
-			"plugins": map[string]any{
-				"auditLog":      map[string]any{"path": filepath.Join(o.Dir, "logs", "certificates.jsonl")},
-				"inventory":     map[string]any{},
-				"billing":       map[string]any{},
-				"revocation":    map[string]any{"ocsp": map[string]any{"url": "http://" + hostPort(o.DNSNames[0], httpPort) + "/ocsp"}},
-				"attestationCA": map[string]any{"certificate": att.cert, "key": att.key, "passwordFile": r.PasswordFile, "root": att.root},
-				"deviceAttest":  map[string]any{"provisioners": []string{"agents"}, "accountProvisioners": []string{"accounts"}},
-			},
-		},
-	}
-	b, err := json.MarshalIndent(caJSON, "", "\t")
-	if err != nil {
-		return nil, err
-	}
-	// The step CLI reads defaults.json when STEPPATH points at Dir.
-	defaults, _ := json.MarshalIndent(map[string]string{
+	return cfg, nil
+}
+
+// writeStepDefaults writes config/defaults.json, which the step CLI reads
+// when STEPPATH points at the installation.
+func writeStepDefaults(r *Result) error {
+	b, err := json.MarshalIndent(map[string]string{
 		"ca-url": r.CAURL, "ca-config": r.ConfigFile, "fingerprint": r.RootFingerprint, "root": r.RootFile,
 	}, "", "\t")
-	if err := writeFile(filepath.Join(o.Dir, "config", "defaults.json"), append(defaults, '\n'), 0o644); err != nil {
-		return nil, err
-	}
-
-	secret, err := createAdminToken(dbCfg)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := writeFile(r.AdminTokenFile, []byte(secret+"\n"), 0o600); err != nil {
-		return nil, err
-	}
-	// ca.json last: its presence means the installation is complete.
-	if err := writeFile(r.ConfigFile, append(b, '\n'), 0o644); err != nil {
-		return nil, err
-	}
-	return r, nil
+	return writeFile(filepath.Join(r.Dir, "config", "defaults.json"), append(b, '\n'), 0o644)
 }
 
 func (o *Options) defaults() error {
@@ -261,6 +225,8 @@ func (o *Options) defaults() error {
 	return nil
 }
 
+// createAdminToken stores the first admin token, with every scope, and
+// returns its secret.
 func createAdminToken(cfg *db.Config) (string, error) {
 	d, err := db.New(cfg)
 	if err != nil {
@@ -275,54 +241,7 @@ func createAdminToken(cfg *db.Config) (string, error) {
 	return secret, err
 }
 
-// newCA makes a CA certificate; with a nil parent it is self-signed.
-func newCA(cn string, parent *x509.Certificate, parentKey crypto.Signer, maxPathLen int, validity time.Duration) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-	if err != nil {
-		return nil, nil, err
-	}
-	now := time.Now().Add(-time.Minute)
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             now,
-		NotAfter:              now.Add(validity),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLen:            maxPathLen,
-		MaxPathLenZero:        maxPathLen == 0,
-	}
-	signer := crypto.Signer(key)
-	if parent == nil {
-		parent = tmpl
-	} else {
-		signer = parentKey
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
-	if err != nil {
-		return nil, nil, fmt.Errorf("create %s: %w", cn, err)
-	}
-	c, err := x509.ParseCertificate(der)
-	return c, key, err
-}
-
-func writeCert(path string, c *x509.Certificate) error {
-	return writeFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}), 0o644)
-}
-
-func writeKey(path string, key crypto.PrivateKey, password string) error {
-	block, err := pemutil.Serialize(key, pemutil.WithPassword([]byte(password)))
-	if err != nil {
-		return fmt.Errorf("encrypt %s: %w", path, err)
-	}
-	return writeFile(path, pem.EncodeToMemory(block), 0o600)
-}
-
+// writeFile replaces path atomically, so a reader never sees half a file.
 func writeFile(path string, data []byte, perm os.FileMode) error {
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, data, perm); err != nil {
@@ -339,96 +258,3 @@ func randomSecret(n int) string {
 	_, _ = rand.Read(b)
 	return base64.RawURLEncoding.EncodeToString(b)
 }
-
-func fingerprint(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.Raw)
-	return hex.EncodeToString(sum[:])
-}
-
-func portOf(addr string) string {
-	_, port, _ := net.SplitHostPort(addr)
-	return port
-}
-
-func hostPort(host, port string) string {
-	if port == "" || port == "80" {
-		return host
-	}
-	return net.JoinHostPort(host, port)
-}
-
-func caURL(dns, address string) string {
-	port := portOf(address)
-	if port == "443" {
-		return "https://" + dns
-	}
-	return "https://" + net.JoinHostPort(dns, port)
-}
-
-// attestationCA says where writeAttestationCA put the Attestation CA.
-type attestationCA struct {
-	root, cert, key string
-	rootPEM         []byte // base64 in ca.json (upstream's attestationRoots is []byte)
-}
-
-// writeAttestationCA creates the TPM Attestation CA root and intermediate,
-// separate from the issuing CA; keys are encrypted with the CA password.
-func writeAttestationCA(o Options, password string) (*attestationCA, error) {
-	root, rootKey, err := newCA(o.Name+" TPM Attestation Root CA", nil, nil, 1, 10*365*24*time.Hour)
-	if err != nil {
-		return nil, err
-	}
-	inter, interKey, err := newCA(o.Name+" TPM Attestation Intermediate CA", root, rootKey, 0, 10*365*24*time.Hour)
-	if err != nil {
-		return nil, err
-	}
-	a := &attestationCA{
-		root:    filepath.Join(o.Dir, "certs", "attestation_root_ca.crt"),
-		cert:    filepath.Join(o.Dir, "certs", "attestation_intermediate_ca.crt"),
-		key:     filepath.Join(o.Dir, "secrets", "attestation_intermediate_ca_key"),
-		rootPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}),
-	}
-	if err := writeCert(a.root, root); err != nil {
-		return nil, err
-	}
-	if err := writeKey(filepath.Join(o.Dir, "secrets", "attestation_root_ca_key"), rootKey, password); err != nil {
-		return nil, err
-	}
-	if err := writeCert(a.cert, inter); err != nil {
-		return nil, err
-	}
-	if err := writeKey(a.key, interKey, password); err != nil {
-		return nil, err
-	}
-	return a, nil
-}
-
-// DeviceTemplate is the certificate template init gives the "agents"
-// device-attest-01 provisioner: upstream's attested leaf template plus the
-// permanent identifier (for TPMs the EK URN) as a URI SAN, where TLS and
-// RADIUS servers look for it, and the device's inventory collection as the
-// subject's organizational unit (data from the deviceAttest plugin's
-// in-process ENRICHING webhook). See docs/deviceattest.md.
-const DeviceTemplate = `{
-{{- $device := dict }}{{ with .Webhooks }}{{ with .deviceAttest }}{{ $device = . }}{{ end }}{{ end }}
-{{- if $device.collection }}
-	"subject": {"commonName": {{ toJson .Subject.CommonName }}, "organizationalUnit": {{ toJson $device.collection }}},
-{{- else }}
-	"subject": {{ toJson .Subject }},
-{{- end }}
-	"sans": [
-{{- range $i, $s := .SANs }}{{ if $i }},{{ end }}
-		{{ toJson $s }}
-{{- if eq $s.Type "permanentIdentifier" }},
-		{"type": "uri", "value": {{ toJson $s.Value }}}
-{{- end }}
-{{- end }}
-	],
-{{- if typeIs "*rsa.PublicKey" .Insecure.CR.PublicKey }}
-	"keyUsage": ["keyEncipherment", "digitalSignature"],
-{{- else }}
-	"keyUsage": ["digitalSignature"],
-{{- end }}
-	"extKeyUsage": ["clientAuth"]
-}
-`

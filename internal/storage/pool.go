@@ -44,14 +44,6 @@ func TunePool(d nosql.DB, s PoolSettings) bool {
 	return true
 }
 
-// Stats returns the pool statistics of d, if it is a SQL database.
-func PoolStats(d nosql.DB) (sql.DBStats, bool) {
-	if pool := find(d); pool != nil {
-		return pool.Stats(), true
-	}
-	return sql.DBStats{}, false
-}
-
 // Pool returns the *sql.DB inside d, or nil when d is not a SQL database.
 // Callers borrow it (for example to hold one connection for LISTEN); they
 // must not close it.

@@ -20,9 +20,9 @@ func TestTuneFindsThePool(t *testing.T) {
 	if !TunePool(d, PoolSettings{MaxIdleConns: 7, MaxOpenConns: 9, ConnMaxIdleTime: time.Minute}) {
 		t.Fatal("the *sql.DB inside smallstep/nosql's postgresql.DB was not found")
 	}
-	stats, ok := PoolStats(d)
-	if !ok || stats.MaxOpenConnections != 9 {
-		t.Fatalf("stats = %+v, %v", stats, ok)
+	stats := SQLPool(d).Stats()
+	if stats.MaxOpenConnections != 9 {
+		t.Fatalf("stats = %+v", stats)
 	}
 	b, err := nosql.New("bbolt", filepath.Join(t.TempDir(), "db"))
 	if err != nil {

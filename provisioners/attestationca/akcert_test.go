@@ -7,11 +7,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"math/big"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/smallstep/nosql"
 	"go.step.sm/crypto/x509util"
 )
 
@@ -79,73 +77,5 @@ func TestIssueAKCertificate(t *testing.T) {
 	}
 	if c.Subject.String() != "" || c.IsCA || c.Version != 3 || !c.UnknownExtKeyUsage[0].Equal(oidTCGKpAIKCertificate) {
 		t.Fatalf("AK certificate shape: %+v", c)
-	}
-}
-
-func TestSessionsSingleUse(t *testing.T) {
-	db, err := nosql.New("bbolt", filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	s, err := NewSessionStore(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	secret := []byte("0123456789abcdef0123456789abcdef")
-	if err := s.Put(secret, &AttestationSession{EKURN: "urn:ek:x", ExpiresAt: now.Add(time.Minute)}); err != nil {
-		t.Fatal(err)
-	}
-	expired := []byte("expired-secret-expired-secret-xx")
-	_ = s.Put(expired, &AttestationSession{ExpiresAt: now.Add(-time.Second)})
-	tests := []struct {
-		name   string
-		secret []byte
-		want   error
-	}{
-		{"first use", secret, nil},
-		{"replay", secret, ErrReplayed},
-		{"unknown", []byte("nope"), ErrUnknownSecret},
-		{"expired", expired, ErrExpired},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if _, err := s.Consume(tt.secret, now); err != tt.want {
-				t.Fatalf("got %v want %v", err, tt.want)
-			}
-		})
-	}
-	if n, err := s.Purge(now.Add(time.Hour), time.Minute); err != nil || n != 2 {
-		t.Fatalf("purge: %d %v", n, err)
-	}
-}
-
-func TestConfigValidate(t *testing.T) {
-	base := func() *Config {
-		c := defaultConfig()
-		c.Certificate, c.Key, c.PasswordFile = "/c", "/k", "/p"
-		return c
-	}
-	tests := []struct {
-		name string
-		mod  func(c *Config)
-		ok   bool
-	}{
-		{"defaults", func(*Config) {}, true},
-		{"relative key", func(c *Config) { c.Key = "k" }, false},
-		{"missing certificate", func(c *Config) { c.Certificate = "" }, false},
-		{"bad base path", func(c *Config) { c.BasePath = "attestation/" }, false},
-		{"require without roots", func(c *Config) { c.RequireEKCertificate = true }, false},
-		{"ttl too short", func(c *Config) { c.SessionTTL.Duration = time.Millisecond }, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := base()
-			tt.mod(c)
-			if err := c.Validate(); (err == nil) != tt.ok {
-				t.Fatalf("Validate: %v", err)
-			}
-		})
 	}
 }

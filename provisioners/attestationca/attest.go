@@ -106,24 +106,20 @@ func (pa *parsedAttest) activationChallenge() ([]byte, *attest.EncryptedCredenti
 
 // serveStep is the HTTP side shared by /attest and /secret: panic guard,
 // denial answer and audit event, or the JSON answer.
-func serveStep[Resp any](p *Plugin, step string, fn func(r *http.Request, w http.ResponseWriter, st *state, rq *request) (Resp, *denial)) http.HandlerFunc {
+func serveStep[Resp any](p *Plugin, step string, fn func(r *http.Request, w http.ResponseWriter, rq *request) (Resp, *denial)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		st := p.state.Load()
 		rq := &request{step: step}
-		defer p.guard(w, r, st, rq)
-		resp, d := fn(r, w, st, rq)
+		defer p.guard(w, r, rq)
+		resp, d := fn(r, w, rq)
 		if d != nil {
-			p.fail(w, r, st, rq, d)
+			p.fail(w, r, rq, d)
 			return
 		}
 		admin.WriteJSON(w, http.StatusOK, resp)
 	}
 }
 
-func (p *Plugin) attest(r *http.Request, w http.ResponseWriter, st *state, rq *request) (*AttestResponse, *denial) {
-	if st == nil {
-		return nil, deny(http.StatusServiceUnavailable, codeUnavailable, "Attestation CA is not started")
-	}
+func (p *Plugin) attest(r *http.Request, w http.ResponseWriter, rq *request) (*AttestResponse, *denial) {
 	body, d := p.readBody(w, r)
 	if d != nil {
 		return nil, d
@@ -135,12 +131,12 @@ func (p *Plugin) attest(r *http.Request, w http.ResponseWriter, st *state, rq *r
 	rq.ekURN = pa.ekURN
 
 	// Identity comes from the EK alone; it must be registered and active.
-	dev, err := st.inventory.ByIdentifier(pa.ekURN)
+	dev, err := p.inventory.ByIdentifier(pa.ekURN)
 	if errors.Is(err, inventory.ErrNotFound) {
 		return nil, deny(http.StatusForbidden, codeNotRegistered, "EK %s is not registered in the device inventory", pa.ekURN)
 	}
 	if err != nil {
-		st.log.Error("inventory lookup", "ek", pa.ekURN, "error", err)
+		p.log.Error("inventory lookup", "ek", pa.ekURN, "error", err)
 		return nil, deny(http.StatusServiceUnavailable, codeUnavailable, "device inventory unavailable")
 	}
 	rq.deviceID = dev.ID
@@ -157,7 +153,7 @@ func (p *Plugin) attest(r *http.Request, w http.ResponseWriter, st *state, rq *r
 	case ekCert == nil && p.cfg.RequireEKCertificate:
 		return nil, deny(http.StatusForbidden, codeEKCertMissing, "no EK certificate for EK %s was sent, and one is required", pa.ekURN)
 	case ekCert != nil && p.ekRoots != nil:
-		if err := verifyEKCertificate(ekCert, p.ekRoots, st.now()); err != nil {
+		if err := verifyEKCertificate(ekCert, p.ekRoots, p.now()); err != nil {
 			return nil, deny(http.StatusForbidden, codeEKCertUntrusted, "%v", err)
 		}
 	}
@@ -166,17 +162,17 @@ func (p *Plugin) attest(r *http.Request, w http.ResponseWriter, st *state, rq *r
 	if d != nil {
 		return nil, d
 	}
-	now := st.now()
+	now := p.now()
 	sess := &AttestationSession{
 		EKURN: pa.ekURN, DeviceID: dev.ID, AKPublic: pa.req.AttestParams.Public,
 		Manufacturer: pa.manufacturer, Model: pa.model, Version: pa.version,
 		CreatedAt: now, ExpiresAt: now.Add(p.cfg.SessionTTL.Duration),
 	}
-	if err := st.sessions.Put(secret, sess); err != nil {
-		st.log.Error("store attestation session", "ek", pa.ekURN, "error", err)
+	if err := p.sessions.Put(secret, sess); err != nil {
+		p.log.Error("store attestation session", "ek", pa.ekURN, "error", err)
 		return nil, deny(http.StatusServiceUnavailable, codeUnavailable, "session store unavailable")
 	}
-	st.log.Info("attestation challenge", "event", "attestation.challenge", "ek", pa.ekURN, "device", dev.ID,
+	p.log.Info("attestation challenge", "event", "attestation.challenge", "ek", pa.ekURN, "device", dev.ID,
 		"ek_certificate", ekCert != nil, "remote", r.RemoteAddr, "request_id", r.Header.Get("X-Request-Id"))
 	return &AttestResponse{Credential: ec.Credential, Secret: ec.Secret}, nil
 }

@@ -63,16 +63,12 @@ func (p *Plugin) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *deni
 }
 
 // fail answers a denial and writes the audit event (no secrets in it).
-func (p *Plugin) fail(w http.ResponseWriter, r *http.Request, st *state, rq *request, d *denial) {
-	log := slog.Default()
-	if st != nil {
-		log = st.log
-	}
+func (p *Plugin) fail(w http.ResponseWriter, r *http.Request, rq *request, d *denial) {
 	level := slog.LevelWarn
 	if d.status >= 500 {
 		level = slog.LevelError
 	}
-	log.Log(r.Context(), level, "attestation denied",
+	p.log.Log(r.Context(), level, "attestation denied",
 		"event", "attestation.denied", "step", rq.step, "ek", rq.ekURN, "device", rq.deviceID,
 		"reason", d.code, "detail", d.message, "status", d.status,
 		"remote", r.RemoteAddr, "request_id", r.Header.Get("X-Request-Id"), "user_agent", r.UserAgent())
@@ -82,14 +78,12 @@ func (p *Plugin) fail(w http.ResponseWriter, r *http.Request, st *state, rq *req
 // guard turns a panic while parsing attacker-controlled TPM structures into
 // a 400 (the daemon recovers too, but would answer 500 without an audit
 // event).
-func (p *Plugin) guard(w http.ResponseWriter, r *http.Request, st *state, rq *request) {
+func (p *Plugin) guard(w http.ResponseWriter, r *http.Request, rq *request) {
 	if rec := recover(); rec != nil {
 		if rec == http.ErrAbortHandler {
 			panic(rec)
 		}
-		if st != nil {
-			st.log.Error("attestation handler panic", "panic", fmt.Sprint(rec), "stack", string(debug.Stack()))
-		}
-		p.fail(w, r, st, rq, deny(http.StatusBadRequest, codeBadRequest, "malformed TPM structure"))
+		p.log.Error("attestation handler panic", "panic", fmt.Sprint(rec), "stack", string(debug.Stack()))
+		p.fail(w, r, rq, deny(http.StatusBadRequest, codeBadRequest, "malformed TPM structure"))
 	}
 }

@@ -15,8 +15,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -33,31 +31,61 @@ func init() {
 	plugins.Register(plugins.Factory{
 		Name:      Name,
 		NewConfig: func() plugins.Config { return defaultConfig() },
-		New:       func(c plugins.Config) (plugins.Plugin, error) { return New(c.(*Config)) },
+		New: func(c plugins.Config, h plugins.Host) (plugins.Plugin, error) {
+			p, err := New(c.(*Config), h)
+			if err != nil {
+				return nil, err // not a typed nil *Plugin in the interface
+			}
+			return p, nil
+		},
 	})
 }
 
-// Plugin is the Attestation CA.
+// Plugin is the Attestation CA. It is complete when New returns: every
+// field is set once there and never changed, so requests read them without
+// locks.
 type Plugin struct {
-	cfg     *Config
-	issuer  *issuer
-	ekRoots *x509.CertPool
-
-	state  atomic.Pointer[state] // nil until Start
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-}
-
-type state struct {
+	cfg       *Config
+	issuer    *issuer
+	ekRoots   *x509.CertPool // nil: EK certificates are not verified
 	sessions  *SessionStore
 	inventory *inventory.Store
 	log       *slog.Logger
 	now       func() time.Time
 }
 
-// New loads the Attestation CA key pair and the EK roots, so a bad path or
-// password fails at start-up rather than at the first device.
-func New(cfg *Config) (*Plugin, error) {
+// New loads the Attestation CA key pair and the EK roots and opens the
+// session and inventory tables, so a bad path, password or missing
+// database fails the daemon's start rather than the first device. Expired
+// sessions are purged in the host's goroutine group.
+func New(cfg *Config, host plugins.Host) (*Plugin, error) {
+	is, err := loadIssuer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ekRoots, err := loadEKRoots(cfg.EKRoots)
+	if err != nil {
+		return nil, err
+	}
+	if host.DB() == nil {
+		return nil, errors.New("the Attestation CA needs a database (sessions and inventory)")
+	}
+	sessions, err := NewSessionStore(host.DB())
+	if err != nil {
+		return nil, err
+	}
+	inv, err := inventory.NewStore(host.DB(), host.Now)
+	if err != nil {
+		return nil, err
+	}
+	p := &Plugin{cfg: cfg, issuer: is, ekRoots: ekRoots, sessions: sessions, inventory: inv, log: host.Logger(), now: host.Now}
+	host.Go("attestation session purge", p.purgeLoop)
+	return p, nil
+}
+
+// loadIssuer reads the intermediate chain and its key, and checks they
+// match, that the intermediate is a CA and that it chains to root.
+func loadIssuer(cfg *Config) (*issuer, error) {
 	chain, err := pemutil.ReadCertificateBundle(cfg.Certificate)
 	if err != nil {
 		return nil, fmt.Errorf("certificate: %w", err)
@@ -77,85 +105,69 @@ func New(cfg *Config) (*Plugin, error) {
 		return nil, fmt.Errorf("certificate: %s is not a CA certificate", cfg.Certificate)
 	}
 	if cfg.Root != "" {
-		roots, err := pemutil.ReadCertificateBundle(cfg.Root)
-		if err != nil {
-			return nil, fmt.Errorf("root: %w", err)
-		}
-		pool := x509.NewCertPool()
-		for _, r := range roots {
-			pool.AddCert(r)
-		}
-		inter := x509.NewCertPool()
-		for _, c := range chain[1:] {
-			inter.AddCert(c)
-		}
-		if _, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		if err := verifyChain(chain, cfg.Root); err != nil {
 			return nil, fmt.Errorf("certificate: %s does not chain to root %s: %w", cfg.Certificate, cfg.Root, err)
 		}
 	}
-	p := &Plugin{cfg: cfg, issuer: &issuer{chain: chain, signer: signer}}
-	if len(cfg.EKRoots) > 0 {
-		p.ekRoots = x509.NewCertPool()
-		for _, f := range cfg.EKRoots {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				return nil, fmt.Errorf("ekRoots: %w", err)
-			}
-			if !p.ekRoots.AppendCertsFromPEM(b) {
-				return nil, fmt.Errorf("ekRoots: %s holds no PEM certificate", f)
-			}
+	return &issuer{chain: chain, signer: signer}, nil
+}
+
+// verifyChain checks chain[0] against the roots in rootFile, with the rest
+// of chain as intermediates.
+func verifyChain(chain []*x509.Certificate, rootFile string) error {
+	roots, err := pemutil.ReadCertificateBundle(rootFile)
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	_, err = chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err
+}
+
+// loadEKRoots reads the manufacturer trust anchors; nil when none are
+// configured.
+func loadEKRoots(files []string) (*x509.CertPool, error) {
+	if len(files) == 0 {
+		return nil, nil
+	}
+	pool := x509.NewCertPool()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("ekRoots: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("ekRoots: %s holds no PEM certificate", f)
 		}
 	}
-	return p, nil
+	return pool, nil
 }
 
 // Name implements plugins.Plugin.
 func (p *Plugin) Name() string { return Name }
 
-// Start opens the session table and the inventory, and purges expired
-// sessions in the background.
-func (p *Plugin) Start(ctx context.Context, h plugins.Host) error {
-	if h.DB() == nil {
-		return errors.New("the Attestation CA needs a database (sessions and inventory)")
-	}
-	sessions, err := NewSessionStore(h.DB())
-	if err != nil {
-		return err
-	}
-	inv, err := inventory.NewStore(h.DB(), h.Now)
-	if err != nil {
-		return err
-	}
-	st := &state{sessions: sessions, inventory: inv, log: h.Logger(), now: h.Now}
-	p.state.Store(st)
-	ctx, p.cancel = context.WithCancel(ctx)
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		every := min(p.cfg.SessionTTL.Duration, time.Minute)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if _, err := sessions.Purge(st.now(), p.cfg.SessionTTL.Duration); err != nil {
-					st.log.Warn("purge attestation sessions", "error", err)
-				}
+// purgeLoop deletes sessions one TTL after they expired, until ctx ends.
+// Every replica runs it: deleting is idempotent, so no lease is needed.
+func (p *Plugin) purgeLoop(ctx context.Context) {
+	t := time.NewTicker(min(p.cfg.SessionTTL.Duration, time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := p.sessions.Purge(p.now(), p.cfg.SessionTTL.Duration); err != nil {
+				p.log.Warn("purge attestation sessions", "error", err)
 			}
 		}
-	}()
-	return nil
-}
-
-// Stop ends the purge loop.
-func (p *Plugin) Stop(context.Context) error {
-	if p.cancel != nil {
-		p.cancel()
 	}
-	p.wg.Wait()
-	return nil
 }
 
 // Routes implements plugins.RouteProvider.

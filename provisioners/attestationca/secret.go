@@ -16,10 +16,7 @@ import (
 // maxSecretBytes bounds the activation secret (go-attestation uses 32).
 const maxSecretBytes = 64
 
-func (p *Plugin) secret(r *http.Request, w http.ResponseWriter, st *state, rq *request) (*SecretResponse, *denial) {
-	if st == nil {
-		return nil, deny(http.StatusServiceUnavailable, codeUnavailable, "Attestation CA is not started")
-	}
+func (p *Plugin) secret(r *http.Request, w http.ResponseWriter, rq *request) (*SecretResponse, *denial) {
 	body, d := p.readBody(w, r)
 	if d != nil {
 		return nil, d
@@ -31,7 +28,7 @@ func (p *Plugin) secret(r *http.Request, w http.ResponseWriter, st *state, rq *r
 	if len(req.Secret) == 0 || len(req.Secret) > maxSecretBytes {
 		return nil, deny(http.StatusBadRequest, codeBadRequest, "secret: must be 1-%d bytes", maxSecretBytes)
 	}
-	sess, err := st.sessions.Consume(req.Secret, st.now())
+	sess, err := p.sessions.Consume(req.Secret, p.now())
 	if sess != nil {
 		rq.ekURN, rq.deviceID = sess.EKURN, sess.DeviceID
 	}
@@ -43,12 +40,12 @@ func (p *Plugin) secret(r *http.Request, w http.ResponseWriter, st *state, rq *r
 	case errors.Is(err, ErrExpired):
 		return nil, deny(http.StatusForbidden, codeExpired, "%v: attest again", err)
 	case err != nil:
-		st.log.Error("consume attestation session", "error", err)
+		p.log.Error("consume attestation session", "error", err)
 		return nil, deny(http.StatusServiceUnavailable, codeUnavailable, "session store unavailable")
 	}
 
 	// The device may have been disabled or removed since /attest.
-	dev, err := st.inventory.ByIdentifier(sess.EKURN)
+	dev, err := p.inventory.ByIdentifier(sess.EKURN)
 	switch {
 	case errors.Is(err, inventory.ErrNotFound):
 		return nil, deny(http.StatusForbidden, codeNotRegistered, "EK %s is no longer registered in the device inventory", sess.EKURN)
@@ -62,20 +59,20 @@ func (p *Plugin) secret(r *http.Request, w http.ResponseWriter, st *state, rq *r
 	if err != nil {
 		return nil, deny(http.StatusInternalServerError, codeInternal, "stored AK public key unreadable")
 	}
-	now := st.now()
+	now := p.now()
 	cert, err := p.issuer.issueAKCertificate(akPub.Public, sess, now, p.cfg.CertificateLifetime.Duration)
 	if err != nil {
-		st.log.Error("issue AK certificate", "ek", sess.EKURN, "error", err)
+		p.log.Error("issue AK certificate", "ek", sess.EKURN, "error", err)
 		return nil, deny(http.StatusInternalServerError, codeInternal, "could not issue the AK certificate")
 	}
 	akDER, _ := x509.MarshalPKIXPublicKey(akPub.Public)
 	fp := sha256.Sum256(akDER)
 	att := inventory.Attestation{At: now.UTC(), EKURN: sess.EKURN, AKFingerprint: hex.EncodeToString(fp[:]), AKCertSerial: cert.SerialNumber.String()}
-	if err := st.inventory.RecordAttestation(dev.ID, att); err != nil {
+	if err := p.inventory.RecordAttestation(dev.ID, att); err != nil {
 		// The certificate is issued; a missing last-seen is not worth a retry loop.
-		st.log.Warn("record attestation on device", "device", dev.ID, "error", err)
+		p.log.Warn("record attestation on device", "device", dev.ID, "error", err)
 	}
-	st.log.Info("AK certificate issued", "event", "attestation.issued", "ek", sess.EKURN, "device", dev.ID,
+	p.log.Info("AK certificate issued", "event", "attestation.issued", "ek", sess.EKURN, "device", dev.ID,
 		"ak_fingerprint", att.AKFingerprint, "serial", att.AKCertSerial, "not_after", cert.NotAfter,
 		"remote", r.RemoteAddr, "request_id", r.Header.Get("X-Request-Id"))
 	chain := [][]byte{cert.Raw}

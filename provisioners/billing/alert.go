@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -12,76 +11,16 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/smallstep/nosql/database"
+
+	"github.com/stepfort/stepfort/plugins"
 )
 
-// alertLease names the lease of the expiry alert job.
+// alertLease names the lease (host.Locker) of the expiry alert job; only
+// its holder raises and delivers alerts.
 const alertLease = "expiry-alerts"
-
-// Lease is a time-limited claim on a singleton job, stored in
-// stepfort_billing_leases under the job name.
-//
-// Contract: Acquire succeeds only if the row is absent, expired at the
-// caller's clock, or already held by the caller, and it writes the new row
-// with compare-and-swap against the exact bytes it read, so of several
-// replicas racing only one wins. A holder renews by acquiring again before
-// Until. A holder must stop work it cannot finish before Until: after that
-// another replica may take over. Replica clocks must agree to well within
-// the TTL. Release sets Until to the past if the caller still holds it.
-type Lease struct {
-	Holder string    `json:"holder"`
-	Until  time.Time `json:"until"`
-}
-
-// AcquireLease takes or renews the named lease for holder until now+ttl.
-func (s *Store) AcquireLease(name, holder string, now time.Time, ttl time.Duration) (bool, error) {
-	old, err := s.db.Get(leasesTable, []byte(name))
-	switch {
-	case database.IsErrNotFound(err):
-		old = nil
-	case err != nil:
-		return false, fmt.Errorf("read lease %s: %w", name, err)
-	}
-	if old != nil {
-		var l Lease
-		if err := json.Unmarshal(old, &l); err != nil {
-			return false, fmt.Errorf("decode lease %s: %w", name, err)
-		}
-		if l.Holder != holder && now.Before(l.Until) {
-			return false, nil
-		}
-	}
-	b, _ := json.Marshal(Lease{Holder: holder, Until: now.Add(ttl).UTC()})
-	_, swapped, err := s.db.CmpAndSwap(leasesTable, []byte(name), old, b)
-	if err != nil {
-		return false, fmt.Errorf("write lease %s: %w", name, err)
-	}
-	return swapped, nil
-}
-
-// ReleaseLease gives the lease up if holder holds it.
-func (s *Store) ReleaseLease(name, holder string, now time.Time) error {
-	old, err := s.db.Get(leasesTable, []byte(name))
-	if database.IsErrNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read lease %s: %w", name, err)
-	}
-	var l Lease
-	if err := json.Unmarshal(old, &l); err != nil || l.Holder != holder {
-		return nil
-	}
-	b, _ := json.Marshal(Lease{Holder: holder, Until: now.Add(-time.Second).UTC()})
-	if _, _, err := s.db.CmpAndSwap(leasesTable, []byte(name), old, b); err != nil {
-		return fmt.Errorf("release lease %s: %w", name, err)
-	}
-	return nil
-}
 
 // metrics are the plugin's Prometheus collectors.
 type metrics struct {
@@ -133,24 +72,23 @@ type alerter struct {
 	cfg     AlertConfig
 	secret  []byte
 	now     func() time.Time
+	locker  plugins.Locker
 	log     *slog.Logger
 	metrics *metrics
-	holder  string
-	client  *http.Client
+	client  *http.Client // nil without a webhook
 }
 
-func newAlerter(s *Store, cfg AlertConfig, secret []byte, now func() time.Time, log *slog.Logger, m *metrics) *alerter {
-	host, _ := os.Hostname()
-	rnd := make([]byte, 6)
-	_, _ = rand.Read(rnd)
-	a := &alerter{store: s, cfg: cfg, secret: secret, now: now, log: log, metrics: m,
-		holder: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(rnd))}
+// newAlerter takes the clock, the lease and the logger from host: two hosts
+// on one database are two replicas competing for the job.
+func newAlerter(s *Store, cfg AlertConfig, secret []byte, host plugins.Host, m *metrics) *alerter {
+	a := &alerter{store: s, cfg: cfg, secret: secret, now: host.Now, locker: host.Locker(), log: host.Logger(), metrics: m}
 	if cfg.Webhook != nil {
 		a.client = &http.Client{Timeout: cfg.Webhook.Timeout.Duration}
 	}
 	return a
 }
 
+// loop runs the job every Interval until ctx ends (host.Go).
 func (a *alerter) loop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.Interval.Duration)
 	defer t.Stop()
@@ -173,44 +111,25 @@ func (a *alerter) expiring(e *Endpoint, now time.Time) bool {
 	return e.State(now) == StateActive && e.EndReason == EndExpired && e.EndsAt.Sub(now) <= a.cfg.Window.Duration
 }
 
-func (a *alerter) release() error {
-	return a.store.ReleaseLease(alertLease, a.holder, a.now())
+// release gives the lease up if this replica holds it.
+func (a *alerter) release(ctx context.Context) error {
+	return a.locker.Unlock(ctx, alertLease)
 }
 
 // run is one pass of the job. Every replica refreshes its gauges; only the
 // lease holder raises and delivers alerts.
 func (a *alerter) run(ctx context.Context) error {
+	// Read before TryLock, so deadline is never later than the lease's
+	// Until (both come from the host clock).
 	now := a.now()
-	leader, err := a.store.AcquireLease(alertLease, a.holder, now, a.cfg.LeaseTTL.Duration)
-	if err != nil {
-		return err
-	}
 	deadline := now.Add(a.cfg.LeaseTTL.Duration)
-	var active, expiring int
-	var work []string
-	err = a.store.Endpoints(func(e *Endpoint) error {
-		if e.State(now) != StateActive {
-			return nil
-		}
-		active++
-		if a.expiring(e, now) {
-			expiring++
-			if e.Alert == nil || e.Alert.Serial != e.LastSerial {
-				work = append(work, e.ID)
-			}
-		}
-		if e.Alert != nil && !e.Alert.Delivered && a.client != nil && !now.Before(e.Alert.NextAttempt) && e.Alert.Attempts < a.cfg.Webhook.MaxAttempts {
-			work = append(work, e.ID)
-		}
-		return nil
-	})
+	leader, err := a.locker.TryLock(ctx, alertLease, a.cfg.LeaseTTL.Duration)
 	if err != nil {
-		return err
+		return fmt.Errorf("lease %s: %w", alertLease, err)
 	}
-	a.metrics.active.Set(float64(active))
-	a.metrics.expiring.Set(float64(expiring))
-	if !leader {
-		return nil
+	work, err := a.scan(now)
+	if err != nil || !leader {
+		return err
 	}
 	for _, id := range work {
 		// Stop before the lease may pass to another replica.
@@ -222,6 +141,40 @@ func (a *alerter) run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// scan refreshes the gauges and returns the Endpoints that have an alert
+// to raise or a webhook delivery due.
+func (a *alerter) scan(now time.Time) ([]string, error) {
+	var active, expiring int
+	var work []string
+	err := a.store.Endpoints(func(e *Endpoint) error {
+		if e.State(now) != StateActive {
+			return nil
+		}
+		active++
+		if a.expiring(e, now) {
+			expiring++
+			if e.Alert == nil || e.Alert.Serial != e.LastSerial {
+				work = append(work, e.ID)
+			}
+		}
+		if a.deliveryDue(e.Alert, now) {
+			work = append(work, e.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.metrics.active.Set(float64(active))
+	a.metrics.expiring.Set(float64(expiring))
+	return work, nil
+}
+
+// deliveryDue reports whether the alert's webhook POST should be tried now.
+func (a *alerter) deliveryDue(al *Alert, now time.Time) bool {
+	return al != nil && !al.Delivered && a.client != nil && !now.Before(al.NextAttempt) && al.Attempts < a.cfg.Webhook.MaxAttempts
 }
 
 // handle raises the alert of one Endpoint if due, then delivers any pending
@@ -252,7 +205,7 @@ func (a *alerter) handle(ctx context.Context, id string, now time.Time) error {
 		a.log.Warn("endpoint expiring", "alert", raised.ID, "endpoint", ep.ID, "provisioner", ep.Provisioner.Name,
 			"subject", ep.SubjectKey, "serial", raised.Serial, "expiresAt", raised.ExpiresAt, "expiresIn", raised.ExpiresAt.Sub(now).Round(time.Second).String())
 	}
-	if a.client == nil || ep.Alert == nil || ep.Alert.Delivered || now.Before(ep.Alert.NextAttempt) || ep.Alert.Attempts >= a.cfg.Webhook.MaxAttempts {
+	if !a.deliveryDue(ep.Alert, now) {
 		return nil
 	}
 	return a.deliver(ctx, &ep, now)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/hmac"
 	"encoding/json"
-	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -18,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stepfort/stepfort/config"
+	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/plugins/plugintest"
 )
 
 // receiver is a webhook endpoint that verifies signatures and can fail.
@@ -94,17 +95,22 @@ func TestExpiryAlert(t *testing.T) {
 
 	cfg := DefaultConfig().Alerts
 	cfg.Webhook = &WebhookConfig{URL: srv.URL, SecretFile: "/unused", MaxAttempts: 5, Backoff: config.Duration{Duration: time.Minute}, Timeout: config.Duration{Duration: 5 * time.Second}}
-	clock := &fakeHost{}
 	logs := &logBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, nil))
+	hosts := []*plugintest.Host{replicaHost(t, d, "replica-a"), replicaHost(t, d, "replica-b")}
+	for _, h := range hosts {
+		h.Log = log
+	}
 	m := newMetrics()
 	replicas := []*alerter{
-		newAlerter(f.s, cfg, rcv.secret, clock.Now, log, m),
-		newAlerter(newTestStore(t, d), cfg, rcv.secret, clock.Now, log, newMetrics()),
+		newAlerter(f.s, cfg, rcv.secret, hosts[0], m),
+		newAlerter(newTestStore(t, d), cfg, rcv.secret, hosts[1], newMetrics()),
 	}
 	runAll := func(at time.Time) {
 		t.Helper()
-		clock.set(at)
+		for _, h := range hosts {
+			h.SetNow(at)
+		}
 		for _, a := range replicas {
 			if err := a.run(context.Background()); err != nil {
 				t.Fatal(err)
@@ -154,8 +160,16 @@ func TestExpiryAlert(t *testing.T) {
 	}
 }
 
-func TestLease(t *testing.T) {
-	s := newTestStore(t, nil)
+// TestAlertLease: the alert job's lease, as two replicas see it through
+// their hosts' Locker.
+func TestAlertLease(t *testing.T) {
+	db := bboltDB(t)
+	hosts := map[string]*plugintest.Host{"a": replicaHost(t, db, "a"), "b": replicaHost(t, db, "b")}
+	at := func(holder string, d time.Duration) plugins.Locker {
+		hosts[holder].SetNow(t0.Add(d))
+		return hosts[holder].Locker()
+	}
+	ctx := context.Background()
 	tests := []struct {
 		holder string
 		at     time.Duration
@@ -169,50 +183,15 @@ func TestLease(t *testing.T) {
 		{"a", 2*time.Second + 62e9, false}, // a lost it
 	}
 	for i, tt := range tests {
-		got, err := s.AcquireLease("job", tt.holder, t0.Add(tt.at), time.Minute)
+		got, err := at(tt.holder, tt.at).TryLock(ctx, alertLease, time.Minute)
 		if err != nil || got != tt.want {
 			t.Fatalf("step %d: %s acquire = %v, %v; want %v", i, tt.holder, got, err, tt.want)
 		}
 	}
-	if err := s.ReleaseLease("job", "b", t0.Add(70*time.Second)); err != nil {
+	if err := at("b", 70*time.Second).Unlock(ctx, alertLease); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.AcquireLease("job", "a", t0.Add(71*time.Second), time.Minute); !got {
+	if got, _ := at("a", 71*time.Second).TryLock(ctx, alertLease, time.Minute); !got {
 		t.Fatal("lease not free after release")
-	}
-}
-
-func TestConfigValidate(t *testing.T) {
-	tests := []struct {
-		name, json, field string
-	}{
-		{"defaults", `{}`, ""},
-		{"certificate mode", `{"mode":"certificate"}`, ""},
-		{"bad mode", `{"mode":"device"}`, "mode"},
-		{"bad window", `{"alerts":{"window":"-1h"}}`, "alerts.window"},
-		{"lease not above interval", `{"alerts":{"interval":"1m","leaseTTL":"1m"}}`, "alerts.leaseTTL"},
-		{"webhook url", `{"alerts":{"webhook":{"url":"ftp://x","secretFile":"/s"}}}`, "alerts.webhook.url"},
-		{"webhook secret", `{"alerts":{"webhook":{"url":"https://x.example/h"}}}`, "alerts.webhook.secretFile"},
-		{"webhook ok", `{"alerts":{"webhook":{"url":"https://x.example/h","secretFile":"/s"}}}`, ""},
-		{"unknown key", `{"mood":"x"}`, "mood"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := DefaultConfig()
-			err := config.DecodeStrict([]byte(tt.json), c, "")
-			if err == nil {
-				err = c.Validate()
-			}
-			if tt.field == "" {
-				if err != nil {
-					t.Fatalf("unexpected error %v", err)
-				}
-				return
-			}
-			var fe *config.FieldError
-			if err == nil || !errors.As(err, &fe) || !strings.Contains(fe.Path, tt.field) {
-				t.Fatalf("error %v, want one naming %s", err, tt.field)
-			}
-		})
 	}
 }

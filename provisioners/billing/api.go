@@ -239,7 +239,7 @@ func (p *Plugin) rebuild(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	start := time.Now()
+	start := time.Now() // measures the rebuild for the log; decisions use the host clock
 	res, err := p.store.Rebuild(p.host.Now())
 	if err != nil {
 		p.host.Logger().Error("billing rebuild", "error", err)

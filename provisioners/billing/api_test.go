@@ -9,14 +9,19 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/stepfort/stepfort/plugins/plugintest"
 )
 
-func apiFixture(t *testing.T) (*fixture, http.Handler, *fakeHost) {
+// apiFixture serves the admin routes of a plugin on the fixture's store.
+// The plugin is assembled by hand, without New, so no alert job runs
+// beside the requests.
+func apiFixture(t *testing.T) (*fixture, http.Handler, *plugintest.Host) {
 	t.Helper()
 	f := newFixture(t, nil)
-	host := &fakeHost{now: t0.Add(2 * time.Hour)}
-	p := New(DefaultConfig())
-	p.host, p.store = host, f.s
+	host := replicaHost(t, f.s.db, "api")
+	host.SetNow(t0.Add(2 * time.Hour))
+	p := &Plugin{cfg: DefaultConfig(), host: host, store: f.s}
 	r := chi.NewRouter()
 	for _, rt := range p.AdminRoutes() {
 		r.Method(rt.Method, rt.Pattern, rt.Handler)

@@ -17,10 +17,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stepfort/stepfort/config"
 	"github.com/stepfort/stepfort/plugins"
@@ -33,7 +30,13 @@ func init() {
 	plugins.Register(plugins.Factory{
 		Name:      Name,
 		NewConfig: func() plugins.Config { return DefaultConfig() },
-		New:       func(c plugins.Config) (plugins.Plugin, error) { return New(c.(*Config)), nil },
+		New: func(c plugins.Config, h plugins.Host) (plugins.Plugin, error) {
+			p, err := New(c.(*Config), h)
+			if err != nil {
+				return nil, err // not a typed nil *Plugin in the interface
+			}
+			return p, nil
+		},
 	})
 }
 
@@ -141,86 +144,68 @@ func (w *WebhookConfig) validate() error {
 	return nil
 }
 
-// Plugin is the billing plugin.
+// Plugin is the billing plugin. It is complete when New returns: every
+// field is set once there and never changed.
 type Plugin struct {
-	cfg     *Config
-	host    plugins.Host
-	store   *Store
-	alerts  *alerter
-	metrics *metrics
-
-	mu     sync.Mutex
-	cancel context.CancelFunc
-	done   chan struct{}
+	cfg    *Config
+	host   plugins.Host
+	store  *Store
+	alerts *alerter
 }
 
-// New returns the plugin.
-func New(cfg *Config) *Plugin { return &Plugin{cfg: cfg, metrics: newMetrics()} }
+// New builds the plugin on host: it creates the billing tables, reads the
+// webhook secret, registers the metrics and schedules the alert job with
+// host.Go, so a bad secret file or a missing database fails the daemon's
+// start instead of the first event.
+func New(cfg *Config, host plugins.Host) (*Plugin, error) {
+	store, err := NewStore(host.DB(), authorityPolicy{authority: hostAuthority(host)}, host.Logger())
+	if err != nil {
+		return nil, err
+	}
+	secret, err := readSecret(cfg.Alerts.Webhook)
+	if err != nil {
+		return nil, err
+	}
+	m := newMetrics()
+	for _, c := range m.collectors() {
+		// One plugin per daemon registry: a duplicate is a wiring bug.
+		if err := host.Metrics().Register(c); err != nil {
+			return nil, fmt.Errorf("register billing metrics: %w", err)
+		}
+	}
+	p := &Plugin{cfg: cfg, host: host, store: store, alerts: newAlerter(store, cfg.Alerts, secret, host, m)}
+	host.Go("billing expiry alerts", p.alerts.loop)
+	return p, nil
+}
+
+// readSecret reads the webhook's HMAC key; nil without a webhook.
+func readSecret(w *WebhookConfig) ([]byte, error) {
+	if w == nil {
+		return nil, nil
+	}
+	b, err := os.ReadFile(w.SecretFile)
+	if err != nil {
+		return nil, fmt.Errorf("alerts.webhook.secretFile: %w", err)
+	}
+	secret := trimSpace(b)
+	if len(secret) == 0 {
+		return nil, errors.New("alerts.webhook.secretFile: file is empty")
+	}
+	return secret, nil
+}
 
 // Name implements plugins.Plugin.
 func (p *Plugin) Name() string { return Name }
 
-// Start creates the tables and starts the alert job.
-func (p *Plugin) Start(_ context.Context, host plugins.Host) error {
-	store, err := NewStore(host.DB(), authorityPolicy{authority: hostAuthority(host)}, host.Logger())
-	if err != nil {
-		return err
-	}
-	var secret []byte
-	if w := p.cfg.Alerts.Webhook; w != nil {
-		b, err := os.ReadFile(w.SecretFile)
-		if err != nil {
-			return fmt.Errorf("alerts.webhook.secretFile: %w", err)
-		}
-		if secret = trimSpace(b); len(secret) == 0 {
-			return errors.New("alerts.webhook.secretFile: file is empty")
-		}
-	}
-	if reg := host.Metrics(); reg != nil {
-		for _, c := range p.metrics.collectors() {
-			if err := reg.Register(c); err != nil {
-				var dup prometheus.AlreadyRegisteredError
-				if !errors.As(err, &dup) {
-					return fmt.Errorf("register billing metrics: %w", err)
-				}
-			}
-		}
-	}
-	p.host, p.store = host, store
-	p.alerts = newAlerter(store, p.cfg.Alerts, secret, host.Now, host.Logger(), p.metrics)
-	ctx, cancel := context.WithCancel(context.Background())
-	p.mu.Lock()
-	p.cancel, p.done = cancel, make(chan struct{})
-	p.mu.Unlock()
-	go func() {
-		defer close(p.done)
-		p.alerts.loop(ctx)
-	}()
-	return nil
-}
-
-// Stop ends the alert job and hands its lease back.
+// Stop implements plugins.Stopper: it hands the alert lease back, so on a
+// clean shutdown another replica takes the job at its next run instead of
+// after leaseTTL. The daemon has joined the alert loop by then.
 func (p *Plugin) Stop(ctx context.Context) error {
-	p.mu.Lock()
-	cancel, done := p.cancel, p.done
-	p.mu.Unlock()
-	if cancel == nil {
-		return nil
-	}
-	cancel()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	return p.alerts.release()
+	return p.alerts.release(ctx)
 }
 
 // ObserveCertificate records the event (idempotently).
 func (p *Plugin) ObserveCertificate(ctx context.Context, ev plugins.CertificateEvent) error {
-	if p.store == nil {
-		return errors.New("billing plugin not started")
-	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -230,7 +215,7 @@ func (p *Plugin) ObserveCertificate(ctx context.Context, ev plugins.CertificateE
 	return nil
 }
 
-// Store returns the plugin's store (nil before Start), for tools and tests.
+// Store returns the plugin's store, for tools and tests.
 func (p *Plugin) Store() *Store { return p.store }
 
 func trimSpace(b []byte) []byte {

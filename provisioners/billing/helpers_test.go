@@ -19,12 +19,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/smallstep/certificates/authority"
 	"github.com/smallstep/nosql"
 
 	"github.com/stepfort/stepfort/internal/testenv"
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/plugins/plugintest"
 )
 
 var (
@@ -225,24 +224,13 @@ func (f *fixture) report(m string, mode string) *Report {
 	return r
 }
 
-// fakeHost is a plugins.Host with an injected clock.
-type fakeHost struct {
-	db  nosql.DB
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (h *fakeHost) Authority() *authority.Authority { return nil }
-func (h *fakeHost) DB() nosql.DB                    { return h.db }
-func (h *fakeHost) Logger() *slog.Logger            { return quietLog() }
-func (h *fakeHost) Metrics() prometheus.Registerer  { return prometheus.NewRegistry() }
-func (h *fakeHost) Now() time.Time {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.now
-}
-func (h *fakeHost) set(t time.Time) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.now = t
+// replicaHost returns a test host on db acting as the replica named name:
+// two hosts on one database are two replicas (their own clocks, their own
+// lease holder ids).
+func replicaHost(t testing.TB, db nosql.DB, name string) *plugintest.Host {
+	t.Helper()
+	h := plugintest.NewHostWithDB(t, db, "bbolt")
+	h.ReplicaID = plugins.ReplicaID(name, "127.0.0.1:9000", 1, "0")
+	h.Log = quietLog()
+	return h
 }

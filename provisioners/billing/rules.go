@@ -3,7 +3,6 @@ package billing
 import (
 	"errors"
 	"fmt"
-	"reflect"
 	"sort"
 	"strings"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
 
+	"github.com/stepfort/stepfort/internal/provfields"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -243,31 +243,9 @@ func DisableRenewal(prov provisioner.Interface, global *provisioner.Claims) (boo
 	if err != nil {
 		return false, fmt.Errorf("global claims: %w", err)
 	}
-	c, err := provisioner.NewClaimer(provisionerClaims(prov), gc.Claims())
+	c, err := provisioner.NewClaimer(provfields.Claims(prov), gc.Claims())
 	if err != nil {
 		return false, fmt.Errorf("claims of provisioner %s: %w", prov.GetName(), err)
 	}
 	return c.IsDisableRenewal(), nil
-}
-
-// provisionerClaims reads the exported Claims field every upstream
-// provisioner type has (the Controller holding the merged claimer is
-// unexported).
-func provisionerClaims(prov provisioner.Interface) *provisioner.Claims {
-	v := reflect.ValueOf(prov)
-	for v.Kind() == reflect.Pointer || v.Kind() == reflect.Interface {
-		if v.IsNil() {
-			return nil
-		}
-		v = v.Elem()
-	}
-	if v.Kind() != reflect.Struct {
-		return nil
-	}
-	f := v.FieldByName("Claims")
-	if !f.IsValid() {
-		return nil
-	}
-	c, _ := f.Interface().(*provisioner.Claims)
-	return c
 }

@@ -22,7 +22,9 @@ import (
 //	stepfort_billing_endpoints  <endpoint id>                 -> Endpoint
 //	stepfort_billing_certs      <decimal serial>              -> CertRecord (serial -> endpoint index)
 //	stepfort_billing_lineage    <endpoint id>/<seq, 10 digits> -> decimal serial
-//	stepfort_billing_leases     <job name>                    -> Lease
+//
+// The alert job's lease is the host's (plugins.Locker, table
+// stepfort_leases); stepfort_billing_leases is no longer used.
 //
 // Endpoint IDs are derived from what identifies the Endpoint (the first
 // serial of a lineage, or provisioner + subject key), so the subject index
@@ -31,8 +33,7 @@ var (
 	endpointsTable = []byte("stepfort_billing_endpoints")
 	certsTable     = []byte("stepfort_billing_certs")
 	lineageTable   = []byte("stepfort_billing_lineage")
-	leasesTable    = []byte("stepfort_billing_leases")
-	tables         = [][]byte{endpointsTable, certsTable, lineageTable, leasesTable}
+	tables         = [][]byte{endpointsTable, certsTable, lineageTable}
 )
 
 // maxSwapAttempts bounds compare-and-swap retry loops; contention on one

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/smallstep/certificates/authority/provisioner"
 	"go.step.sm/crypto/x509util"
 
 	"github.com/stepfort/stepfort/plugins"
@@ -25,21 +24,17 @@ func (p *Plugin) SignProvisioners() []string {
 // the X5C leaf is an unrevoked device certificate of an active device, and
 // records which device the new key belongs to.
 func (p *Plugin) AuthorizeSign(ctx context.Context, req plugins.SignRequest) error {
-	st := p.state.Load()
-	if st == nil {
-		return errNotStarted
-	}
 	switch {
 	case p.gated(req.Provisioner):
-		if _, err := st.gate.Check(req.PermanentIdentifier); err != nil {
-			st.denied("finalize", req.Provisioner, req.PermanentIdentifier, err)
+		if _, err := p.gate.Check(req.PermanentIdentifier); err != nil {
+			p.denied("finalize", req.Provisioner, req.PermanentIdentifier, err)
 			return err
 		}
 		return nil
 	case p.account(req.Provisioner):
-		dev, err := p.deviceOfX5C(st, req.X5CCertificate)
+		dev, err := p.deviceOfX5C(req.X5CCertificate)
 		if err != nil {
-			st.denied("account", req.Provisioner, "", err)
+			p.denied("account", req.Provisioner, "", err)
 			return err
 		}
 		if req.Certificate == nil || req.Certificate.PublicKey == nil {
@@ -49,7 +44,7 @@ func (p *Plugin) AuthorizeSign(ctx context.Context, req plugins.SignRequest) err
 		if err != nil {
 			return deny(CodeUnknownAccount, "account certificate public key: %v", err)
 		}
-		return st.links.SetPending(kid, Pending{DeviceID: dev.deviceID, DeviceSerial: dev.serial, Expires: st.now().Add(time.Hour)})
+		return p.links.SetPending(kid, Pending{DeviceID: dev.deviceID, DeviceSerial: dev.serial, Expires: p.host.Now().Add(time.Hour)})
 	}
 	return nil
 }
@@ -58,12 +53,12 @@ type x5cDevice struct{ deviceID, serial string }
 
 // deviceOfX5C resolves the device behind an X5C leaf: its link if the
 // issued event was already processed, else its permanent identifier SAN.
-func (p *Plugin) deviceOfX5C(st *state, leaf *x509.Certificate) (*x5cDevice, error) {
+func (p *Plugin) deviceOfX5C(leaf *x509.Certificate) (*x5cDevice, error) {
 	if leaf == nil {
 		return nil, deny(CodeUnknownAccount, "no x5c certificate")
 	}
 	serial := leaf.SerialNumber.String()
-	if auth := st.auth(); auth != nil {
+	if auth := p.host.Authority(); auth != nil {
 		revoked, err := auth.IsRevoked(serial)
 		if err != nil {
 			return nil, &Denial{code: CodeLookupFailed, msg: fmt.Sprintf("certificate %s could not be checked for revocation", serial), err: err}
@@ -72,7 +67,7 @@ func (p *Plugin) deviceOfX5C(st *state, leaf *x509.Certificate) (*x5cDevice, err
 			return nil, deny(CodeDisabled, "device certificate %s is revoked", serial)
 		}
 	}
-	link, found, err := st.links.Get(serial)
+	link, found, err := p.links.Get(serial)
 	if err != nil {
 		return nil, &Denial{code: CodeLookupFailed, msg: fmt.Sprintf("certificate %s could not be checked against the inventory", serial), err: err}
 	}
@@ -80,7 +75,7 @@ func (p *Plugin) deviceOfX5C(st *state, leaf *x509.Certificate) (*x5cDevice, err
 		if link.Kind != KindDevice {
 			return nil, deny(CodeUnknownAccount, "certificate %s is not a device certificate", serial)
 		}
-		if _, err := st.gate.CheckID(link.DeviceID); err != nil {
+		if _, err := p.gate.CheckID(link.DeviceID); err != nil {
 			return nil, err
 		}
 		return &x5cDevice{deviceID: link.DeviceID, serial: serial}, nil
@@ -89,7 +84,7 @@ func (p *Plugin) deviceOfX5C(st *state, leaf *x509.Certificate) (*x5cDevice, err
 	if pid == "" {
 		return nil, deny(CodeUnknownAccount, "certificate %s is not a device certificate", serial)
 	}
-	d, err := st.gate.Check(pid)
+	d, err := p.gate.Check(pid)
 	if err != nil {
 		return nil, err
 	}
@@ -98,47 +93,40 @@ func (p *Plugin) deviceOfX5C(st *state, leaf *x509.Certificate) (*x5cDevice, err
 
 // AuthorizeRenew implements plugins.RenewAuthorizer: upstream runs no
 // webhooks on /renew and /rekey, so the gate is applied here.
-func (p *Plugin) AuthorizeRenew(_ context.Context, pc *provisioner.Controller, cert *x509.Certificate) error {
-	if pc == nil || cert == nil {
+func (p *Plugin) AuthorizeRenew(_ context.Context, req plugins.RenewRequest) error {
+	name, cert := req.Provisioner.Name, req.Certificate
+	if cert == nil || !p.gated(name) && !p.account(name) {
 		return nil
 	}
-	name := pc.GetName()
-	if !p.gated(name) && !p.account(name) {
-		return nil
-	}
-	st := p.state.Load()
-	if st == nil {
-		return errNotStarted
-	}
-	err := p.checkRenew(st, name, cert)
+	err := p.checkRenew(name, cert)
 	if err != nil {
-		st.denied("renew", name, cert.SerialNumber.String(), err)
+		p.denied("renew", name, cert.SerialNumber.String(), err)
 	}
 	return err
 }
 
-func (p *Plugin) checkRenew(st *state, name string, cert *x509.Certificate) error {
+func (p *Plugin) checkRenew(name string, cert *x509.Certificate) error {
 	serial := cert.SerialNumber.String()
 	if p.gated(name) {
 		if pid := permanentIdentifier(cert); pid != "" {
-			_, err := st.gate.Check(pid)
+			_, err := p.gate.Check(pid)
 			return err
 		}
 	}
-	link, found, err := st.links.Get(serial)
+	link, found, err := p.links.Get(serial)
 	if err != nil {
 		return &Denial{code: CodeLookupFailed, msg: fmt.Sprintf("certificate %s could not be checked against the inventory", serial), err: err}
 	}
 	if found {
-		_, err := st.gate.CheckID(link.DeviceID)
+		_, err := p.gate.CheckID(link.DeviceID)
 		return err
 	}
 	// The issued event may not be processed yet: the pending record of an
 	// account key still names its device.
-	if pend, ok, err := st.links.Pending(KeyID(cert)); err != nil {
+	if pend, ok, err := p.links.Pending(KeyID(cert)); err != nil {
 		return &Denial{code: CodeLookupFailed, msg: fmt.Sprintf("certificate %s could not be checked against the inventory", serial), err: err}
 	} else if ok {
-		_, err := st.gate.CheckID(pend.DeviceID)
+		_, err := p.gate.CheckID(pend.DeviceID)
 		return err
 	}
 	return deny(CodeUnknownAccount, "certificate %s is not linked to a device", serial)
@@ -154,12 +142,12 @@ func permanentIdentifier(cert *x509.Certificate) string {
 }
 
 // denied writes the audit event of a refusal.
-func (st *state) denied(stage, prov, subject string, err error) {
+func (p *Plugin) denied(stage, prov, subject string, err error) {
 	var d *Denial
 	code := CodeLookupFailed
 	if errors.As(err, &d) {
 		code = d.Code()
 	}
-	st.log.Info("device certificate denied", "event", "deviceattest.denied", "stage", stage,
+	p.log.Info("device certificate denied", "event", "deviceattest.denied", "stage", stage,
 		"provisioner", prov, "subject", subject, "reason", code, "error", err.Error())
 }

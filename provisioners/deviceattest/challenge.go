@@ -39,16 +39,12 @@ func (p *Plugin) checkChallenge(ctx context.Context, ch *acme.Challenge) *acme.E
 	if !p.gated(prov.GetName()) {
 		return nil
 	}
-	st := p.state.Load()
-	if st == nil {
-		return acme.NewError(acme.ErrorServerInternalType, "%s", errNotStarted)
-	}
-	_, err := st.gate.Check(ch.Value)
+	_, err := p.gate.Check(ch.Value)
 	if err == nil {
 		return nil
 	}
 	d := err.(*Denial)
-	st.log.Info("device-attest-01 challenge denied", "event", "deviceattest.denied", "stage", "challenge",
+	p.log.Info("device-attest-01 challenge denied", "event", "deviceattest.denied", "stage", "challenge",
 		"provisioner", prov.GetName(), "permanentIdentifier", ch.Value, "format", ch.PayloadFormat, "reason", d.Code(), "error", d.Unwrap())
 	if d.Code() == CodeLookupFailed {
 		return acme.NewError(acme.ErrorServerInternalType, "%s", d.Error())

@@ -17,19 +17,15 @@ func (p *Plugin) EnrichProvisioners() []string { return p.SignProvisioners() }
 // {{ .Webhooks.deviceAttest.<key> }} (see docs/deviceattest.md). A device
 // that cannot be found denies issuance, as the gate would.
 func (p *Plugin) EnrichSign(_ context.Context, req plugins.SignRequest) (map[string]any, error) {
-	st := p.state.Load()
-	if st == nil {
-		return nil, errNotStarted
-	}
 	var dev *inventory.Device
 	var err error
 	switch {
 	case p.gated(req.Provisioner):
-		dev, err = st.gate.Check(req.PermanentIdentifier)
+		dev, err = p.gate.Check(req.PermanentIdentifier)
 	case p.account(req.Provisioner):
 		var x *x5cDevice
-		if x, err = p.deviceOfX5C(st, req.X5CCertificate); err == nil {
-			dev, err = st.gate.CheckID(x.deviceID)
+		if x, err = p.deviceOfX5C(req.X5CCertificate); err == nil {
+			dev, err = p.gate.CheckID(x.deviceID)
 		}
 	default:
 		return nil, nil

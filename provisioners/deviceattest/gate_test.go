@@ -11,18 +11,16 @@ import (
 	"encoding/json"
 	"math/big"
 	"os"
-	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/smallstep/certificates/acme"
-	upconfig "github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
-	"github.com/smallstep/nosql"
 
-	"github.com/stepfort/stepfort/config"
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/plugins/plugintest"
 	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
@@ -40,28 +38,55 @@ func (r *recordingDB) UpdateChallenge(_ context.Context, ch *acme.Challenge) err
 
 func newTestPlugin(t *testing.T, cfg *Config) (*Plugin, *inventory.Store) {
 	t.Helper()
-	db, err := nosql.New("bbolt", filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	inv, err := inventory.NewStore(db, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	links, err := NewLinks(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := New(cfg)
-	p.state.Store(&state{
-		gate:  &Gate{Inventory: inv, Collections: cfg.Collections},
-		links: links,
-		auth:  func() *authorityT { return nil },
-		log:   testLogger(t),
-		now:   time.Now,
-	})
+	p, inv, _ := newPluginOn(t, cfg, plugintest.NewHost(t))
 	return p, inv
+}
+
+// newPluginOn builds the plugin on h, holding back the goroutines it
+// starts (the sweep) so a test decides when they run; it returns an
+// inventory store on the same database.
+func newPluginOn(t *testing.T, cfg *Config, h *plugintest.Host) (*Plugin, *inventory.Store, *heldHost) {
+	t.Helper()
+	h.Log = testLogger(t)
+	held := &heldHost{Host: h}
+	p, err := New(cfg, held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := inventory.NewStore(h.DB(), h.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, inv, held
+}
+
+// heldHost is a plugintest.Host whose Go keeps the goroutines for the
+// test to start with run.
+type heldHost struct {
+	*plugintest.Host
+	mu  sync.Mutex
+	fns map[string]func(ctx context.Context)
+}
+
+func (h *heldHost) Go(name string, fn func(ctx context.Context)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fns == nil {
+		h.fns = map[string]func(context.Context){}
+	}
+	h.fns[name] = fn
+}
+
+// run starts the held goroutine name in the host's group.
+func (h *heldHost) run(t *testing.T, name string) {
+	t.Helper()
+	h.mu.Lock()
+	fn := h.fns[name]
+	h.mu.Unlock()
+	if fn == nil {
+		t.Fatalf("no goroutine %q started (have %v)", name, h.fns)
+	}
+	h.Host.Go(name, fn)
 }
 
 // TestChallengeGateFormats drives the wrapped UpdateChallenge with apple
@@ -154,29 +179,6 @@ func TestGateFinalizeAndRenew(t *testing.T) {
 	}
 }
 
-func TestConfigValidate(t *testing.T) {
-	for _, tt := range []struct {
-		name string
-		mod  func(c *Config)
-		ok   bool
-	}{
-		{"default", func(*Config) {}, true},
-		{"gate off", func(c *Config) { c.Provisioners = nil }, true},
-		{"wildcard", func(c *Config) { c.Provisioners = []string{"*"} }, false},
-		{"account also gated", func(c *Config) { c.AccountProvisioners = []string{"agents"} }, false},
-		{"bad reason", func(c *Config) { c.RevocationReasonCode = 2 }, false},
-		{"sweep too fast", func(c *Config) { c.SweepInterval = config.Duration{Duration: time.Millisecond} }, false},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			c := defaultConfig()
-			tt.mod(c)
-			if err := c.Validate(); (err == nil) != tt.ok {
-				t.Fatalf("Validate() = %v, want ok=%v", err, tt.ok)
-			}
-		})
-	}
-}
-
 // TestRenewGate checks /renew and /rekey on their own (in the e2e flow a
 // disabled device's certificates are also revoked, which upstream refuses
 // first): an active device's certificate renews, a disabled device's does
@@ -187,30 +189,24 @@ func TestRenewGate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agents, err := provisioner.NewController(&provisioner.ACME{Type: "ACME", Name: "agents"}, nil, provisioner.Config{Claims: upconfig.GlobalProvisionerClaims}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	agents := plugins.ProvisionerRef{Type: "ACME", Name: "agents"}
 	device := certWithPermanentIdentifier(t, "17255819")
 	ctx := context.Background()
-	if err := p.AuthorizeRenew(ctx, agents, device); err != nil {
+	if err := p.AuthorizeRenew(ctx, plugins.RenewRequest{Provisioner: agents, Certificate: device}); err != nil {
 		t.Fatalf("active device's renewal refused: %v", err)
 	}
-	if err := p.AuthorizeRenew(ctx, agents, certWithPermanentIdentifier(t, "")); err == nil {
+	if err := p.AuthorizeRenew(ctx, plugins.RenewRequest{Provisioner: agents, Certificate: certWithPermanentIdentifier(t, "")}); err == nil {
 		t.Fatal("renewal of a certificate linked to no device allowed")
 	}
 	disabled := inventory.StatusDisabled
 	if _, err := inv.Update(d.ID, inventory.DevicePatch{Status: &disabled}); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.AuthorizeRenew(ctx, agents, device); err == nil || err.Error() != "device 17255819 is disabled" {
+	if err := p.AuthorizeRenew(ctx, plugins.RenewRequest{Provisioner: agents, Certificate: device}); err == nil || err.Error() != "device 17255819 is disabled" {
 		t.Fatalf("disabled device's renewal: %v", err)
 	}
-	other, err := provisioner.NewController(&provisioner.JWK{Type: "JWK", Name: "admin"}, nil, provisioner.Config{Claims: upconfig.GlobalProvisionerClaims}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AuthorizeRenew(ctx, other, device); err != nil {
+	other := plugins.ProvisionerRef{Type: "JWK", Name: "admin"}
+	if err := p.AuthorizeRenew(ctx, plugins.RenewRequest{Provisioner: other, Certificate: device}); err != nil {
 		t.Fatalf("ungated provisioner's renewal refused: %v", err)
 	}
 }

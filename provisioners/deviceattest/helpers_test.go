@@ -3,11 +3,7 @@ package deviceattest
 import (
 	"log/slog"
 	"testing"
-
-	"github.com/smallstep/certificates/authority"
 )
-
-type authorityT = authority.Authority
 
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, nil))

@@ -19,10 +19,6 @@ func (p *Plugin) ObserveCertificate(ctx context.Context, ev plugins.CertificateE
 	if ev.Kind != plugins.EventIssued && ev.Kind != plugins.EventRenewed {
 		return nil
 	}
-	st := p.state.Load()
-	if st == nil {
-		return errNotStarted
-	}
 	prov := ""
 	if ev.Provisioner != nil {
 		prov = ev.Provisioner.Name
@@ -30,7 +26,7 @@ func (p *Plugin) ObserveCertificate(ctx context.Context, ev plugins.CertificateE
 	var link *Link
 	switch {
 	case ev.Kind == plugins.EventRenewed && ev.ParentSerial != "":
-		parent, found, err := st.links.Get(ev.ParentSerial)
+		parent, found, err := p.links.Get(ev.ParentSerial)
 		if err != nil {
 			return err
 		}
@@ -48,12 +44,12 @@ func (p *Plugin) ObserveCertificate(ctx context.Context, ev plugins.CertificateE
 		if pid == "" {
 			return nil
 		}
-		d, err := st.gate.Inventory.ByIdentifier(pid)
+		d, err := p.gate.Inventory.ByIdentifier(pid)
 		if errors.Is(err, inventory.ErrNotFound) {
 			// Removed between finalize and this event: nothing to link,
 			// so revoke it now.
-			st.log.Warn("device certificate for an unregistered device", "event", "deviceattest.unlinked", "serial", ev.Serial, "permanentIdentifier", pid)
-			return p.revokeSerials(ctx, st, "", []string{ev.Serial})
+			p.log.Warn("device certificate for an unregistered device", "event", "deviceattest.unlinked", "serial", ev.Serial, "permanentIdentifier", pid)
+			return p.revokeSerials(ctx, "", []string{ev.Serial})
 		}
 		if err != nil {
 			return err
@@ -64,12 +60,12 @@ func (p *Plugin) ObserveCertificate(ctx context.Context, ev plugins.CertificateE
 		if err != nil {
 			return err
 		}
-		pend, found, err := st.links.Pending(KeyID(c))
+		pend, found, err := p.links.Pending(KeyID(c))
 		if err != nil {
 			return err
 		}
 		if !found {
-			st.log.Warn("account certificate without a device", "event", "deviceattest.unlinked", "serial", ev.Serial)
+			p.log.Warn("account certificate without a device", "event", "deviceattest.unlinked", "serial", ev.Serial)
 			return nil
 		}
 		link = &Link{DeviceID: pend.DeviceID, Kind: KindAccount, ParentSerial: pend.DeviceSerial}
@@ -81,13 +77,13 @@ func (p *Plugin) ObserveCertificate(ctx context.Context, ev plugins.CertificateE
 		return err
 	}
 	link.Serial, link.Provisioner, link.NotAfter = ev.Serial, prov, c.NotAfter
-	if err := st.links.Record(*link, st.now()); err != nil {
+	if err := p.links.Record(*link, p.host.Now()); err != nil {
 		return err
 	}
-	if _, err := st.gate.CheckID(link.DeviceID); err != nil {
+	if _, err := p.gate.CheckID(link.DeviceID); err != nil {
 		var d *Denial
 		if errors.As(err, &d) && d.Code() != CodeLookupFailed {
-			return p.revokeDevice(ctx, st, link.DeviceID)
+			return p.RevokeDevice(ctx, link.DeviceID)
 		}
 		return err
 	}

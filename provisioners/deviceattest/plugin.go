@@ -4,23 +4,18 @@
 // identifier that belongs to a registered, active device; the same check
 // holds at finalize and on /renew and /rekey. It links every certificate to
 // its device (device certificates from the attestation, account certificates
-// from the X5C leaf that bought them) and revokes them, through upstream's
-// revocation path, when the device is disabled or removed. See
-// docs/deviceattest.md.
+// from the X5C leaf that bought them) and revokes them, through the host's
+// administrative revocation, when a device event says the device was
+// disabled or removed. See docs/deviceattest.md.
 package deviceattest
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/smallstep/certificates/acme"
-	"github.com/smallstep/certificates/authority"
 
 	"github.com/stepfort/stepfort/config"
 	"github.com/stepfort/stepfort/plugins"
@@ -34,7 +29,7 @@ func init() {
 	plugins.Register(plugins.Factory{
 		Name:      Name,
 		NewConfig: func() plugins.Config { return defaultConfig() },
-		New:       func(c plugins.Config) (plugins.Plugin, error) { return New(c.(*Config)), nil },
+		New:       func(c plugins.Config, h plugins.Host) (plugins.Plugin, error) { return New(c.(*Config), h) },
 	})
 }
 
@@ -55,8 +50,10 @@ type Config struct {
 	RevocationReasonCode int `json:"revocationReasonCode"`
 	// RevocationReason is the free-text reason stored with the revocation.
 	RevocationReason string `json:"revocationReason"`
-	// SweepInterval is how often revocations missed by the change listener
-	// (a crash, an import that disabled devices) are caught up; default 5m.
+	// SweepInterval is how often the safety-net sweep revokes the
+	// certificates of every linked device that is disabled or gone (device
+	// events do this at once; the sweep catches what they cannot, such as
+	// a device disabled by a store without events); default 5m.
 	SweepInterval config.Duration `json:"sweepInterval"`
 }
 
@@ -98,76 +95,41 @@ func (c *Config) Validate() error {
 // Plugin is the device-attest gate.
 type Plugin struct {
 	cfg   *Config
-	state atomic.Pointer[state] // nil until Start
-
-	cancel     context.CancelFunc
-	wg         sync.WaitGroup
-	unregister func()
-}
-
-type state struct {
+	host  plugins.Host
 	gate  *Gate
 	links *Links
-	auth  func() *authority.Authority
 	log   *slog.Logger
-	now   func() time.Time
 }
 
-// New returns the plugin.
-func New(cfg *Config) *Plugin { return &Plugin{cfg: cfg} }
+// New opens the inventory and the link tables on the host's database and
+// starts the revocation sweep in the host's goroutine group.
+func New(cfg *Config, h plugins.Host) (*Plugin, error) {
+	// Read-only use of the inventory: the plugin never disables a device,
+	// so its store records no events.
+	inv, err := inventory.NewStore(h.DB(), h.Now)
+	if err != nil {
+		return nil, err
+	}
+	links, err := NewLinks(h.DB())
+	if err != nil {
+		return nil, err
+	}
+	p := &Plugin{
+		cfg:   cfg,
+		host:  h,
+		gate:  &Gate{Inventory: inv, Collections: cfg.Collections},
+		links: links,
+		log:   h.Logger(),
+	}
+	h.Go("deviceAttest.sweep", p.sweepLoop)
+	return p, nil
+}
 
 // Name implements plugins.Plugin.
 func (p *Plugin) Name() string { return Name }
 
-// Start opens the inventory and the link tables, listens for devices that
-// stop being active and starts the sweep.
-func (p *Plugin) Start(ctx context.Context, h plugins.Host) error {
-	inv, err := inventory.NewStore(h.DB(), h.Now)
-	if err != nil {
-		return err
-	}
-	links, err := NewLinks(h.DB())
-	if err != nil {
-		return err
-	}
-	st := &state{
-		gate:  &Gate{Inventory: inv, Collections: p.cfg.Collections},
-		links: links,
-		auth:  h.Authority,
-		log:   h.Logger(),
-		now:   h.Now,
-	}
-	p.state.Store(st)
-	p.unregister = inventory.OnDeactivate(func(c inventory.DeviceChange) {
-		p.deviceDeactivated(context.Background(), c)
-	})
-	sctx, cancel := context.WithCancel(context.Background())
-	p.cancel = cancel
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		p.sweepLoop(sctx)
-	}()
-	return nil
-}
-
-// Stop ends the sweep and the listener.
-func (p *Plugin) Stop(context.Context) error {
-	if p.unregister != nil {
-		p.unregister()
-	}
-	if p.cancel != nil {
-		p.cancel()
-	}
-	p.wg.Wait()
-	return nil
-}
-
 func (p *Plugin) gated(name string) bool   { return slices.Contains(p.cfg.Provisioners, name) }
 func (p *Plugin) account(name string) bool { return slices.Contains(p.cfg.AccountProvisioners, name) }
-
-// errNotStarted fails closed before Start.
-var errNotStarted = errors.New("device-attest gate not started")
 
 // WrapACMEDB implements plugins.ACMEDBWrapper.
 func (p *Plugin) WrapACMEDB(db acme.DB) acme.DB {

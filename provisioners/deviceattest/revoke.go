@@ -7,49 +7,51 @@ import (
 	"sync"
 	"time"
 
-	"github.com/smallstep/certificates/authority"
-	"github.com/smallstep/certificates/authority/provisioner"
-
+	"github.com/stepfort/stepfort/plugins"
 	"github.com/stepfort/stepfort/provisioners/inventory"
 )
+
+// Actor names the plugin in the record of the revocations it makes.
+const Actor = "plugin:deviceAttest"
 
 // revokeWorkers bounds concurrent revocations of one device.
 const revokeWorkers = 8
 
-// deviceDeactivated is the inventory listener: a disabled or removed device
-// loses every unexpired certificate linked to it.
-func (p *Plugin) deviceDeactivated(ctx context.Context, c inventory.DeviceChange) {
-	st := p.state.Load()
-	if st == nil || c.Device == nil {
-		return
+// ObserveDevice implements plugins.DeviceObserver: a device that is
+// disabled or gone loses every unexpired certificate linked to it. The
+// event says what was true when it was recorded; the device is read again
+// and the decision rests on its state now, so a device disabled and
+// enabled again before delivery keeps its certificates. A read error is
+// returned, and the daemon delivers the event again later.
+//
+// It runs on the daemon's event delivery goroutine, off the admin request
+// that made the change.
+func (p *Plugin) ObserveDevice(ctx context.Context, ev plugins.DeviceEvent) error {
+	d, err := p.gate.Inventory.Get(ev.DeviceID)
+	switch {
+	case errors.Is(err, inventory.ErrNotFound):
+	case err != nil:
+		return fmt.Errorf("device event %s: %w", ev.ID, err)
+	case d.Active():
+		p.log.Info("device active again; certificates kept", "event", "deviceattest.device_reactivated", "device", ev.DeviceID, "deviceEvent", ev.ID)
+		return nil
 	}
-	event := "deviceattest.device_disabled"
-	if c.Removed {
-		event = "deviceattest.device_removed"
+	name := "deviceattest.device_disabled"
+	if ev.Kind == plugins.DeviceRemoved {
+		name = "deviceattest.device_removed"
 	}
-	st.log.Info("device deactivated", "event", event, "device", c.Device.ID, "identifiers", c.Device.Identifiers)
-	if err := p.revokeDevice(ctx, st, c.Device.ID); err != nil {
-		// The sweep retries.
-		st.log.Error("revoke certificates of device", "event", "deviceattest.revoke_failed", "device", c.Device.ID, "error", err)
-	}
+	p.log.Info("device deactivated", "event", name, "device", ev.DeviceID, "deviceEvent", ev.ID)
+	return p.RevokeDevice(ctx, ev.DeviceID)
 }
 
 // RevokeDevice revokes every unexpired, unrevoked certificate linked to a
 // device. It is idempotent.
 func (p *Plugin) RevokeDevice(ctx context.Context, deviceID string) error {
-	st := p.state.Load()
-	if st == nil {
-		return errNotStarted
-	}
-	return p.revokeDevice(ctx, st, deviceID)
-}
-
-func (p *Plugin) revokeDevice(ctx context.Context, st *state, deviceID string) error {
-	dc, err := st.links.DeviceCerts(deviceID)
+	dc, err := p.links.DeviceCerts(deviceID)
 	if err != nil {
 		return err
 	}
-	now := st.now()
+	now := p.host.Now()
 	var serials []string
 	for _, c := range dc.Certs {
 		if !c.Revoked && c.NotAfter.After(now) {
@@ -59,18 +61,13 @@ func (p *Plugin) revokeDevice(ctx context.Context, st *state, deviceID string) e
 	if len(serials) == 0 {
 		return nil
 	}
-	return p.revokeSerials(ctx, st, deviceID, serials)
+	return p.revokeSerials(ctx, deviceID, serials)
 }
 
-// revokeSerials revokes through upstream's Authority.Revoke, so the
-// revocation lands in revoked_x509_certs (CRL, OCSP, passive revocation)
-// and fires the revoked certificate event.
-func (p *Plugin) revokeSerials(ctx context.Context, st *state, deviceID string, serials []string) error {
-	auth := st.auth()
-	if auth == nil {
-		return errors.New("no authority")
-	}
-	ctx = provisioner.NewContextWithMethod(ctx, provisioner.RevokeMethod)
+// revokeSerials revokes serials with at most revokeWorkers at a time (a
+// device can hold many account certificates) and marks them revoked in the
+// device's list. deviceID is "" for a certificate linked to no device.
+func (p *Plugin) revokeSerials(ctx context.Context, deviceID string, serials []string) error {
 	var (
 		mu    sync.Mutex
 		done  []string
@@ -84,7 +81,7 @@ func (p *Plugin) revokeSerials(ctx context.Context, st *state, deviceID string, 
 		go func() {
 			defer wg.Done()
 			for serial := range queue {
-				err := p.revokeOne(ctx, auth, serial)
+				err := p.revokeOne(ctx, deviceID, serial)
 				mu.Lock()
 				if err != nil {
 					errs = append(errs, err)
@@ -92,10 +89,6 @@ func (p *Plugin) revokeSerials(ctx context.Context, st *state, deviceID string, 
 					done = append(done, serial)
 				}
 				mu.Unlock()
-				if err == nil {
-					st.log.Info("certificate revoked for device", "event", "deviceattest.revoked", "device", deviceID, "serial", serial,
-						"reasonCode", p.cfg.RevocationReasonCode)
-				}
 			}
 		}()
 	}
@@ -105,57 +98,48 @@ func (p *Plugin) revokeSerials(ctx context.Context, st *state, deviceID string, 
 	close(queue)
 	wg.Wait()
 	if deviceID != "" {
-		if err := st.links.MarkRevoked(deviceID, done); err != nil {
+		if err := p.links.MarkRevoked(deviceID, done); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	st.log.Info("device certificates revoked", "event", "deviceattest.device_revoked", "device", deviceID,
+	p.log.Info("device certificates revoked", "event", "deviceattest.device_revoked", "device", deviceID,
 		"revoked", len(done), "failed", len(errs), "duration", time.Since(start).String())
 	return errors.Join(errs...)
 }
 
-func (p *Plugin) revokeOne(ctx context.Context, auth *authority.Authority, serial string) error {
-	revoked, err := auth.IsRevoked(serial)
-	if err != nil {
-		return fmt.Errorf("revocation status of %s: %w", serial, err)
-	}
-	if revoked {
-		return nil
-	}
-	crt, err := auth.GetDatabase().GetCertificate(serial)
-	if err != nil {
-		return fmt.Errorf("read certificate %s: %w", serial, err)
-	}
-	// Upstream's Revoke knows token, mTLS and ACME revocations; an
-	// administrative revocation holding the certificate is the mTLS path
-	// (no token to verify), so MTLS is set.
-	err = auth.Revoke(ctx, &authority.RevokeOptions{
+// revokeOne revokes one certificate through the host, so the revocation
+// lands in upstream's revoked table (CRL, OCSP, passive revocation), fires
+// the revoked certificate event and names this plugin as the actor. A
+// certificate revoked already (by another replica, the sweep, an admin)
+// counts as done.
+func (p *Plugin) revokeOne(ctx context.Context, deviceID, serial string) error {
+	err := p.host.Revoke(ctx, plugins.RevokeRequest{
 		Serial:     serial,
-		Reason:     p.cfg.RevocationReason,
 		ReasonCode: p.cfg.RevocationReasonCode,
-		MTLS:       true,
-		Crt:        crt,
+		Reason:     p.cfg.RevocationReason,
+		Actor:      Actor,
 	})
-	if err != nil {
-		if r, _ := auth.IsRevoked(serial); r {
-			return nil // revoked concurrently (another replica, the sweep)
-		}
+	switch {
+	case errors.Is(err, plugins.ErrAlreadyRevoked):
+		return nil
+	case err != nil:
 		return fmt.Errorf("revoke %s: %w", serial, err)
 	}
+	p.log.Info("certificate revoked for device", "event", "deviceattest.revoked", "device", deviceID, "serial", serial,
+		"reasonCode", p.cfg.RevocationReasonCode)
 	return nil
 }
 
-// sweepLoop catches up revocations the listener missed: devices disabled by
-// an import, by another replica that crashed mid-way, or while the database
-// was unavailable.
+// sweepLoop is the safety net behind device events: at start and every
+// SweepInterval it revokes what they may have missed (a device disabled by
+// a store that records no events or before events existed, a revocation
+// that keeps failing).
 func (p *Plugin) sweepLoop(ctx context.Context) {
 	t := time.NewTicker(p.cfg.SweepInterval.Duration)
 	defer t.Stop()
 	for {
-		if st := p.state.Load(); st != nil {
-			if err := p.Sweep(ctx); err != nil && ctx.Err() == nil {
-				st.log.Error("device revocation sweep", "event", "deviceattest.sweep_failed", "error", err)
-			}
+		if err := p.Sweep(ctx); err != nil && ctx.Err() == nil {
+			p.log.Error("device revocation sweep", "event", "deviceattest.sweep_failed", "error", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -168,11 +152,7 @@ func (p *Plugin) sweepLoop(ctx context.Context) {
 // Sweep revokes the certificates of every linked device that is disabled
 // or no longer in the inventory.
 func (p *Plugin) Sweep(ctx context.Context) error {
-	st := p.state.Load()
-	if st == nil {
-		return errNotStarted
-	}
-	ids, err := st.links.Devices()
+	ids, err := p.links.Devices()
 	if err != nil {
 		return err
 	}
@@ -181,7 +161,7 @@ func (p *Plugin) Sweep(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		d, err := st.gate.Inventory.Get(id)
+		d, err := p.gate.Inventory.Get(id)
 		if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 			errs = append(errs, err)
 			continue
@@ -189,7 +169,7 @@ func (p *Plugin) Sweep(ctx context.Context) error {
 		if err == nil && d.Active() {
 			continue
 		}
-		if err := p.revokeDevice(ctx, st, id); err != nil {
+		if err := p.RevokeDevice(ctx, id); err != nil {
 			errs = append(errs, err)
 		}
 	}

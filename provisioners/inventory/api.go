@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"net/http"
 	"net/url"
@@ -24,12 +25,10 @@ const (
 
 // API serves /api/v1/devices and /api/v1/collections.
 type API struct {
-	Store          func() *Store // nil until the plugin started
+	Store          *Store
 	MaxImportBytes int64
 	MaxImportRows  int
-	Log            func() interface {
-		Info(string, ...any)
-	}
+	Log            *slog.Logger // nil: slog.Default()
 }
 
 // Routes lists the admin routes.
@@ -49,12 +48,11 @@ func (a *API) Routes() []plugins.AdminRoute {
 	}
 }
 
-func (a *API) store(w http.ResponseWriter) *Store {
-	s := a.Store()
-	if s == nil {
-		admin.WriteError(w, http.StatusServiceUnavailable, "inventory is not started")
+func (a *API) logger() *slog.Logger {
+	if a.Log != nil {
+		return a.Log
 	}
-	return s
+	return slog.Default()
 }
 
 // writeErr maps store errors to statuses.
@@ -78,10 +76,7 @@ type DeviceList struct {
 }
 
 func (a *API) listDevices(w http.ResponseWriter, r *http.Request) {
-	s := a.store(w)
-	if s == nil {
-		return
-	}
+	s := a.Store
 	q := r.URL.Query()
 	o := ListOptions{
 		Collection: q.Get("collection"), Status: Status(q.Get("status")), Owner: q.Get("owner"),
@@ -139,10 +134,6 @@ func lookup(s *Store, key string) (*Device, error) {
 // importDevices takes CSV (text/csv, with ?map=field:Column,...) or JSON
 // (application/json) and answers with a per-row report.
 func (a *API) importDevices(w http.ResponseWriter, r *http.Request) {
-	s := a.store(w)
-	if s == nil {
-		return
-	}
 	q := r.URL.Query()
 	source := "import"
 	if src := strings.TrimSpace(q.Get("source")); src != "" {
@@ -180,24 +171,20 @@ func (a *API) importDevices(w http.ResponseWriter, r *http.Request) {
 		admin.WriteError(w, http.StatusBadRequest, "import: %v", err)
 		return
 	}
-	rep, err := s.Import(rows, source)
+	rep, err := a.Store.Import(rows, source)
 	if err != nil {
 		writeErr(w, fmt.Errorf("import: %w", err))
 		return
 	}
 	rep.IgnoredColumns = ignored
-	if tok := admin.TokenFrom(r); tok != nil && a.Log != nil {
-		a.Log().Info("devices imported", "by", tok.ID, "source", source, "total", rep.Total, "accepted", rep.Accepted, "updated", rep.Updated, "unchanged", rep.Unchanged, "rejected", rep.Rejected)
+	if tok := admin.TokenFrom(r); tok != nil {
+		a.logger().Info("devices imported", "by", tok.ID, "source", source, "total", rep.Total, "accepted", rep.Accepted, "updated", rep.Updated, "unchanged", rep.Unchanged, "rejected", rep.Rejected)
 	}
 	admin.WriteJSON(w, http.StatusOK, rep)
 }
 
 func (a *API) listCollections(w http.ResponseWriter, _ *http.Request) {
-	s := a.store(w)
-	if s == nil {
-		return
-	}
-	cs, err := s.ListCollections()
+	cs, err := a.Store.ListCollections()
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -211,15 +198,11 @@ type reply struct {
 	body   any
 }
 
-// handle wraps fn with what every handler does: take the started store,
-// answer its result as JSON, or map its error to a status (writeErr).
+// handle wraps fn with what every handler does: answer its result as
+// JSON, or map its error to a status (writeErr).
 func (a *API) handle(fn func(s *Store, r *http.Request) (reply, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		s := a.store(w)
-		if s == nil {
-			return
-		}
-		out, err := fn(s, r)
+		out, err := fn(a.Store, r)
 		answer(w, out, err)
 	}
 }
@@ -228,15 +211,11 @@ func (a *API) handle(fn func(s *Store, r *http.Request) (reply, error)) http.Han
 // ReadJSON answers a bad body with 400 before fn runs).
 func withBody[In any](a *API, fn func(s *Store, r *http.Request, in In) (reply, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		s := a.store(w)
-		if s == nil {
-			return
-		}
 		var in In
 		if !admin.ReadJSON(w, r, &in) {
 			return
 		}
-		out, err := fn(s, r, in)
+		out, err := fn(a.Store, r, in)
 		answer(w, out, err)
 	}
 }

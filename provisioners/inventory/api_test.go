@@ -8,14 +8,15 @@ import (
 	"testing"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/stepfort/stepfort/plugins/plugintest"
 )
 
 // TestAPIHandlers drives the device and collection handlers through a chi
 // router, as the admin API mounts them (authentication is the admin API's
 // job and tested there).
 func TestAPIHandlers(t *testing.T) {
-	var store *Store
-	api := &API{Store: func() *Store { return store }}
+	api := &API{Store: newTestStore(t)}
 	r := chi.NewRouter()
 	for _, rt := range api.Routes() {
 		r.Method(rt.Method, rt.Pattern, rt.Handler)
@@ -29,10 +30,6 @@ func TestAPIHandlers(t *testing.T) {
 		_ = json.Unmarshal(rec.Body.Bytes(), &out)
 		return rec.Code, out
 	}
-	if code, _ := do("GET", "/devices/dev_x", ""); code != http.StatusServiceUnavailable {
-		t.Fatalf("before start: %d", code)
-	}
-	store = newTestStore(t)
 
 	tests := []struct {
 		method, path, body string
@@ -63,5 +60,39 @@ func TestAPIHandlers(t *testing.T) {
 		if tt.message != "" && !strings.Contains(body["message"].(string), tt.message) {
 			t.Fatalf("%s %s: message %q lacks %q", tt.method, tt.path, body["message"], tt.message)
 		}
+	}
+}
+
+// TestPluginRecordsDeviceEvents: the plugin is ready when New returns, and
+// a device disabled or removed through its admin routes records a device
+// event through the host.
+func TestPluginRecordsDeviceEvents(t *testing.T) {
+	h := plugintest.NewHost(t)
+	p, err := New(&Config{MaxImportBytes: 1 << 20, MaxImportRows: 10}, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := chi.NewRouter()
+	for _, rt := range p.AdminRoutes() {
+		r.Method(rt.Method, rt.Pattern, rt.Handler)
+	}
+	for _, step := range []struct{ method, path, body string }{
+		{"POST", "/devices", `{"identifiers":["SERIAL-1"]}`},
+		{"PATCH", "/devices/SERIAL-1", `{"status":"disabled"}`},
+		{"DELETE", "/devices/SERIAL-1", ""},
+	} {
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, httptest.NewRequest(step.method, step.path, strings.NewReader(step.body)))
+		if rec.Code >= 300 {
+			t.Fatalf("%s %s: %d %s", step.method, step.path, rec.Code, rec.Body)
+		}
+	}
+	events := h.Recorder.(*plugintest.Recorder)
+	var kinds []string
+	for _, ev := range events.Added {
+		kinds = append(kinds, string(ev.Kind))
+	}
+	if strings.Join(kinds, ",") != "device.disabled,device.removed" || len(events.Announced) != 2 {
+		t.Fatalf("events %v, announced %v", kinds, events.Announced)
 	}
 }

@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/smallstep/nosql/database"
+
+	"github.com/stepfort/stepfort/plugins"
 )
 
 // Row outcomes in an import report.
@@ -249,222 +252,321 @@ const importBatch = 500
 // Writes are batched in transactions; identifier claims are
 // compare-and-swap operations inside them, so a device created concurrently
 // elsewhere with the same identifier makes the row rejected, never a
-// duplicate.
+// duplicate. A row that disables an active device records a
+// plugins.DeviceDisabled event in its batch's transaction (WithEvents).
 func (s *Store) Import(rows []ImportRow, source string) (*ImportReport, error) {
 	s.importMu.Lock()
 	defer s.importMu.Unlock()
 	if source == "" {
 		source = "import"
 	}
+	im, err := s.newImporter(source)
+	if err != nil {
+		return nil, err
+	}
 	rep := &ImportReport{Total: len(rows), Rows: make([]RowResult, len(rows))}
+	for i, row := range rows {
+		res, w, err := im.plan(row)
+		if err != nil {
+			return nil, err
+		}
+		rep.set(i, res)
+		if w == nil {
+			continue
+		}
+		w.row = i
+		if err := im.add(w); err != nil {
+			return nil, err
+		}
+		if len(im.batch) >= importBatch {
+			if err := im.flush(rep); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := im.flush(rep); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
 
-	index := map[string]string{} // identifier -> device ID
+// set records the result of row i and counts it.
+func (rep *ImportReport) set(i int, res RowResult) {
+	rep.Rows[i] = res
+	switch res.Status {
+	case RowAccepted:
+		rep.Accepted++
+	case RowUpdated:
+		rep.Updated++
+	case RowUnchanged:
+		rep.Unchanged++
+	case RowRejected:
+		rep.Rejected++
+	}
+}
+
+// rejectLost turns row i, whose write lost a race, into a rejected row.
+func (rep *ImportReport) rejectLost(i int) {
+	r := &rep.Rows[i]
+	switch r.Status {
+	case RowAccepted:
+		rep.Accepted--
+	case RowUpdated:
+		rep.Updated--
+	}
+	r.Status, r.Reason, r.DeviceID = RowRejected, "changed concurrently by another writer; import again", ""
+	rep.Rejected++
+}
+
+// importer is the state of one import: what it knows of the inventory
+// (read once at the start, then kept up to date with its own writes, as if
+// every write lands) and the batch being built.
+type importer struct {
+	s           *Store
+	source      string
+	now         time.Time
+	index       map[string]string // identifier -> device ID
+	collections map[string]bool
+	// devices holds what this import has seen: rows created so far and,
+	// after the first match against an existing device, the whole table.
+	devices map[string]*Device
+	stored  map[string][]byte // device ID -> JSON as stored (for CAS)
+	loaded  bool
+
+	tx    database.Tx
+	batch []*rowWrite
+}
+
+// rowWrite is what one accepted or updated row writes in its batch.
+type rowWrite struct {
+	row     int // index in the report
+	created bool
+	id      string
+	claims  []*database.TxEntry // identifier claims
+	device  *database.TxEntry   // Set of a new device, CmpAndSwap of an update
+	// event is the plugins.DeviceDisabled event of a row that disabled an
+	// active device, nil otherwise.
+	event *plugins.DeviceEvent
+}
+
+// deviceWritten reports whether the device record was written: a Set
+// always is, a compare-and-swap only if it swapped.
+func (w *rowWrite) deviceWritten() bool {
+	return w.device.Cmd != database.CmpAndSwap || w.device.Swapped
+}
+
+// landed reports whether every write of the row took effect.
+func (w *rowWrite) landed() bool {
+	ok := w.deviceWritten()
+	for _, c := range w.claims {
+		ok = ok && c.Swapped
+	}
+	return ok
+}
+
+func (s *Store) newImporter(source string) (*importer, error) {
+	im := &importer{s: s, source: source, now: s.now().UTC(), index: map[string]string{}, collections: map[string]bool{},
+		devices: map[string]*Device{}, stored: map[string][]byte{}}
 	entries, err := s.db.List(IdentifiersTable)
 	if err != nil && !database.IsErrNotFound(err) {
 		return nil, fmt.Errorf("load identifier index: %w", err)
 	}
 	for _, e := range entries {
-		index[string(e.Key)] = string(e.Value)
+		im.index[string(e.Key)] = string(e.Value)
 	}
-	collections := map[string]bool{}
 	cs, err := s.ListCollections()
 	if err != nil {
 		return nil, err
 	}
 	for _, c := range cs {
-		collections[c.Name] = true
+		im.collections[c.Name] = true
 	}
-	// devices holds what this import has seen: rows created so far and,
-	// after the first match against an existing device, the whole table.
-	devices := map[string]*Device{}
-	stored := map[string][]byte{} // device ID -> JSON as stored (for CAS)
-	loaded := false
-	loadDevices := func() error {
-		if loaded {
-			return nil
-		}
-		loaded = true
-		es, err := s.db.List(DevicesTable)
-		if err != nil && !database.IsErrNotFound(err) {
-			return fmt.Errorf("load devices: %w", err)
-		}
-		for _, e := range es {
-			var d Device
-			if _, seen := devices[string(e.Key)]; !seen && json.Unmarshal(e.Value, &d) == nil {
-				devices[d.ID] = &d
-				stored[d.ID] = e.Value
-			}
-		}
+	return im, nil
+}
+
+// loadDevices reads the whole devices table, once, the first time a row
+// matches a registered device (an import of new devices never needs it).
+func (im *importer) loadDevices() error {
+	if im.loaded {
 		return nil
 	}
-
-	type pending struct {
-		row     int
-		created bool
-		id      string
-		cas     []*database.TxEntry // identifier claims
-		devOp   *database.TxEntry
-		// deactivated is the device this row disabled, for the listeners
-		// (certificates of disabled devices are revoked).
-		deactivated *Device
+	im.loaded = true
+	es, err := im.s.db.List(DevicesTable)
+	if err != nil && !database.IsErrNotFound(err) {
+		return fmt.Errorf("load devices: %w", err)
 	}
-	var batch []pending
-	var tx database.Tx
-	flush := func() error {
-		if len(tx.Operations) == 0 {
-			return nil
+	for _, e := range es {
+		var d Device
+		if _, seen := im.devices[string(e.Key)]; !seen && json.Unmarshal(e.Value, &d) == nil {
+			im.devices[d.ID] = &d
+			im.stored[d.ID] = e.Value
 		}
-		if err := s.db.Update(&tx); err != nil {
-			return fmt.Errorf("write import batch: %w", err)
+	}
+	return nil
+}
+
+// rejected returns res as a rejected row.
+func rejected(res RowResult, format string, args ...any) (RowResult, *rowWrite, error) {
+	res.Status, res.Reason = RowRejected, fmt.Sprintf(format, args...)
+	return res, nil, nil
+}
+
+// plan decides what one row does: its result and, for a row that creates
+// or changes a device, the write. An error (the devices table cannot be
+// read) ends the import.
+func (im *importer) plan(row ImportRow) (RowResult, *rowWrite, error) {
+	res := RowResult{Line: row.Line}
+	if row.Err != nil {
+		return rejected(res, "%v", row.Err)
+	}
+	in := row.Input
+	in.Source = im.source
+	d, err := in.build()
+	if err != nil {
+		if len(in.Identifiers) > 0 {
+			res.Identifier = in.Identifiers[0]
 		}
-		for _, p := range batch {
-			ok := p.devOp.Cmd != database.CmpAndSwap || p.devOp.Swapped
-			for _, c := range p.cas {
-				ok = ok && c.Swapped
+		return rejected(res, "%v", err)
+	}
+	res.Identifier = d.Identifiers[0]
+	if d.Collection != "" && !im.collections[d.Collection] {
+		return rejected(res, "collection %q does not exist", d.Collection)
+	}
+	owner, ok := im.owner(d.Identifiers)
+	if !ok {
+		return rejected(res, "identifiers belong to different devices")
+	}
+	if owner == "" {
+		w := im.create(d)
+		res.Status, res.DeviceID = RowAccepted, d.ID
+		return res, w, nil
+	}
+	if err := im.loadDevices(); err != nil {
+		return res, nil, err
+	}
+	cur, found := im.devices[owner]
+	if !found {
+		return rejected(res, "identifier index points at missing device %s", owner)
+	}
+	if in.Status == "" {
+		d.Status = "" // absent from the row: keep the stored status
+	}
+	merged, err := merge(cur, d)
+	if err != nil {
+		return rejected(res, "%v", err)
+	}
+	res.DeviceID = cur.ID
+	if sameDevice(cur, merged) {
+		res.Status = RowUnchanged
+		return res, nil, nil
+	}
+	res.Status = RowUpdated
+	return res, im.update(cur, merged), nil
+}
+
+// owner returns the ID of the device that holds the identifiers ("" for
+// none), or false if they belong to different devices.
+func (im *importer) owner(pids []string) (string, bool) {
+	owner := ""
+	for _, pid := range pids {
+		if id, held := im.index[pid]; held {
+			if owner != "" && owner != id {
+				return "", false
 			}
-			if ok {
-				if p.deactivated != nil {
-					notifyDeactivated(DeviceChange{Device: p.deactivated})
-				}
-				continue
-			}
-			// Lost a race with a concurrent writer: undo what this row did.
-			if p.created {
-				_ = s.db.Del(DevicesTable, []byte(p.id))
-			}
-			for _, c := range p.cas {
-				if c.Swapped {
-					_ = s.db.Del(IdentifiersTable, c.Key)
-				}
-			}
-			r := &rep.Rows[p.row]
-			switch r.Status {
-			case RowAccepted:
-				rep.Accepted--
-			case RowUpdated:
-				rep.Updated--
-			}
-			r.Status, r.Reason, r.DeviceID = RowRejected, "changed concurrently by another writer; import again", ""
-			rep.Rejected++
+			owner = id
 		}
-		batch, tx = nil, database.Tx{}
+	}
+	return owner, true
+}
+
+// create plans a new device: claims of all its identifiers and the record.
+func (im *importer) create(d *Device) *rowWrite {
+	d.ID = newID()
+	d.CreatedAt, d.UpdatedAt = im.now, im.now
+	w := &rowWrite{created: true, id: d.ID, claims: im.claim(d.ID, d.Identifiers)}
+	b, _ := json.Marshal(d)
+	w.device = &database.TxEntry{Bucket: DevicesTable, Key: []byte(d.ID), Value: b, Cmd: database.Set}
+	im.devices[d.ID], im.stored[d.ID] = d, b
+	return w
+}
+
+// update plans the change of cur into merged: claims of its new
+// identifiers and a compare-and-swap of the record against what this
+// import last read or wrote, with the event if it disables the device.
+func (im *importer) update(cur, merged *Device) *rowWrite {
+	merged.UpdatedAt = im.now
+	var unclaimed []string
+	for _, pid := range merged.Identifiers {
+		if _, held := im.index[pid]; !held {
+			unclaimed = append(unclaimed, pid)
+		}
+	}
+	w := &rowWrite{id: merged.ID, claims: im.claim(merged.ID, unclaimed)}
+	b, _ := json.Marshal(merged)
+	w.device = &database.TxEntry{Bucket: DevicesTable, Key: []byte(merged.ID), CmpValue: im.stored[merged.ID], Value: b, Cmd: database.CmpAndSwap}
+	if cur.Active() && !merged.Active() {
+		w.event = &plugins.DeviceEvent{Kind: plugins.DeviceDisabled, DeviceID: merged.ID, Device: b}
+	}
+	im.devices[merged.ID], im.stored[merged.ID] = merged, b
+	return w
+}
+
+// claim returns the compare-and-swap entries (nil -> id) claiming pids
+// and notes the claims in the index.
+func (im *importer) claim(id string, pids []string) []*database.TxEntry {
+	var out []*database.TxEntry
+	for _, pid := range pids {
+		im.index[pid] = id
+		out = append(out, &database.TxEntry{Bucket: IdentifiersTable, Key: []byte(pid), Value: []byte(id), Cmd: database.CmpAndSwap})
+	}
+	return out
+}
+
+// add puts a row's writes, and its event, into the batch's transaction.
+func (im *importer) add(w *rowWrite) error {
+	im.tx.Operations = append(im.tx.Operations, w.claims...)
+	im.tx.Operations = append(im.tx.Operations, w.device)
+	if err := im.s.addEvent(&im.tx, w.event); err != nil {
+		return err
+	}
+	im.batch = append(im.batch, w)
+	return nil
+}
+
+// flush commits the batch, then settles each row: its event is announced
+// if its device write landed and discarded if not, and a row that lost a
+// race with a concurrent writer is undone and reported rejected.
+func (im *importer) flush(rep *ImportReport) error {
+	if len(im.tx.Operations) == 0 {
 		return nil
 	}
+	if err := im.s.db.Update(&im.tx); err != nil {
+		return fmt.Errorf("write import batch: %w", err)
+	}
+	for _, w := range im.batch {
+		// The event follows the device write alone: a disabled record
+		// that was stored stays disabled even if the row is undone.
+		im.s.settleEvent(w.event, w.deviceWritten())
+		if !w.landed() {
+			im.undo(w)
+			rep.rejectLost(w.row)
+		}
+	}
+	im.batch, im.tx = nil, database.Tx{}
+	return nil
+}
 
-	now := s.now().UTC()
-	for i, row := range rows {
-		res := &rep.Rows[i]
-		res.Line = row.Line
-		reject := func(format string, args ...any) {
-			res.Status, res.Reason = RowRejected, fmt.Sprintf(format, args...)
-			rep.Rejected++
-		}
-		if row.Err != nil {
-			reject("%v", row.Err)
-			continue
-		}
-		in := row.Input
-		in.Source = source
-		d, err := in.build()
-		if err != nil {
-			if len(in.Identifiers) > 0 {
-				res.Identifier = in.Identifiers[0]
-			}
-			reject("%v", err)
-			continue
-		}
-		res.Identifier = d.Identifiers[0]
-		if d.Collection != "" && !collections[d.Collection] {
-			reject("collection %q does not exist", d.Collection)
-			continue
-		}
-		owner := ""
-		conflict := false
-		for _, pid := range d.Identifiers {
-			if id, ok := index[pid]; ok {
-				if owner != "" && owner != id {
-					conflict = true
-				}
-				owner = id
-			}
-		}
-		if conflict {
-			reject("identifiers belong to different devices")
-			continue
-		}
-		p := pending{row: i}
-		if owner == "" {
-			d.ID = newID()
-			d.CreatedAt, d.UpdatedAt = now, now
-			for _, pid := range d.Identifiers {
-				index[pid] = d.ID
-				e := &database.TxEntry{Bucket: IdentifiersTable, Key: []byte(pid), Value: []byte(d.ID), Cmd: database.CmpAndSwap}
-				p.cas = append(p.cas, e)
-				tx.Operations = append(tx.Operations, e)
-			}
-			b, _ := json.Marshal(d)
-			p.devOp = &database.TxEntry{Bucket: DevicesTable, Key: []byte(d.ID), Value: b, Cmd: database.Set}
-			tx.Operations = append(tx.Operations, p.devOp)
-			p.created, p.id = true, d.ID
-			res.Status, res.DeviceID = RowAccepted, d.ID
-			rep.Accepted++
-			devices[d.ID] = d
-			stored[d.ID] = b
-		} else {
-			if err := loadDevices(); err != nil {
-				return nil, err
-			}
-			cur, ok := devices[owner]
-			if !ok {
-				reject("identifier index points at missing device %s", owner)
-				continue
-			}
-			if in.Status == "" {
-				d.Status = "" // absent from the row: keep the stored status
-			}
-			merged, err := merge(cur, d)
-			if err != nil {
-				reject("%v", err)
-				continue
-			}
-			res.DeviceID = cur.ID
-			if sameDevice(cur, merged) {
-				res.Status = RowUnchanged
-				rep.Unchanged++
-				continue
-			}
-			merged.UpdatedAt = now
-			for _, pid := range merged.Identifiers {
-				if _, held := index[pid]; !held {
-					index[pid] = merged.ID
-					e := &database.TxEntry{Bucket: IdentifiersTable, Key: []byte(pid), Value: []byte(merged.ID), Cmd: database.CmpAndSwap}
-					p.cas = append(p.cas, e)
-					tx.Operations = append(tx.Operations, e)
-				}
-			}
-			b, _ := json.Marshal(merged)
-			p.devOp = &database.TxEntry{Bucket: DevicesTable, Key: []byte(merged.ID), CmpValue: stored[merged.ID], Value: b, Cmd: database.CmpAndSwap}
-			tx.Operations = append(tx.Operations, p.devOp)
-			p.id = merged.ID
-			if cur.Active() && !merged.Active() {
-				p.deactivated = merged
-			}
-			devices[merged.ID] = merged
-			stored[merged.ID] = b
-			res.Status = RowUpdated
-			rep.Updated++
-		}
-		batch = append(batch, p)
-		if len(batch) >= importBatch {
-			if err := flush(); err != nil {
-				return nil, err
-			}
+// undo removes what a row that lost a race wrote: the device it created
+// and the identifiers it claimed.
+func (im *importer) undo(w *rowWrite) {
+	if w.created {
+		_ = im.s.db.Del(DevicesTable, []byte(w.id))
+	}
+	for _, c := range w.claims {
+		if c.Swapped {
+			_ = im.s.db.Del(IdentifiersTable, c.Key)
 		}
 	}
-	if err := flush(); err != nil {
-		return nil, err
-	}
-	return rep, nil
 }
 
 // merge applies the non-empty fields of row onto a copy of cur.

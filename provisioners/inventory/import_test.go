@@ -3,6 +3,8 @@ package inventory
 import (
 	"strings"
 	"testing"
+
+	"github.com/stepfort/stepfort/plugins"
 )
 
 func TestImportCSVWithMapping(t *testing.T) {
@@ -121,26 +123,74 @@ func TestImportKeepsStatusAndRejects(t *testing.T) {
 	}
 }
 
-func TestImportThatDisablesNotifiesListeners(t *testing.T) {
-	s := newTestStore(t)
-	var got []string
-	unregister := OnDeactivate(func(c DeviceChange) { got = append(got, c.Device.Identifiers[0]) })
-	defer unregister()
-	rows, _, err := ParseCSV(strings.NewReader("identifier,name,status\nA,a,active\nB,b,active\n"), nil, 10)
-	if err != nil {
-		t.Fatal(err)
+// TestImportThatDisablesRecordsEvents: a row that disables an active
+// device records one device event in its batch's transaction; rows that
+// keep devices active record none.
+func TestImportThatDisablesRecordsEvents(t *testing.T) {
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			s, rec := newEventStore(t, openDB(t, backend))
+			rows, _, err := ParseCSV(strings.NewReader("identifier,name,status\nA,a,active\nB,b,active\n"), nil, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Import(rows, ""); err != nil {
+				t.Fatal(err)
+			}
+			if got := rec.identifiers(t); len(got) != 0 {
+				t.Fatalf("events recorded for active devices: %v", got)
+			}
+			rows, _, _ = ParseCSV(strings.NewReader("identifier,name,status\nA,a,disabled\nB,b,active\n"), nil, 10)
+			if rep, err := s.Import(rows, ""); err != nil || rep.Updated != 1 {
+				t.Fatalf("%+v %v", rep, err)
+			}
+			if got := strings.Join(rec.identifiers(t), ","); got != "A" {
+				t.Fatalf("events for %v, want the device the import disabled", got)
+			}
+			ev := rec.Added[0]
+			if ev.Kind != plugins.DeviceDisabled {
+				t.Fatalf("kind %s", ev.Kind)
+			}
+			rec.assertCommitted(t, s.db, ev.ID)
+			if len(rec.Announced) != 1 || rec.Announced[0] != ev.ID || len(rec.Discarded) != 0 {
+				t.Fatalf("announced %v, discarded %v, want %s announced", rec.Announced, rec.Discarded, ev.ID)
+			}
+			// Importing the same file again disables nothing new.
+			rows, _, _ = ParseCSV(strings.NewReader("identifier,name,status\nA,a,disabled\n"), nil, 10)
+			if rep, err := s.Import(rows, ""); err != nil || rep.Unchanged != 1 || len(rec.Added) != 1 {
+				t.Fatalf("re-import: %+v %v, %d events", rep, err, len(rec.Added))
+			}
+		})
 	}
-	if _, err := s.Import(rows, ""); err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != 0 {
-		t.Fatalf("listeners called for active devices: %v", got)
-	}
-	rows, _, _ = ParseCSV(strings.NewReader("identifier,name,status\nA,a,disabled\nB,b,active\n"), nil, 10)
-	if rep, err := s.Import(rows, ""); err != nil || rep.Updated != 1 {
-		t.Fatalf("%+v %v", rep, err)
-	}
-	if strings.Join(got, ",") != "A" {
-		t.Fatalf("listeners saw %v, want the device the import disabled", got)
+}
+
+// TestImportLostRaceDiscardsEvent: a row that disables a device changed by
+// another writer between the import's read and its batch is rejected, and
+// its event is discarded, not announced.
+func TestImportLostRaceDiscardsEvent(t *testing.T) {
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			db := &racingDB{DB: openDB(t, backend)}
+			s, rec := newEventStore(t, db)
+			d, err := s.Create(DeviceInput{Identifiers: []string{"A"}, Name: "a"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			db.before = func() { rename(t, db.DB, d.ID, "renamed elsewhere") }
+			rows, _, _ := ParseCSV(strings.NewReader("identifier,status\nA,disabled\n"), nil, 10)
+			rep, err := s.Import(rows, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Rejected != 1 || rep.Updated != 0 || !strings.Contains(rep.Rows[0].Reason, "changed concurrently") {
+				t.Fatalf("report %+v", rep)
+			}
+			if len(rec.Added) != 1 || len(rec.Discarded) != 1 || rec.Discarded[0] != rec.Added[0].ID || len(rec.Announced) != 0 {
+				t.Fatalf("added %v, announced %v, discarded %v", rec.Added, rec.Announced, rec.Discarded)
+			}
+			if got, _ := s.Get(d.ID); !got.Active() || got.Name != "renamed elsewhere" {
+				t.Fatalf("device %+v", got)
+			}
+		})
 	}
 }

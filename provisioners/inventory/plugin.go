@@ -1,9 +1,7 @@
 package inventory
 
 import (
-	"context"
 	"log/slog"
-	"sync/atomic"
 
 	"github.com/stepfort/stepfort/config"
 	"github.com/stepfort/stepfort/plugins"
@@ -16,7 +14,7 @@ func init() {
 	plugins.Register(plugins.Factory{
 		Name:      Name,
 		NewConfig: func() plugins.Config { return &Config{MaxImportBytes: 128 << 20, MaxImportRows: 200_000} },
-		New:       func(c plugins.Config) (plugins.Plugin, error) { return New(c.(*Config)), nil },
+		New:       func(c plugins.Config, h plugins.Host) (plugins.Plugin, error) { return New(c.(*Config), h) },
 	})
 }
 
@@ -42,41 +40,29 @@ func (c *Config) Validate() error {
 // Plugin serves the inventory admin API.
 type Plugin struct {
 	cfg   *Config
-	store atomic.Pointer[Store]
-	log   atomic.Pointer[slog.Logger]
+	store *Store
+	log   *slog.Logger
 }
 
-// New returns the plugin.
-func New(cfg *Config) *Plugin { return &Plugin{cfg: cfg} }
+// New opens the inventory on the host's database. Changes made through the
+// plugin (admin API, import) that disable or remove a device record a
+// durable device event through the host (see WithEvents).
+func New(cfg *Config, h plugins.Host) (*Plugin, error) {
+	s, err := NewStore(h.DB(), h.Now, WithEvents(h.Events()), WithLogger(h.Logger()))
+	if err != nil {
+		return nil, err
+	}
+	return &Plugin{cfg: cfg, store: s, log: h.Logger()}, nil
+}
 
 // Name implements plugins.Plugin.
 func (p *Plugin) Name() string { return Name }
 
-// Start opens the store on the shared database.
-func (p *Plugin) Start(_ context.Context, h plugins.Host) error {
-	s, err := NewStore(h.DB(), h.Now)
-	if err != nil {
-		return err
-	}
-	p.store.Store(s)
-	p.log.Store(h.Logger())
-	return nil
-}
-
-// Stop implements plugins.Plugin.
-func (p *Plugin) Stop(context.Context) error { return nil }
-
-// Store returns the running store (nil before Start).
-func (p *Plugin) Store() *Store { return p.store.Load() }
+// Store returns the plugin's store.
+func (p *Plugin) Store() *Store { return p.store }
 
 // AdminRoutes implements plugins.AdminRouteProvider.
 func (p *Plugin) AdminRoutes() []plugins.AdminRoute {
-	api := &API{Store: p.Store, MaxImportBytes: p.cfg.MaxImportBytes, MaxImportRows: p.cfg.MaxImportRows}
-	api.Log = func() interface{ Info(string, ...any) } {
-		if l := p.log.Load(); l != nil {
-			return l
-		}
-		return slog.Default()
-	}
+	api := &API{Store: p.store, MaxImportBytes: p.cfg.MaxImportBytes, MaxImportRows: p.cfg.MaxImportRows, Log: p.log}
 	return api.Routes()
 }

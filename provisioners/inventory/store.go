@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
+
+	"github.com/stepfort/stepfort/plugins"
 )
 
 // Tables; the key layout is documented in docs/inventory.md.
@@ -39,13 +42,40 @@ var (
 type Store struct {
 	db  nosql.DB
 	now func() time.Time
+	// events records a device event in the transaction that disables or
+	// removes a device; nil records none (see WithEvents).
+	events plugins.EventRecorder
+	log    *slog.Logger
 	// importMu serializes imports in this process; across replicas the
 	// identifier claims (CmpAndSwap) keep the index consistent.
 	importMu sync.Mutex
 }
 
+// StoreOption configures a Store.
+type StoreOption func(*Store)
+
+// WithEvents makes the store record a durable plugins.DeviceEvent in the
+// same transaction as every change that disables a device
+// (plugins.DeviceDisabled) or removes one (plugins.DeviceRemoved), so
+// DeviceObservers (the device-attest plugin revokes the device's
+// certificates) learn of it even if this process dies right after the
+// commit. Give it to the store that serves admin changes; a store that
+// only reads devices and records attestations does not need it.
+func WithEvents(r plugins.EventRecorder) StoreOption {
+	return func(s *Store) { s.events = r }
+}
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) StoreOption {
+	return func(s *Store) {
+		if l != nil {
+			s.log = l
+		}
+	}
+}
+
 // NewStore creates the tables if needed. now may be nil (time.Now).
-func NewStore(db nosql.DB, now func() time.Time) (*Store, error) {
+func NewStore(db nosql.DB, now func() time.Time, opts ...StoreOption) (*Store, error) {
 	if db == nil {
 		return nil, errors.New("inventory: a database is required")
 	}
@@ -57,7 +87,11 @@ func NewStore(db nosql.DB, now func() time.Time) (*Store, error) {
 			return nil, fmt.Errorf("create table %s: %w", t, err)
 		}
 	}
-	return &Store{db: db, now: now}, nil
+	s := &Store{db: db, now: now, log: slog.Default()}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
 }
 
 func newID() string {
@@ -275,17 +309,9 @@ type DevicePatch struct {
 }
 
 // Update applies a patch with optimistic concurrency (compare-and-swap on
-// the stored record, retried). A patch that sets the status to disabled is
-// announced to OnDeactivate listeners after it is stored.
+// the stored record, retried). A patch that disables an active device
+// records a plugins.DeviceDisabled event with the change (WithEvents).
 func (s *Store) Update(id string, p DevicePatch) (*Device, error) {
-	d, err := s.update(id, p)
-	if err == nil && p.Status != nil && *p.Status == StatusDisabled {
-		notifyDeactivated(DeviceChange{Device: d})
-	}
-	return d, err
-}
-
-func (s *Store) update(id string, p DevicePatch) (*Device, error) {
 	return s.modify(id, func(d *Device) error {
 		set := func(dst *string, v *string) {
 			if v != nil {
@@ -329,7 +355,8 @@ func (s *Store) update(id string, p DevicePatch) (*Device, error) {
 }
 
 // modify runs fn on the stored device and writes it back atomically,
-// claiming added identifiers and releasing removed ones.
+// claiming added identifiers and releasing removed ones. A change that
+// disables an active device carries its event (writeDevice).
 func (s *Store) modify(id string, fn func(d *Device) error) (*Device, error) {
 	for range 5 {
 		d, old, err := s.getDevice(id)
@@ -337,31 +364,27 @@ func (s *Store) modify(id string, fn func(d *Device) error) (*Device, error) {
 			return nil, err
 		}
 		before := append([]string(nil), d.Identifiers...)
+		wasActive := d.Active()
 		if err := fn(d); err != nil {
 			return nil, err
 		}
-		var added, removed []string
-		for _, x := range d.Identifiers {
-			if !contains(before, x) {
-				added = append(added, x)
-			}
-		}
-		for _, x := range before {
-			if !contains(d.Identifiers, x) {
-				removed = append(removed, x)
-			}
-		}
+		added, removed := difference(d.Identifiers, before), difference(before, d.Identifiers)
 		if err := s.claim(id, added); err != nil {
 			return nil, err
 		}
 		d.UpdatedAt = s.now().UTC()
 		b, _ := json.Marshal(d)
-		_, ok, err := s.db.CmpAndSwap(DevicesTable, []byte(id), old, b)
+		var ev *plugins.DeviceEvent
+		if wasActive && !d.Active() {
+			ev = &plugins.DeviceEvent{Kind: plugins.DeviceDisabled, DeviceID: id, Device: b}
+		}
+		op := &database.TxEntry{Bucket: DevicesTable, Key: []byte(id), CmpValue: old, Value: b, Cmd: database.CmpAndSwap}
+		swapped, err := s.writeDevice(op, ev)
 		if err != nil {
 			s.release(id, added)
-			return nil, fmt.Errorf("write device %q: %w", id, err)
+			return nil, err
 		}
-		if !ok {
+		if !swapped {
 			s.release(id, added)
 			continue // changed underneath us: re-read and retry
 		}
@@ -369,6 +392,57 @@ func (s *Store) modify(id string, fn func(d *Device) error) (*Device, error) {
 		return d, nil
 	}
 	return nil, fmt.Errorf("device %q is being changed concurrently: %w", id, ErrConflict)
+}
+
+// writeDevice commits op, one write of a device row, in one transaction
+// with ev, the event the write causes (nil if none), so the event exists
+// if and only if the change was committed. It reports whether op took
+// effect: false for a compare-and-swap that did not swap, whose event is
+// then discarded (nosql does not roll a transaction back for a failed
+// compare-and-swap, so the event row was committed regardless).
+func (s *Store) writeDevice(op *database.TxEntry, ev *plugins.DeviceEvent) (bool, error) {
+	tx := &database.Tx{Operations: []*database.TxEntry{op}}
+	if err := s.addEvent(tx, ev); err != nil {
+		return false, err
+	}
+	if err := s.db.Update(tx); err != nil {
+		// The transaction was rolled back, event included: nothing to
+		// discard. (Were it committed after all, the event is delivered by
+		// the next sweep and its observers act on the device as stored.)
+		return false, fmt.Errorf("%s device %q: %w", op.Cmd, op.Key, err)
+	}
+	swapped := op.Cmd != database.CmpAndSwap || op.Swapped
+	s.settleEvent(ev, swapped)
+	return swapped, nil
+}
+
+// addEvent adds ev to tx if the store records events.
+func (s *Store) addEvent(tx *database.Tx, ev *plugins.DeviceEvent) error {
+	if ev == nil || s.events == nil {
+		return nil
+	}
+	if err := s.events.AddDeviceEvent(tx, ev); err != nil {
+		return fmt.Errorf("record %s event for device %s: %w", ev.Kind, ev.DeviceID, err)
+	}
+	return nil
+}
+
+// settleEvent tells the recorder about a committed event: announce it if
+// the change it describes happened, so this replica delivers it at once,
+// or discard it if it did not.
+func (s *Store) settleEvent(ev *plugins.DeviceEvent, happened bool) {
+	if ev == nil || s.events == nil {
+		return
+	}
+	if happened {
+		s.events.Announce(ev.ID)
+		return
+	}
+	if err := s.events.Discard(ev.ID); err != nil {
+		// Delivered anyway, the event is harmless: observers act on the
+		// device as it is then, not as the event says.
+		s.log.Warn("discard device event of a lost write", "event", "inventory.discard_failed", "id", ev.ID, "device", ev.DeviceID, "error", err)
+	}
 }
 
 // RecordAttestation stores the last successful AK enrollment and last-seen
@@ -383,17 +457,22 @@ func (s *Store) RecordAttestation(id string, a Attestation) error {
 	return err
 }
 
-// Delete removes a device and releases its identifiers.
+// Delete removes a device and releases its identifiers. The removal
+// records a plugins.DeviceRemoved event with the record as it was
+// (WithEvents).
 func (s *Store) Delete(id string) (*Device, error) {
-	d, _, err := s.getDevice(id)
+	d, old, err := s.getDevice(id)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.db.Del(DevicesTable, []byte(id)); err != nil {
-		return nil, fmt.Errorf("delete device %q: %w", id, err)
+	// The delete is unconditional: a concurrent change to the record does
+	// not save the device, so the event stays true either way.
+	op := &database.TxEntry{Bucket: DevicesTable, Key: []byte(id), Cmd: database.Delete}
+	ev := &plugins.DeviceEvent{Kind: plugins.DeviceRemoved, DeviceID: id, Device: old}
+	if _, err := s.writeDevice(op, ev); err != nil {
+		return nil, err
 	}
 	s.release(id, d.Identifiers)
-	notifyDeactivated(DeviceChange{Device: d, Removed: true})
 	return d, nil
 }
 
@@ -588,6 +667,17 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// difference returns the elements of a that are not in b.
+func difference(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if !contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 func removeString(list []string, s string) []string {

@@ -1,4 +1,4 @@
-// Package adminclient is the HTTP client the admin CLI commands use to call
+// Package client is the HTTP client the admin CLI commands use to call
 // the admin API. It trusts only the CA's root, never the system pool.
 package client
 
@@ -56,13 +56,16 @@ func New(caURL, rootFile, token string) (*Client, error) {
 	}, nil
 }
 
-// APIError is an error answer from the admin API.
+// APIError is an error answer from the admin API (admin.Error on the
+// wire), or any other answer of status 400 or more, whose body becomes the
+// Message.
 type APIError struct {
 	Status  int    `json:"status"`
 	Code    string `json:"error"`
 	Message string `json:"message"`
 }
 
+// Error implements error: the message and the HTTP status.
 func (e *APIError) Error() string {
 	return fmt.Sprintf("%s (HTTP %d)", e.Message, e.Status)
 }
@@ -101,10 +104,13 @@ func (c *Client) DoRaw(method, path, contentType string, body io.Reader, out any
 		return err
 	}
 	if resp.StatusCode >= 400 {
-		apiErr := &APIError{Status: resp.StatusCode}
+		apiErr := &APIError{}
 		if json.Unmarshal(data, apiErr) != nil || apiErr.Message == "" {
 			apiErr.Message = strings.TrimSpace(string(data))
 		}
+		// The response's status is the truth; a body (from a proxy, say)
+		// may claim another.
+		apiErr.Status = resp.StatusCode
 		return apiErr
 	}
 	if out != nil && len(data) > 0 {
