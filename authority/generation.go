@@ -203,7 +203,7 @@ func (d *Daemon) mount(gen *generation) error {
 		insecureMux.Route("/scep", func(r chi.Router) { scepAPI.Route(r) })
 		mux.Route("/scep", func(r chi.Router) { scepAPI.Route(r) })
 	}
-	insecurePlugins := d.mountPlugins(mux, insecureMux)
+	insecurePlugins, adminMax := d.mountPlugins(mux, insecureMux)
 	gen.servesInsecure = scepAuthority != nil || cfg.CRL.IsEnabled() || insecurePlugins
 
 	https, insecure := http.Handler(mux), http.Handler(insecureMux)
@@ -224,8 +224,8 @@ func (d *Daemon) mount(gen *generation) error {
 		https, insecure = logger.Middleware(https), logger.Middleware(insecure)
 	}
 	base := baseContext(auth, scepAuthority, acmeDB, linker)
-	https = d.common(https, base, "https")
-	insecure = d.common(insecure, base, "http")
+	https = d.common(bodyLimit{next: https, adminMax: adminMax}, base, "https")
+	insecure = d.common(bodyLimit{next: insecure}, base, "http")
 	gen.https = d.withDirectRoutes(requestid.New(traceHeader).Middleware(https))
 	gen.http = d.withDirectRoutes(requestid.New(traceHeader).Middleware(insecure))
 	return nil
@@ -265,10 +265,9 @@ func (d *Daemon) mountACME(mux chi.Router, cfg *upconfig.Config, auth *upstream.
 }
 
 // mountPlugins mounts plugin routes and the admin API; it reports whether a
-// plugin serves plain HTTP.
-func (d *Daemon) mountPlugins(mux, insecureMux chi.Router) bool {
+// plugin serves plain HTTP and the largest body an admin route accepts.
+func (d *Daemon) mountPlugins(mux, insecureMux chi.Router) (insecure bool, adminMax int64) {
 	var adminRoutes []plugins.AdminRoute
-	insecure := false
 	for _, p := range d.plugins {
 		if rp, ok := p.(plugins.RouteProvider); ok {
 			rp.Routes(mux)
@@ -281,6 +280,9 @@ func (d *Daemon) mountPlugins(mux, insecureMux chi.Router) bool {
 			adminRoutes = append(adminRoutes, ap.AdminRoutes()...)
 		}
 	}
+	for _, r := range adminRoutes {
+		adminMax = max(adminMax, r.MaxBody)
+	}
 	if d.tokens != nil {
 		(&admin.Server{
 			Tokens:      d.tokens,
@@ -289,7 +291,7 @@ func (d *Daemon) mountPlugins(mux, insecureMux chi.Router) bool {
 			Metrics:     d.metrics,
 		}).Mount(mux, adminRoutes)
 	}
-	return insecure
+	return insecure, adminMax
 }
 
 // withDirectRoutes lets plugins answer some requests before any

@@ -56,7 +56,17 @@ type AdminRoute struct {
 	Pattern string // relative to /api/v1, e.g. "/devices/{id}"
 	Scope   string
 	Handler http.HandlerFunc
+	// MaxBody bounds the request body in bytes; 0 means the daemon's
+	// default (DefaultMaxBody). Routes that take uploads (imports) declare
+	// what they need. A larger body is answered 413.
+	MaxBody int64
 }
+
+// DefaultMaxBody is the request body limit of every route that declares
+// none: upstream's JSON and ACME requests, SCEP messages and plugin routes
+// are far smaller. Plugin routes that need more wrap their handler in
+// http.MaxBytesHandler themselves.
+const DefaultMaxBody = 1 << 20
 
 // AdminRouteProvider adds endpoints to the admin API.
 type AdminRouteProvider interface {
@@ -199,4 +209,20 @@ type CertificateEnforcer interface {
 // lease). An error marks the replica unhealthy (503).
 type HealthReporter interface {
 	Health(ctx context.Context) (map[string]any, error)
+}
+
+// ProvisionerChecker is implemented by plugins that name upstream
+// provisioners in their configuration. The daemon checks the names against
+// every configuration generation (start, reload, `stepfort config check`)
+// and refuses a configuration in which a named provisioner is missing or of
+// the wrong type, so a typo cannot leave a provisioner ungated.
+type ProvisionerChecker interface {
+	NamedProvisioners() []NamedProvisioner
+}
+
+// NamedProvisioner is one provisioner reference in a plugin's configuration.
+type NamedProvisioner struct {
+	Path  string   // JSON path under the plugin's block, e.g. "accountProvisioners[0]"
+	Name  string   // provisioner name, compared exactly as upstream does
+	Types []string // allowed upstream types ("JWK", "X5C", "ACME", ...); empty allows any
 }
