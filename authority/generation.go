@@ -23,6 +23,7 @@ import (
 	upstream "github.com/smallstep/certificates/authority"
 	upadmin "github.com/smallstep/certificates/authority/admin"
 	adminAPI "github.com/smallstep/certificates/authority/admin/api"
+	adminDBNosql "github.com/smallstep/certificates/authority/admin/db/nosql"
 	upconfig "github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/certificates/ca"
@@ -121,8 +122,17 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 	}
 	external := &http.Client{Transport: newExternalTransport()}
 	webhooks := &webhookClient{internal: internalWebhookHandler(caps.signAuthorizers, caps.enrichers, d.log.With("component", "internal-webhooks")), external: external}
-	auth, err := upstream.New(cfg, d.authorityOptions(webhooks, caps)...)
+	var auth *upstream.Authority
+	current := func() *upstream.Authority { return auth }
+	opts, err := d.authorityOptions(cfg, webhooks, caps, current)
 	if err != nil {
+		return nil, err
+	}
+	if auth, err = upstream.New(cfg, opts...); err != nil {
+		return nil, err
+	}
+	if err := d.checkNamedProvisioners(file, auth); err != nil {
+		auth.CloseForReload()
 		return nil, err
 	}
 	gen := &generation{cfg: cfg, auth: auth, plugins: caps.generations}
@@ -138,9 +148,39 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 	return gen, nil
 }
 
+// checkNamedProvisioners refuses a generation in which a provisioner a
+// plugin names is missing or of the wrong type, checked against the
+// provisioners the authority actually loaded (ca.json, or the database
+// with enableAdmin).
+func (d *Daemon) checkNamedProvisioners(file *config.File, auth *upstream.Authority) error {
+	checkers := file.ProvisionerCheckers()
+	for _, p := range d.plugins {
+		if c, ok := p.(plugins.ProvisionerChecker); ok {
+			checkers[p.Name()] = c
+		}
+	}
+	if len(checkers) == 0 {
+		return nil
+	}
+	var known []string
+	if list, _, err := auth.GetProvisioners("", 100); err == nil {
+		for _, p := range list {
+			known = append(known, p.GetName())
+		}
+	}
+	return config.CheckNamedProvisioners(checkers, func(name string) (string, bool) {
+		p, err := auth.LoadProvisionerByName(name)
+		if err != nil {
+			return "", false
+		}
+		return p.GetType().String(), true
+	}, known)
+}
+
 // authorityOptions are upstream's authority.New options with stepfort's
-// database, webhook client, metrics and plugin hooks.
-func (d *Daemon) authorityOptions(webhooks *webhookClient, caps *capabilities) []upstream.Option {
+// database, webhook client, metrics and plugin hooks. auth returns the
+// authority being built, once it exists.
+func (d *Daemon) authorityOptions(cfg *upconfig.Config, webhooks *webhookClient, caps *capabilities, auth func() *upstream.Authority) ([]upstream.Option, error) {
 	opts := []upstream.Option{
 		upstream.WithPassword(d.opts.Password),
 		upstream.WithSSHHostPassword(d.opts.SSHHostPassword),
@@ -151,19 +191,32 @@ func (d *Daemon) authorityOptions(webhooks *webhookClient, caps *capabilities) [
 	}
 	if d.db != nil {
 		opts = append(opts, upstream.WithDatabase(d.db))
+		if cfg.AuthorityConfig.EnableAdmin {
+			inner, err := adminDBNosql.New(d.db, upadmin.DefaultAuthorityID)
+			if err != nil {
+				return nil, fmt.Errorf("open the admin database: %w", err)
+			}
+			opts = append(opts, upstream.WithAdminDB(&gatedAdminDB{DB: inner, webhooks: caps.linkedWebhooks,
+				reload: func(ctx context.Context) error { return auth().ReloadAdminResources(ctx) }}))
+		}
+	}
+	enforcers := caps.enforcers
+	if len(caps.signAuthorizers) > 0 {
+		// Runs after the plugins' enforcers; refuses what no webhook gated.
+		enforcers = append(enforcers, gateIntact(caps.signAuthorizers, auth))
 	}
 	if d.opts.Quiet {
 		opts = append(opts, upstream.WithQuietInit())
 	}
-	if len(caps.enforcers) > 0 {
-		opts = append(opts, upstream.WithX509Enforcers(caps.enforcers...))
+	if len(enforcers) > 0 {
+		opts = append(opts, upstream.WithX509Enforcers(enforcers...))
 	}
 	if caps.renewAuthorizers {
 		opts = append(opts, upstream.WithAuthorizeRenewFunc(func(ctx context.Context, p *provisioner.Controller, cert *x509.Certificate) error {
 			return d.authorizeRenew(ctx, p, cert)
 		}))
 	}
-	return opts
+	return opts, nil
 }
 
 // mount builds the generation's HTTPS and HTTP handlers: upstream's routes,

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,6 +64,13 @@ type testDaemon struct {
 // the auditLog plugin from ca.json plus extra.
 func startDaemon(t *testing.T, extra ...PluginBuilder) *testDaemon {
 	t.Helper()
+	return runDaemon(t, initCA(t, nil), extra...)
+}
+
+// initCA writes a fresh `stepfort init` directory with only the auditLog
+// plugin, then lets edit change ca.json.
+func initCA(t *testing.T, edit func(caJSON map[string]any)) *setup.Result {
+	t.Helper()
 	port, httpPort := mustPort(t), mustPort(t)
 	res, err := setup.Init(setup.Options{Dir: filepath.Join(t.TempDir(), "ca"),
 		Address: fmt.Sprintf("127.0.0.1:%d", port), InsecureAddress: fmt.Sprintf("127.0.0.1:%d", httpPort)})
@@ -70,6 +78,24 @@ func startDaemon(t *testing.T, extra ...PluginBuilder) *testDaemon {
 		t.Fatal(err)
 	}
 	keepOnlyAuditLog(t, res.ConfigFile)
+	if edit != nil {
+		b, _ := os.ReadFile(res.ConfigFile)
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		edit(m)
+		b, _ = json.Marshal(m)
+		if err := os.WriteFile(res.ConfigFile, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return res
+}
+
+// runDaemon serves the CA in res until the test ends (or td.stop).
+func runDaemon(t *testing.T, res *setup.Result, extra ...PluginBuilder) *testDaemon {
+	t.Helper()
 	file, err := config.Load(res.ConfigFile)
 	if err != nil {
 		t.Fatal(err)
@@ -84,8 +110,10 @@ func startDaemon(t *testing.T, extra ...PluginBuilder) *testDaemon {
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- d.Run() }()
+	_, port, _ := net.SplitHostPort(file.CA.Address)
+	_, httpPort, _ := net.SplitHostPort(file.CA.InsecureAddress)
 	td := &testDaemon{Daemon: d, res: res,
-		https: fmt.Sprintf("https://localhost:%d", port), insecure: fmt.Sprintf("http://127.0.0.1:%d", httpPort),
+		https: "https://localhost:" + port, insecure: "http://127.0.0.1:" + httpPort,
 		stop: sync.OnceValue(func() error { return errors.Join(d.Stop(), <-runErr) })}
 	t.Cleanup(func() {
 		if err := td.stop(); err != nil {

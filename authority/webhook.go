@@ -69,7 +69,7 @@ func injectSignWebhooks(cfg *config.Config, authorizers []plugins.SignAuthorizer
 		if !gated(p.GetName(), authorizers) {
 			continue
 		}
-		if err := addWebhook(p, signWebhookName, "AUTHORIZING", "/sign-authorizer/"+url.PathEscape(p.GetName())); err != nil {
+		if err := addWebhook(p, signWebhookName, "AUTHORIZING", signWebhookURL(p.GetName())); err != nil {
 			return err
 		}
 	}
@@ -92,11 +92,10 @@ func injectEnrichWebhooks(cfg *config.Config, enrichers []namedEnricher) error {
 	}
 	for _, e := range enrichers {
 		for _, p := range cfg.AuthorityConfig.Provisioners {
-			names := e.EnrichProvisioners()
-			if !slices.Contains(names, "*") && !slices.Contains(names, p.GetName()) {
+			if !enriches(e, p.GetName()) {
 				continue
 			}
-			if err := addWebhook(p, e.name, "ENRICHING", "/enrich/"+url.PathEscape(e.name)+"/"+url.PathEscape(p.GetName())); err != nil {
+			if err := addWebhook(p, e.name, "ENRICHING", enrichWebhookURL(e.name, p.GetName())); err != nil {
 				return err
 			}
 		}
@@ -106,7 +105,7 @@ func injectEnrichWebhooks(cfg *config.Config, enrichers []namedEnricher) error {
 
 // addWebhook appends an in-process webhook to a provisioner unless one with
 // that name is there already (ca.json may name it; then it is left alone).
-func addWebhook(p provisioner.Interface, name, kind, path string) error {
+func addWebhook(p provisioner.Interface, name, kind, webhookURL string) error {
 	opts, err := provfields.Options(p)
 	if err != nil {
 		return err
@@ -115,9 +114,27 @@ func addWebhook(p provisioner.Interface, name, kind, path string) error {
 		return nil
 	}
 	opts.Webhooks = append(opts.Webhooks, &provisioner.Webhook{
-		ID: name, Name: name, URL: "https://" + internalHost + path, Kind: kind, CertType: "X509",
+		ID: name, Name: name, URL: webhookURL, Kind: kind, CertType: "X509",
 	})
 	return nil
+}
+
+// signWebhookURL is the in-process AUTHORIZING webhook of a provisioner;
+// the name travels escaped in the path (parseInternalPath).
+func signWebhookURL(prov string) string {
+	return "https://" + internalHost + "/sign-authorizer/" + url.PathEscape(prov)
+}
+
+// enrichWebhookURL is an enricher's in-process ENRICHING webhook of a
+// provisioner.
+func enrichWebhookURL(enricher, prov string) string {
+	return "https://" + internalHost + "/enrich/" + url.PathEscape(enricher) + "/" + url.PathEscape(prov)
+}
+
+// enriches reports whether e enriches the provisioner name.
+func enriches(e namedEnricher, name string) bool {
+	names := e.EnrichProvisioners()
+	return slices.Contains(names, "*") || slices.Contains(names, name)
 }
 
 func gated(name string, authorizers []plugins.SignAuthorizer) bool {

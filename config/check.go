@@ -10,7 +10,8 @@ import (
 
 // Check performs the start-up checks that need no password: listen
 // addresses parse, and the root and intermediate certificate files hold
-// certificates and the key file exists. `stepfort config check` runs it so
+// certificates and the key file exists, and the provisioners plugins name
+// exist with the right type. `stepfort config check` runs it so
 // that mistakes upstream only finds at serve time show up early.
 func (f *File) Check() error {
 	c := f.CA
@@ -41,7 +42,7 @@ func (f *File) Check() error {
 			return Errorf("key", "%v", err)
 		}
 	}
-	return nil
+	return f.checkProvisioners()
 }
 
 func checkCertFile(path string) error {

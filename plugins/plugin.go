@@ -211,11 +211,13 @@ type HealthReporter interface {
 	Health(ctx context.Context) (map[string]any, error)
 }
 
-// ProvisionerChecker is implemented by plugins that name upstream
-// provisioners in their configuration. The daemon checks the names against
-// every configuration generation (start, reload, `stepfort config check`)
-// and refuses a configuration in which a named provisioner is missing or of
-// the wrong type, so a typo cannot leave a provisioner ungated.
+// ProvisionerChecker is implemented by the Config of a plugin that names
+// upstream provisioners (so `stepfort config check` can run it without
+// building the plugin), or by the plugin itself. The daemon checks the
+// names against every configuration generation (start, reload) and `config
+// check` against ca.json, and a configuration in which a named provisioner
+// is missing or of the wrong type is refused, so a typo cannot leave a
+// provisioner ungated.
 type ProvisionerChecker interface {
 	NamedProvisioners() []NamedProvisioner
 }

@@ -19,6 +19,28 @@ var ErrUnsupported = errors.New("provisioner type has no options")
 // Options returns the provisioner's *Options, creating it when nil, so the
 // caller can add to it (webhooks).
 func Options(p provisioner.Interface) (*provisioner.Options, error) {
+	f, err := optionsField(p)
+	if err != nil {
+		return nil, err
+	}
+	if *f == nil {
+		*f = &provisioner.Options{}
+	}
+	return *f, nil
+}
+
+// Webhooks returns the provisioner's configured webhooks without changing
+// the provisioner.
+func Webhooks(p provisioner.Interface) []*provisioner.Webhook {
+	f, err := optionsField(p)
+	if err != nil || *f == nil {
+		return nil
+	}
+	return (*f).Webhooks
+}
+
+// optionsField is the address of the provisioner's Options field.
+func optionsField(p provisioner.Interface) (**provisioner.Options, error) {
 	var f **provisioner.Options
 	switch v := p.(type) {
 	case *provisioner.JWK:
@@ -44,10 +66,7 @@ func Options(p provisioner.Interface) (*provisioner.Options, error) {
 	default:
 		return nil, fmt.Errorf("provisioner %q (%T): %w", p.GetName(), p, ErrUnsupported)
 	}
-	if *f == nil {
-		*f = &provisioner.Options{}
-	}
-	return *f, nil
+	return f, nil
 }
 
 // Claims returns the provisioner's own claims block (nil when ca.json sets
