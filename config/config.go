@@ -38,10 +38,15 @@ type Stepfort struct {
 type Admin struct {
 	// Enabled serves /api/v1; default true.
 	Enabled *bool `json:"enabled,omitempty"`
-	// MaxTokenTTL caps the lifetime of tokens created through the API
-	// (0 = no cap).
+	// MaxTokenTTL caps the lifetime of tokens created through the API and
+	// is the lifetime of one created without a ttl; default
+	// DefaultMaxTokenTTL, "0s" = no cap.
 	MaxTokenTTL Duration `json:"maxTokenTTL"`
 }
+
+// DefaultMaxTokenTTL is the default admin.maxTokenTTL: 90 days, so a token
+// created through the API and then forgotten stops working on its own.
+const DefaultMaxTokenTTL = 2160 * time.Hour
 
 // IsEnabled reports whether the admin API is served.
 func (a Admin) IsEnabled() bool { return a.Enabled == nil || *a.Enabled }
@@ -78,6 +83,7 @@ type Log struct {
 // Defaults returns a Stepfort block with every default filled in.
 func Defaults() *Stepfort {
 	return &Stepfort{
+		Admin: Admin{MaxTokenTTL: Duration{DefaultMaxTokenTTL}},
 		Events: Events{
 			RetryInterval: Duration{10 * time.Second},
 			ClaimTTL:      Duration{30 * time.Second},

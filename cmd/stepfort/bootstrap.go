@@ -12,6 +12,7 @@ import (
 
 	"github.com/stepfort/stepfort/config"
 	"github.com/stepfort/stepfort/internal/admin"
+	"github.com/stepfort/stepfort/internal/setup"
 )
 
 // bootstrapTokenCommand writes a token straight into the database named by
@@ -28,7 +29,7 @@ func bootstrapTokenCommand() cli.Command {
 			cli.StringFlag{Name: "name", Value: "bootstrap", Usage: "token name"},
 			cli.StringSliceFlag{Name: "scope", Usage: `scope to grant (repeatable; default "*")`},
 			cli.StringFlag{Name: "ttl", Usage: "lifetime, e.g. 720h (default: no expiry)"},
-			cli.StringFlag{Name: "out", Usage: "write the secret to this file (0600) instead of standard output"},
+			cli.StringFlag{Name: "out", Usage: "write the secret to this file instead of standard output (replaced, mode 0600; a symlink is refused)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -44,6 +45,14 @@ func bootstrapTokenCommand() cli.Command {
 			scopes := splitList(c.StringSlice("scope"))
 			if len(scopes) == 0 {
 				scopes = []string{admin.ScopeAll}
+			}
+			out := c.String("out")
+			if out != "" {
+				// Refuse a bad --out before making a token whose secret
+				// could not be stored.
+				if err := setup.CheckSecretPath(out); err != nil {
+					return fmt.Errorf("--out: %w", err)
+				}
 			}
 			var ttl time.Duration
 			if s := c.String("ttl"); s != "" {
@@ -71,12 +80,33 @@ func bootstrapTokenCommand() cli.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "Created token %s (%s) with scopes %s.\n", t.ID, t.Name, strings.Join(t.Scopes, ","))
-			if out := c.String("out"); out != "" {
-				return os.WriteFile(out, []byte(secret+"\n"), 0o600)
+			if out != "" {
+				if err := setup.WriteSecretFile(out, []byte(secret+"\n")); err != nil {
+					return discardToken(store, t, fmt.Errorf("--out: %w", err))
+				}
 			}
-			fmt.Println(secret)
+			fmt.Fprintf(os.Stderr, "Created token %s (%s) with scopes %s%s.\n", t.ID, t.Name, strings.Join(t.Scopes, ","), expiry(t))
+			if out == "" {
+				fmt.Println(secret)
+			}
 			return nil
 		},
 	}
+}
+
+// discardToken revokes a token whose secret could not be stored, so no
+// unreachable "*" token is left behind, and returns cause.
+func discardToken(store *admin.TokenStore, t *admin.Token, cause error) error {
+	if _, err := store.Revoke(t.ID); err != nil {
+		return fmt.Errorf("%w; and revoking the unsaved token %s failed: %v", cause, t.ID, err)
+	}
+	return fmt.Errorf("%w (token %s was revoked again)", cause, t.ID)
+}
+
+// expiry describes when a token expires, for confirmation lines.
+func expiry(t *admin.Token) string {
+	if t.ExpiresAt == nil {
+		return ", never expiring"
+	}
+	return ", expiring " + t.ExpiresAt.Format(time.RFC3339)
 }

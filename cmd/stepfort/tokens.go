@@ -57,11 +57,14 @@ func tokensCommand() cli.Command {
 				UsageText: "stepfort tokens create <name> --scope <scope> [--scope ...] [--ttl 720h]",
 				Flags: adminFlags(
 					cli.StringSliceFlag{Name: "scope", Usage: `scope to grant: "*", "<area>", "<area>:read" or "<area>:write" (repeatable)`},
-					cli.StringFlag{Name: "ttl", Usage: "lifetime, e.g. 720h (default: no expiry)"},
+					cli.StringFlag{Name: "ttl", Usage: "lifetime, e.g. 720h (default: the CA's stepfort.admin.maxTokenTTL, 90 days unless configured; never beyond the calling token's expiry)"},
 				),
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
 						return errors.New("expected one argument, the token name")
+					}
+					if err := admin.ValidName(c.Args().First()); err != nil {
+						return err
 					}
 					scopes := splitList(c.StringSlice("scope"))
 					if len(scopes) == 0 {
@@ -88,7 +91,7 @@ func tokensCommand() cli.Command {
 					if c.Bool("json") {
 						return printJSON(out)
 					}
-					fmt.Fprintf(os.Stderr, "Created token %s (%s) with scopes %s. Store the secret now; it is not shown again.\n", out.Token.ID, out.Token.Name, strings.Join(out.Token.Scopes, ","))
+					fmt.Fprintf(os.Stderr, "Created token %s (%s) with scopes %s%s. Store the secret now; it is not shown again.\n", out.Token.ID, out.Token.Name, strings.Join(out.Token.Scopes, ","), expiry(out.Token))
 					fmt.Println(out.Secret)
 					return nil
 				},

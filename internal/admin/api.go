@@ -8,6 +8,7 @@ package admin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -28,8 +29,9 @@ type Counter interface{ AdminRequest(outcome string) }
 // Server is the admin API.
 type Server struct {
 	Tokens *TokenStore
-	// MaxTokenTTL caps the lifetime of tokens created through the API
-	// (0 = no cap, and tokens may never expire).
+	// MaxTokenTTL caps the lifetime of tokens created through the API, and
+	// is the lifetime of one created without a ttl (0 = no cap; a token
+	// created without a ttl then lives as long as its creator).
 	MaxTokenTTL time.Duration
 	Log         *slog.Logger // slog.Default() if nil
 	Metrics     Counter      // optional
@@ -45,13 +47,30 @@ func (s *Server) Mount(r chi.Router, extra []plugins.AdminRoute) {
 		r.MethodNotAllowed(func(w http.ResponseWriter, _ *http.Request) {
 			WriteError(w, http.StatusMethodNotAllowed, "method not allowed")
 		})
-		for _, rt := range s.routes() {
-			r.With(s.require(rt.Scope)).Method(rt.Method, rt.Pattern, rt.Handler)
-		}
-		for _, rt := range extra {
-			r.With(s.require(rt.Scope)).Method(rt.Method, rt.Pattern, rt.Handler)
+		for _, rt := range append(s.routes(), extra...) {
+			r.With(s.require(rt.Scope), limitBody(rt.MaxBody)).Method(rt.Method, rt.Pattern, rt.Handler)
 		}
 	})
+}
+
+// limitBody applies a route's body limit (plugins.DefaultMaxBody unless it
+// declares one). It runs after the token check, so an unauthenticated
+// request's body is never read.
+func limitBody(limit int64) func(http.Handler) http.Handler {
+	if limit <= 0 {
+		limit = plugins.DefaultMaxBody
+	}
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.ContentLength > limit {
+				w.Header().Set("Connection", "close")
+				WriteError(w, http.StatusRequestEntityTooLarge, "request body exceeds %d bytes", limit)
+				return
+			}
+			r.Body = http.MaxBytesReader(w, r.Body, limit)
+			next.ServeHTTP(w, r)
+		})
+	}
 }
 
 func (s *Server) routes() []plugins.AdminRoute {
@@ -135,7 +154,9 @@ func (s *Server) whoami(w http.ResponseWriter, r *http.Request) {
 type CreateTokenRequest struct {
 	Name   string   `json:"name"`
 	Scopes []string `json:"scopes"`
-	TTL    string   `json:"ttl,omitempty"` // Go duration; empty = no expiry
+	// TTL is a Go duration. Empty means the longest lifetime allowed: up to
+	// MaxTokenTTL and the creator's own expiry (no expiry if neither bounds).
+	TTL string `json:"ttl,omitempty"`
 }
 
 // CreateTokenResponse carries the one-time secret.
@@ -144,43 +165,72 @@ type CreateTokenResponse struct {
 	Secret string `json:"secret"`
 }
 
+// createToken mints a token with no scope its creator lacks and no life
+// beyond its creator's: a token cannot escalate in reach or in time.
 func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 	var req CreateTokenRequest
 	if !ReadJSON(w, r, &req) {
 		return
 	}
-	var ttl time.Duration
-	if req.TTL != "" {
-		d, err := time.ParseDuration(req.TTL)
-		if err != nil || d <= 0 {
-			WriteError(w, http.StatusBadRequest, "ttl: invalid duration %q (use e.g. \"720h\")", req.TTL)
-			return
-		}
-		ttl = d
-	}
-	if s.MaxTokenTTL > 0 && (ttl == 0 || ttl > s.MaxTokenTTL) {
-		WriteError(w, http.StatusBadRequest, "ttl: must be set and at most %s (stepfort.maxTokenTTL)", s.MaxTokenTTL)
+	caller := TokenFrom(r)
+	if err := ValidName(req.Name); err != nil {
+		WriteError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	// A token cannot mint a token with scopes it does not hold itself.
-	caller := TokenFrom(r)
+	ttl, status, err := s.lifetime(req.TTL, caller)
+	if err != nil {
+		s.refuse(w, r, status, caller, err)
+		return
+	}
 	for _, sc := range req.Scopes {
 		if !ValidScope(sc) {
 			WriteError(w, http.StatusBadRequest, "scopes: invalid scope %q", sc)
 			return
 		}
 		if !caller.Allows(sc) {
-			WriteError(w, http.StatusForbidden, "scopes: cannot grant %q, which this token does not hold", sc)
+			s.refuse(w, r, http.StatusForbidden, caller, fmt.Errorf("scopes: cannot grant %q, which this token does not hold", sc))
 			return
 		}
 	}
-	t, secret, err := s.Tokens.Create(req.Name, req.Scopes, ttl)
+	t, secret, err := s.Tokens.create(req.Name, req.Scopes, ttl, caller.ExpiresAt)
 	if err != nil {
 		WriteError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	s.log().Info("admin token created", "id", t.ID, "name", t.Name, "scopes", t.Scopes, "by", caller.ID)
+	s.log().Info("admin token created", "id", t.ID, "name", t.Name, "scopes", t.Scopes, "expiresAt", t.ExpiresAt, "by", caller.ID)
 	WriteJSON(w, http.StatusCreated, CreateTokenResponse{Token: t, Secret: secret})
+}
+
+// lifetime resolves the ttl of a new token (0 = no expiry) and, on error,
+// the status to answer: 400 for a bad or over-cap ttl, 403 for one that
+// would outlive the creator. An empty ttl is the cap; the store then also
+// ends the token no later than its creator.
+func (s *Server) lifetime(ttlStr string, caller *Token) (time.Duration, int, error) {
+	if ttlStr == "" {
+		return s.MaxTokenTTL, 0, nil
+	}
+	ttl, err := time.ParseDuration(ttlStr)
+	if err != nil || ttl <= 0 {
+		return 0, http.StatusBadRequest, fmt.Errorf("ttl: invalid duration %q (use e.g. \"720h\")", ttlStr)
+	}
+	if s.MaxTokenTTL > 0 && ttl > s.MaxTokenTTL {
+		return 0, http.StatusBadRequest, fmt.Errorf("ttl: must be at most %s (stepfort.admin.maxTokenTTL)", s.MaxTokenTTL)
+	}
+	if exp := caller.ExpiresAt; exp != nil {
+		if left := exp.Sub(s.Tokens.now()); ttl > left {
+			return 0, http.StatusForbidden, fmt.Errorf("ttl: a token may not outlive its creator: token %q expires at %s, in %s", caller.Name, exp.UTC().Format(time.RFC3339), left.Round(time.Second))
+		}
+	}
+	return ttl, 0, nil
+}
+
+// refuse answers an error and, for 403, logs the refusal as a scope
+// refusal is logged.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, caller *Token, err error) {
+	if status == http.StatusForbidden {
+		s.log().Warn("admin request denied", "token", caller.ID, "name", caller.Name, "reason", err.Error(), "path", r.URL.Path)
+	}
+	WriteError(w, status, "%v", err)
 }
 
 func (s *Server) listTokens(w http.ResponseWriter, _ *http.Request) {
@@ -192,16 +242,28 @@ func (s *Server) listTokens(w http.ResponseWriter, _ *http.Request) {
 	WriteJSON(w, http.StatusOK, map[string]any{"tokens": ts})
 }
 
+// revokeToken revokes a token whose every scope the caller holds: a
+// tokens:write token cannot revoke a "*" token.
 func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "id")
-	t, err := s.Tokens.Revoke(id)
+	caller := TokenFrom(r)
+	target, err := s.Tokens.get(id) // scopes never change, so checking first is safe
+	if err == nil {
+		for _, sc := range target.Scopes {
+			if !caller.Allows(sc) {
+				s.refuse(w, r, http.StatusForbidden, caller, fmt.Errorf("cannot revoke token %q: it holds scope %q, which this token does not hold", target.Name, sc))
+				return
+			}
+		}
+		target, err = s.Tokens.Revoke(id)
+	}
 	switch {
 	case errors.Is(err, ErrNotFound):
 		WriteError(w, http.StatusNotFound, "token %q not found", id)
 	case err != nil:
 		WriteError(w, http.StatusServiceUnavailable, "revoke token: %v", err)
 	default:
-		s.log().Info("admin token revoked", "id", t.ID, "name", t.Name, "by", TokenFrom(r).ID)
-		WriteJSON(w, http.StatusOK, t)
+		s.log().Info("admin token revoked", "id", target.ID, "name", target.Name, "by", caller.ID)
+		WriteJSON(w, http.StatusOK, target)
 	}
 }

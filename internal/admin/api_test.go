@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -257,7 +258,6 @@ func TestCreateRejects(t *testing.T) {
 		{"unknown field", admin, `{"name":"x","scopes":["*"],"ttl":"1h","admin":true}`, 400, "invalid request body"},
 		{"not JSON", admin, `name=x`, 400, "invalid request body"},
 		{"bad ttl", admin, `{"name":"x","scopes":["*"],"ttl":"soon"}`, 400, "ttl"},
-		{"no ttl with a cap", admin, `{"name":"x","scopes":["*"]}`, 400, "at most 24h0m0s"},
 		{"ttl over the cap", admin, `{"name":"x","scopes":["*"],"ttl":"25h"}`, 400, "at most 24h0m0s"},
 		{"invalid scope", admin, `{"name":"x","scopes":["Widgets"],"ttl":"1h"}`, 400, "invalid scope"},
 		{"no name", admin, `{"name":"","scopes":["*"],"ttl":"1h"}`, 400, "name"},
@@ -292,5 +292,60 @@ func TestTokenStoreDownIs503(t *testing.T) {
 	f.wantError(http.MethodGet, "/whoami", secret, "", 503, "service_unavailable", "token store unavailable")
 	if f.metrics.count("error") != 1 {
 		t.Errorf("counted %d errors, want 1", f.metrics.count("error"))
+	}
+}
+
+// Each admin route's body limit applies once the token is checked: the
+// default for routes that declare none, the declared one otherwise.
+func TestAdminRouteBodyLimits(t *testing.T) {
+	now := time.Now()
+	store := newStore(t, &now)
+	_, secret, err := store.Create("root", []string{"*"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var read int
+	upload := func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		read = len(b)
+		if err != nil {
+			WriteError(w, http.StatusRequestEntityTooLarge, "%v", err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+	mux := chi.NewRouter()
+	(&Server{Tokens: store}).Mount(mux, []plugins.AdminRoute{
+		{Method: http.MethodPost, Pattern: "/small", Scope: "x:write", Handler: upload},
+		{Method: http.MethodPost, Pattern: "/big", Scope: "x:write", Handler: upload, MaxBody: 4 << 20},
+	})
+	post := func(path string, n int, token string) int {
+		req := httptest.NewRequest(http.MethodPost, Prefix+path, bytes.NewReader(make([]byte, n)))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	for _, tt := range []struct {
+		path  string
+		n     int
+		token string
+		want  int
+	}{
+		{"/small", plugins.DefaultMaxBody, secret, http.StatusNoContent},
+		{"/small", plugins.DefaultMaxBody + 1, secret, http.StatusRequestEntityTooLarge},
+		{"/big", 3 << 20, secret, http.StatusNoContent},
+		{"/big", 4<<20 + 1, secret, http.StatusRequestEntityTooLarge},
+		{"/big", 3 << 20, "", http.StatusUnauthorized},
+	} {
+		read = -1
+		if got := post(tt.path, tt.n, tt.token); got != tt.want {
+			t.Fatalf("POST %s with %d bytes: %d, want %d", tt.path, tt.n, got, tt.want)
+		}
+		if tt.want == http.StatusUnauthorized && read != -1 {
+			t.Fatal("an unauthenticated body was read")
+		}
 	}
 }

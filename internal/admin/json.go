@@ -2,7 +2,9 @@ package admin
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 )
@@ -33,14 +35,38 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v)
 }
 
-// ReadJSON decodes a request body strictly into v, answering 400 itself on
-// failure (it returns false then).
+// ReadJSON decodes a request body strictly into v, answering itself on
+// failure (it returns false then): 400 for invalid JSON, an unknown field or
+// anything after the one JSON value; 413 for a body over 1 MiB.
 func ReadJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		WriteError(w, http.StatusBadRequest, "invalid request body: %v", err)
-		return false
+	err := dec.Decode(v)
+	if err == nil {
+		err = noTrailingData(dec)
 	}
-	return true
+	var tooLarge *http.MaxBytesError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &tooLarge):
+		WriteError(w, http.StatusRequestEntityTooLarge, "request body exceeds %d bytes", tooLarge.Limit)
+	default:
+		WriteError(w, http.StatusBadRequest, "invalid request body: %v", err)
+	}
+	return false
+}
+
+// noTrailingData checks that only white space follows the decoded value:
+// "{...} {...}" must not be read as its first half.
+func noTrailingData(dec *json.Decoder) error {
+	end := dec.InputOffset()
+	_, err := dec.Token()
+	switch {
+	case errors.Is(err, io.EOF):
+		return nil
+	case err != nil && !errors.As(err, new(*json.SyntaxError)):
+		return err // a read error, such as the body limit
+	}
+	return fmt.Errorf("trailing data after the JSON value, which ends at byte %d", end)
 }

@@ -16,6 +16,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
@@ -87,6 +89,32 @@ func ValidScope(s string) bool {
 	return !hasAction || action == "read" || action == "write"
 }
 
+// MaxNameLen bounds token names in characters: names are logged with every
+// creation, revocation and refusal, and listed.
+const MaxNameLen = 64
+
+// ValidName checks a token name: 1 to MaxNameLen printable characters,
+// not beginning or ending with a space. Errors start with "name:".
+func ValidName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("name: must not be empty")
+	case !utf8.ValidString(name):
+		return errors.New("name: must be valid UTF-8")
+	case utf8.RuneCountInString(name) > MaxNameLen:
+		return fmt.Errorf("name: must be at most %d characters, got %d", MaxNameLen, utf8.RuneCountInString(name))
+	case strings.TrimSpace(name) != name:
+		return errors.New("name: must not begin or end with white space")
+	}
+	for _, r := range name {
+		// Control characters would let a name forge log lines.
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("name: character %U is not printable", r)
+		}
+	}
+	return nil
+}
+
 // TokenStore keeps tokens in the shared database, so every replica accepts them
 // and a revocation on one replica holds on all.
 type TokenStore struct {
@@ -107,9 +135,16 @@ func NewTokenStore(db nosql.DB, now func() time.Time) (*TokenStore, error) {
 }
 
 // Create makes a token and returns it with its one-time plaintext secret.
+// ttl 0 means no expiry.
 func (s *TokenStore) Create(name string, scopes []string, ttl time.Duration) (*Token, string, error) {
-	if name == "" {
-		return nil, "", errors.New("name: must not be empty")
+	return s.create(name, scopes, ttl, nil)
+}
+
+// create is Create with an optional latest expiry, notAfter, that wins
+// over ttl (the API's "a token may not outlive its creator").
+func (s *TokenStore) create(name string, scopes []string, ttl time.Duration, notAfter *time.Time) (*Token, string, error) {
+	if err := ValidName(name); err != nil {
+		return nil, "", err
 	}
 	if len(scopes) == 0 {
 		return nil, "", errors.New("scopes: at least one scope is required")
@@ -136,6 +171,10 @@ func (s *TokenStore) Create(name string, scopes []string, ttl time.Duration) (*T
 	t := &Token{ID: id, Name: name, Scopes: slices.Clone(scopes), Hash: hash(secretStr), CreatedAt: now}
 	if ttl > 0 {
 		exp := now.Add(ttl)
+		t.ExpiresAt = &exp
+	}
+	if notAfter != nil && (t.ExpiresAt == nil || t.ExpiresAt.After(*notAfter)) {
+		exp := notAfter.UTC()
 		t.ExpiresAt = &exp
 	}
 	b, err := json.Marshal(t)

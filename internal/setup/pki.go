@@ -115,7 +115,7 @@ func writeKey(path string, key crypto.PrivateKey, password string) error {
 	if err != nil {
 		return fmt.Errorf("encrypt %s: %w", path, err)
 	}
-	return writeFile(path, pem.EncodeToMemory(block), 0o600)
+	return WriteSecretFile(path, pem.EncodeToMemory(block))
 }
 
 func fingerprint(c *x509.Certificate) string {

@@ -60,7 +60,7 @@ func Init(o Options) (*Result, error) {
 	}
 	r := newResult(o)
 	password := randomSecret(32)
-	if err := writeFile(r.PasswordFile, []byte(password+"\n"), 0o600); err != nil {
+	if err := WriteSecretFile(r.PasswordFile, []byte(password+"\n")); err != nil {
 		return nil, err
 	}
 	ca, err := writeCAFiles(o, r, password)
@@ -74,7 +74,7 @@ func Init(o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFile(r.AdminTokenFile, []byte(secret+"\n"), 0o600); err != nil {
+	if err := WriteSecretFile(r.AdminTokenFile, []byte(secret+"\n")); err != nil {
 		return nil, err
 	}
 	b, err := json.MarshalIndent(ca, "", "\t")
@@ -100,6 +100,13 @@ func makeDirs(dir string, force bool) error {
 		}
 		if err := os.MkdirAll(filepath.Join(dir, sub), perm); err != nil {
 			return err
+		}
+		// MkdirAll keeps an existing directory's mode; secrets must be
+		// private on a --force re-init too.
+		if sub == "secrets" {
+			if err := os.Chmod(filepath.Join(dir, sub), perm); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -242,15 +249,63 @@ func createAdminToken(cfg *db.Config) (string, error) {
 }
 
 // writeFile replaces path atomically, so a reader never sees half a file.
-func writeFile(path string, data []byte, perm os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, perm); err != nil {
+// The temporary file is created exclusively under a random name with mode
+// 0600, so nothing planted in the directory can catch the content, and it
+// has its final mode before it takes path's place.
+func writeFile(path string, data []byte, perm os.FileMode) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
 		return err
 	}
-	if err := os.Chmod(tmp, perm); err != nil {
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err = f.Chmod(perm); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// WriteSecretFile writes a secret (a password, a key, an admin token) to
+// path with mode 0600, whatever was there before: a file of another mode is
+// replaced, not rewritten in place. A symlink or a non-regular file at path
+// is refused rather than followed or replaced.
+func WriteSecretFile(path string, data []byte) error {
+	if err := CheckSecretPath(path); err != nil {
+		return err
+	}
+	return writeFile(path, data, 0o600)
+}
+
+// CheckSecretPath reports whether WriteSecretFile would refuse path, so a
+// caller can check before it makes a secret it could not store.
+func CheckSecretPath(path string) error {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case fi.Mode()&os.ModeSymlink != 0:
+		return fmt.Errorf("%s: is a symlink; refusing to write a secret through it (give the final path)", path)
+	case fi.IsDir():
+		return fmt.Errorf("%s: is a directory, not a file", path)
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("%s: is not a regular file", path)
+	}
+	return nil
 }
 
 func randomSecret(n int) string {

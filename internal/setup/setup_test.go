@@ -64,7 +64,7 @@ func TestInitWritesFilesWithModes(t *testing.T) {
 			}
 		})
 	}
-	tmps, _ := filepath.Glob(filepath.Join(dir, "*", "*.tmp"))
+	tmps, _ := filepath.Glob(filepath.Join(dir, "*", "*.tmp*"))
 	if len(tmps) > 0 {
 		t.Errorf("temporary files left behind: %v", tmps)
 	}
