@@ -21,6 +21,7 @@ import (
 
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
+	"github.com/stepfort/stepfort/internal/storage"
 )
 
 // TokensTable holds one row per token, keyed by token ID.
@@ -181,7 +182,7 @@ func (s *TokenStore) create(name string, scopes []string, ttl time.Duration, not
 	if err != nil {
 		return nil, "", err
 	}
-	if _, swapped, err := s.db.CmpAndSwap(TokensTable, []byte(id), nil, b); err != nil {
+	if _, swapped, err := storage.CmpAndSwap(s.db, TokensTable, []byte(id), nil, b); err != nil {
 		return nil, "", fmt.Errorf("store token: %w", err)
 	} else if !swapped {
 		return nil, "", errors.New("token id collision; try again")

@@ -195,37 +195,45 @@ func (d *DB) StoreRenewedCertificate(parent *x509.Certificate, chain ...*x509.Ce
 func (d *DB) Revoke(rci *db.RevokedCertificateInfo) error {
 	rci, actor := d.administrative(rci)
 	ev := d.revokedEvent(rci, actor)
-	if !d.outbox.observesCertificates() {
-		if err := d.DB.Revoke(rci); err != nil {
-			return err
-		}
-		d.notify(ev)
-		return nil
-	}
 	rcib, err := json.Marshal(rci)
 	if err != nil {
 		return fmt.Errorf("marshal revocation: %w", err)
 	}
-	if crt, err := d.GetCertificate(rci.Serial); err == nil {
-		ev.CertificateDER = crt.Raw
-		if data, err := d.GetCertificateData(rci.Serial); err == nil && data.Provisioner != nil {
-			ev.Provisioner = &plugins.ProvisionerRef{ID: data.Provisioner.ID, Name: data.Provisioner.Name, Type: data.Provisioner.Type}
-		}
+	observed := d.outbox.observesCertificates()
+	if observed {
+		d.describeRevoked(ev)
 	}
 	tx := new(database.Tx)
 	tx.Cas(revokedCertsTable, []byte(rci.Serial), rcib) // compares with absent
 	if err := d.addEvent(tx, ev); err != nil {
 		return err
 	}
-	if err := d.Update(tx); err != nil {
+	// Not d.Update: on PostgreSQL nosql's compare-and-swap locks no absent
+	// row, so two replicas revoking one serial would both win.
+	if err := storage.Update(d.DB.DB, tx); err != nil {
 		return fmt.Errorf("revoke %s: %w", rci.Serial, err)
 	}
 	if !tx.Operations[0].Swapped {
-		_ = d.Del(Table, []byte(ev.ID))
+		if observed {
+			_ = d.Del(Table, []byte(ev.ID))
+		}
 		return db.ErrAlreadyExists
 	}
 	d.notify(ev)
 	return nil
+}
+
+// describeRevoked adds the certificate and its provisioner to a revoked
+// event, for observers, when the database holds them.
+func (d *DB) describeRevoked(ev *plugins.CertificateEvent) {
+	crt, err := d.GetCertificate(ev.Serial)
+	if err != nil {
+		return
+	}
+	ev.CertificateDER = crt.Raw
+	if data, err := d.GetCertificateData(ev.Serial); err == nil && data.Provisioner != nil {
+		ev.Provisioner = &plugins.ProvisionerRef{ID: data.Provisioner.ID, Name: data.Provisioner.Name, Type: data.Provisioner.Type}
+	}
 }
 
 func (d *DB) revokedEvent(rci *db.RevokedCertificateInfo, actor string) *plugins.CertificateEvent {

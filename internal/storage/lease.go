@@ -8,7 +8,6 @@ import (
 
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
-	"github.com/smallstep/nosql/postgresql"
 
 	"github.com/stepfort/stepfort/plugins"
 )
@@ -37,19 +36,10 @@ func NewLocker(db nosql.DB, holder string, now func() time.Time) (*Locker, error
 }
 
 // TryLock implements plugins.Locker.
-func (l *Locker) TryLock(ctx context.Context, name string, ttl time.Duration) (bool, error) {
+func (l *Locker) TryLock(_ context.Context, name string, ttl time.Duration) (bool, error) {
 	old, cur, err := l.read(name)
 	if err != nil {
 		return false, err
-	}
-	if old == nil {
-		// Compete on a row, never on its absence (see createRow).
-		if err := l.createRow(ctx, name); err != nil {
-			return false, err
-		}
-		if old, cur, err = l.read(name); err != nil {
-			return false, err
-		}
 	}
 	now := l.now()
 	if old != nil && cur.Holder != l.holder && now.Before(cur.Until) {
@@ -63,7 +53,9 @@ func (l *Locker) TryLock(ctx context.Context, name string, ttl time.Duration) (b
 	if err != nil {
 		return false, err
 	}
-	_, swapped, err := l.db.CmpAndSwap(LeasesTable, []byte(name), old, b)
+	// From absent too: CmpAndSwap (not nosql's) lets only one replica
+	// create the row of a lease never taken.
+	_, swapped, err := CmpAndSwap(l.db, LeasesTable, []byte(name), old, b)
 	if err != nil {
 		return false, fmt.Errorf("write lease %s: %w", name, err)
 	}
@@ -91,39 +83,6 @@ func (l *Locker) Unlock(_ context.Context, name string) error {
 func (l *Locker) Lease(_ context.Context, name string) (plugins.Lease, error) {
 	_, cur, err := l.read(name)
 	return cur, err
-}
-
-// emptyLease is the row of a lease nobody has taken yet.
-var emptyLease = []byte(`{"holder":"","until":"0001-01-01T00:00:00Z","changes":0}`)
-
-// createRow stores an empty lease row unless one exists, never replacing
-// one. nosql's compare-and-swap on SQL databases reads with SELECT ... FOR
-// UPDATE, which locks nothing when the row is absent, and then upserts: two
-// replicas racing for a lease that was never taken would both "win". Once
-// the row exists the lock serialises them. On PostgreSQL and MySQL the row
-// is inserted with "do nothing on conflict", since even a compare-and-swap
-// from absent to empty could overwrite a lease taken meanwhile; bbolt and
-// badger serialise whole transactions, so a compare-and-swap is exact there.
-func (l *Locker) createRow(ctx context.Context, name string) error {
-	store := Unwrap(l.db)
-	var err error
-	switch pool, quote := sqlHandle(store); {
-	case pool == nil:
-		_, _, err = l.db.CmpAndSwap(LeasesTable, []byte(name), nil, emptyLease)
-	case isPostgres(store):
-		_, err = pool.ExecContext(ctx, "INSERT INTO "+quote(string(LeasesTable))+" (nkey, nvalue) VALUES ($1, $2) ON CONFLICT (nkey) DO NOTHING", []byte(name), emptyLease)
-	default:
-		_, err = pool.ExecContext(ctx, "INSERT IGNORE INTO "+quote(string(LeasesTable))+" (nkey, nvalue) VALUES (?, ?)", []byte(name), emptyLease)
-	}
-	if err != nil {
-		return fmt.Errorf("create lease %s: %w", name, err)
-	}
-	return nil
-}
-
-func isPostgres(store nosql.DB) bool {
-	_, ok := store.(*postgresql.DB)
-	return ok
 }
 
 // read returns the stored row (nil when absent) and its decoded lease.

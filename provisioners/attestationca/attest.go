@@ -7,7 +7,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/smallstep/go-attestation/attest"
 
@@ -104,6 +106,32 @@ func (pa *parsedAttest) activationChallenge() ([]byte, *attest.EncryptedCredenti
 	return secret, ec, nil
 }
 
+// openDenial maps an error of SessionStore.Open to the answer.
+func (p *Plugin) openDenial(ekURN string, err error) *denial {
+	var d *denial
+	var rl *RateLimitedError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &d):
+		return d
+	case errors.As(err, &rl):
+		return rateLimited(rl.RetryAfter, "too many attestations for EK %s", ekURN)
+	case errors.Is(err, ErrBusy):
+		return &denial{status: http.StatusServiceUnavailable, code: codeUnavailable, message: err.Error(), retryAfter: 1}
+	}
+	p.log.Error("store attestation session", "ek", ekURN, "error", err)
+	return deny(http.StatusServiceUnavailable, codeUnavailable, "session store unavailable")
+}
+
+// rateLimited is a 429 with Retry-After.
+func rateLimited(wait time.Duration, format string, args ...any) *denial {
+	d := deny(http.StatusTooManyRequests, codeRateLimited, format, args...)
+	d.retryAfter = retryAfterSeconds(wait)
+	d.message += fmt.Sprintf("; retry after %ds", d.retryAfter)
+	return d
+}
+
 // serveStep is the HTTP side shared by /attest and /secret: panic guard,
 // denial answer and audit event, or the JSON answer.
 func serveStep[Resp any](p *Plugin, step string, fn func(r *http.Request, w http.ResponseWriter, rq *request) (Resp, *denial)) http.HandlerFunc {
@@ -158,21 +186,37 @@ func (p *Plugin) attest(r *http.Request, w http.ResponseWriter, rq *request) (*A
 		}
 	}
 
-	secret, ec, d := pa.activationChallenge()
+	ec, d := p.openSession(pa, dev.ID)
 	if d != nil {
 		return nil, d
-	}
-	now := p.now()
-	sess := &AttestationSession{
-		EKURN: pa.ekURN, DeviceID: dev.ID, AKPublic: pa.req.AttestParams.Public,
-		Manufacturer: pa.manufacturer, Model: pa.model, Version: pa.version,
-		CreatedAt: now, ExpiresAt: now.Add(p.cfg.SessionTTL.Duration),
-	}
-	if err := p.sessions.Put(secret, sess); err != nil {
-		p.log.Error("store attestation session", "ek", pa.ekURN, "error", err)
-		return nil, deny(http.StatusServiceUnavailable, codeUnavailable, "session store unavailable")
 	}
 	p.log.Info("attestation challenge", "event", "attestation.challenge", "ek", pa.ekURN, "device", dev.ID,
 		"ek_certificate", ekCert != nil, "remote", r.RemoteAddr, "request_id", r.Header.Get("X-Request-Id"))
 	return &AttestResponse{Credential: ec.Credential, Secret: ec.Secret}, nil
+}
+
+// openSession makes the EK's one open session and its challenge, within
+// the global and per-EK rate limits.
+func (p *Plugin) openSession(pa *parsedAttest, deviceID string) (*attest.EncryptedCredential, *denial) {
+	if wait := p.global.allow(p.now()); wait > 0 {
+		return nil, rateLimited(wait, "too many attestations on this replica")
+	}
+	var ec *attest.EncryptedCredential
+	err := p.sessions.Open(ekKey(pa.ekDER), p.now(), func() ([]byte, *AttestationSession, error) {
+		secret, cred, d := pa.activationChallenge()
+		if d != nil {
+			return nil, nil, d
+		}
+		ec = cred
+		now := p.now()
+		return secret, &AttestationSession{
+			EKURN: pa.ekURN, DeviceID: deviceID, AKPublic: pa.req.AttestParams.Public,
+			Manufacturer: pa.manufacturer, Model: pa.model, Version: pa.version,
+			CreatedAt: now, ExpiresAt: now.Add(p.cfg.SessionTTL.Duration),
+		}, nil
+	})
+	if d := p.openDenial(pa.ekURN, err); d != nil {
+		return nil, d
+	}
+	return ec, nil
 }

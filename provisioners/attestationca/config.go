@@ -39,6 +39,33 @@ type Config struct {
 	RequireEKCertificate bool `json:"requireEKCertificate"`
 	// MaxRequestBytes bounds request bodies (default 65536).
 	MaxRequestBytes int64 `json:"maxRequestBytes"`
+	// RateLimit bounds how often /attest opens sessions.
+	RateLimit RateLimitConfig `json:"rateLimit"`
+}
+
+// RateLimitConfig bounds /attest. A device attests once per AK, so both
+// limits only matter to replays and floods. Past either, /attest answers
+// 429 with Retry-After.
+type RateLimitConfig struct {
+	// PerEK is enforced in the database, so it holds across replicas.
+	PerEK EKRateLimit `json:"perEK"`
+	// Global is per replica, in memory.
+	Global GlobalRateLimit `json:"global"`
+}
+
+// EKRateLimit allows Burst new sessions for one EK at once, then one per
+// Interval (defaults 5 and 1m).
+type EKRateLimit struct {
+	Burst    int             `json:"burst"`
+	Interval config.Duration `json:"interval"`
+}
+
+// GlobalRateLimit allows PerSecond /attest requests of registered, active
+// devices per second on one replica, with bursts of Burst (defaults 200
+// and 400).
+type GlobalRateLimit struct {
+	PerSecond int `json:"perSecond"`
+	Burst     int `json:"burst"`
 }
 
 func defaultConfig() *Config {
@@ -47,6 +74,10 @@ func defaultConfig() *Config {
 		SessionTTL:          config.Duration{Duration: 5 * time.Minute},
 		CertificateLifetime: config.Duration{Duration: 8760 * time.Hour},
 		MaxRequestBytes:     64 << 10,
+		RateLimit: RateLimitConfig{
+			PerEK:  EKRateLimit{Burst: 5, Interval: config.Duration{Duration: time.Minute}},
+			Global: GlobalRateLimit{PerSecond: 200, Burst: 400},
+		},
 	}
 }
 
@@ -82,6 +113,22 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxRequestBytes < 4096 || c.MaxRequestBytes > 1<<20 {
 		return config.Errorf("maxRequestBytes", "must be between 4096 and 1048576, got %d", c.MaxRequestBytes)
+	}
+	return c.RateLimit.validate()
+}
+
+func (r *RateLimitConfig) validate() error {
+	if b := r.PerEK.Burst; b < 1 || b > 100 {
+		return config.Errorf("rateLimit.perEK.burst", "must be between 1 and 100, got %d", b)
+	}
+	if d := r.PerEK.Interval.Duration; d < time.Millisecond || d > time.Hour {
+		return config.Errorf("rateLimit.perEK.interval", "must be between 1ms and 1h, got %s", d)
+	}
+	if n := r.Global.PerSecond; n < 1 || n > 100_000 {
+		return config.Errorf("rateLimit.global.perSecond", "must be between 1 and 100000, got %d", n)
+	}
+	if b := r.Global.Burst; b < 1 || b > 1_000_000 {
+		return config.Errorf("rateLimit.global.burst", "must be between 1 and 1000000, got %d", b)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 
 	"github.com/stepfort/stepfort/internal/admin"
 )
@@ -16,9 +17,10 @@ import (
 // protocol print only the HTTP status line, so the code and message are in
 // the JSON body and the audit log.
 type denial struct {
-	status  int
-	code    string
-	message string
+	status     int
+	code       string
+	message    string
+	retryAfter int64 // seconds, for 429 and 503; 0: no Retry-After
 }
 
 func (d *denial) Error() string { return d.code + ": " + d.message }
@@ -38,6 +40,8 @@ const (
 	codeUnknownSecret   = "unknown_secret"
 	codeReplayed        = "secret_replayed"
 	codeExpired         = "session_expired"
+	codeReplaced        = "session_replaced"
+	codeRateLimited     = "rate_limited"
 	codeUnavailable     = "unavailable"
 	codeInternal        = "internal_error"
 )
@@ -72,6 +76,9 @@ func (p *Plugin) fail(w http.ResponseWriter, r *http.Request, rq *request, d *de
 		"event", "attestation.denied", "step", rq.step, "ek", rq.ekURN, "device", rq.deviceID,
 		"reason", d.code, "detail", d.message, "status", d.status,
 		"remote", r.RemoteAddr, "request_id", r.Header.Get("X-Request-Id"), "user_agent", r.UserAgent())
+	if d.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.FormatInt(d.retryAfter, 10))
+	}
 	admin.WriteJSON(w, d.status, admin.Error{Status: d.status, Error: d.code, Message: d.message})
 }
 

@@ -49,6 +49,7 @@ type Plugin struct {
 	issuer    *issuer
 	ekRoots   *x509.CertPool // nil: EK certificates are not verified
 	sessions  *SessionStore
+	global    *globalLimiter
 	inventory *inventory.Store
 	log       *slog.Logger
 	now       func() time.Time
@@ -78,7 +79,9 @@ func New(cfg *Config, host plugins.Host) (*Plugin, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Plugin{cfg: cfg, issuer: is, ekRoots: ekRoots, sessions: sessions, inventory: inv, log: host.Logger(), now: host.Now}
+	sessions.SetEKLimit(EKLimit{Burst: cfg.RateLimit.PerEK.Burst, Interval: cfg.RateLimit.PerEK.Interval.Duration})
+	p := &Plugin{cfg: cfg, issuer: is, ekRoots: ekRoots, sessions: sessions, inventory: inv, log: host.Logger(), now: host.Now,
+		global: newGlobalLimiter(cfg.RateLimit.Global.PerSecond, cfg.RateLimit.Global.Burst)}
 	host.Go("attestation session purge", p.purgeLoop)
 	return p, nil
 }
@@ -163,7 +166,7 @@ func (p *Plugin) purgeLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := p.sessions.Purge(p.now(), p.cfg.SessionTTL.Duration); err != nil {
+			if _, err := p.sessions.purge(ctx, p.now(), p.cfg.SessionTTL.Duration); err != nil {
 				p.log.Warn("purge attestation sessions", "error", err)
 			}
 		}

@@ -78,7 +78,7 @@ func TestPluginServesWhenBuilt(t *testing.T) {
 	}
 
 	stale := []byte("stale-secret-stale-secret-stale-")
-	if err := p.sessions.Put(stale, &AttestationSession{EKURN: "urn:ek:x", ExpiresAt: host.Now()}); err != nil {
+	if err := openWith(t, p.sessions, "x", stale, host.Now(), 0); err != nil {
 		t.Fatal(err)
 	}
 	host.Advance(time.Hour) // the purge reads the host clock
@@ -163,6 +163,44 @@ func TestConfigValidate(t *testing.T) {
 			tt.mod(c)
 			if err := c.Validate(); (err == nil) != tt.ok {
 				t.Fatalf("Validate: %v", err)
+			}
+		})
+	}
+}
+
+// TestConfigRateLimit: the limits have defaults a partial block keeps, and
+// out-of-range values are errors naming the JSON path.
+func TestConfigRateLimit(t *testing.T) {
+	tests := []struct {
+		json string
+		path string // "" = valid
+	}{
+		{`{}`, ""},
+		{`{"rateLimit":{"perEK":{"burst":3}}}`, ""},
+		{`{"rateLimit":{"perEK":{"burst":0}}}`, "rateLimit.perEK.burst"},
+		{`{"rateLimit":{"perEK":{"burst":101}}}`, "rateLimit.perEK.burst"},
+		{`{"rateLimit":{"perEK":{"interval":"500us"}}}`, "rateLimit.perEK.interval"},
+		{`{"rateLimit":{"perEK":{"interval":"2h"}}}`, "rateLimit.perEK.interval"},
+		{`{"rateLimit":{"global":{"perSecond":0}}}`, "rateLimit.global.perSecond"},
+		{`{"rateLimit":{"global":{"burst":0}}}`, "rateLimit.global.burst"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.json, func(t *testing.T) {
+			c := defaultConfig()
+			c.Certificate, c.Key, c.PasswordFile = "/c", "/k", "/p"
+			if err := json.Unmarshal([]byte(tt.json), c); err != nil {
+				t.Fatal(err)
+			}
+			err := c.Validate()
+			var fe *config.FieldError
+			switch {
+			case tt.path == "" && err != nil:
+				t.Fatalf("Validate: %v", err)
+			case tt.path != "" && (!errors.As(err, &fe) || fe.Path != tt.path):
+				t.Fatalf("Validate = %v, want an error at %s", err, tt.path)
+			}
+			if tt.path == "" && c.RateLimit.PerEK.Interval.Duration != time.Minute {
+				t.Fatalf("default interval lost: %s", c.RateLimit.PerEK.Interval.Duration)
 			}
 		})
 	}

@@ -35,6 +35,10 @@ func (p *Plugin) secret(r *http.Request, w http.ResponseWriter, rq *request) (*S
 	switch {
 	case errors.Is(err, ErrUnknownSecret):
 		return nil, deny(http.StatusForbidden, codeUnknownSecret, "%v", err)
+	case errors.Is(err, ErrReplaced):
+		return nil, deny(http.StatusForbidden, codeReplaced, "%v: use the secret of the latest /attest", err)
+	case errors.Is(err, ErrBusy):
+		return nil, &denial{status: http.StatusServiceUnavailable, code: codeUnavailable, message: err.Error(), retryAfter: 1}
 	case errors.Is(err, ErrReplayed):
 		return nil, deny(http.StatusForbidden, codeReplayed, "%v", err)
 	case errors.Is(err, ErrExpired):

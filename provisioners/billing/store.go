@@ -13,6 +13,7 @@ import (
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
 
+	"github.com/stepfort/stepfort/internal/storage"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -57,6 +58,11 @@ var errUnknownCertificate = errors.New("not in the database")
 // concurrently from several replicas sharing the database: each write is a
 // compare-and-swap on one key, and every step is idempotent, so a step
 // interrupted by a crash is completed by the redelivered event.
+//
+// Compare-and-swaps go through storage.CmpAndSwap and storage.Update, never
+// nosql's own: on PostgreSQL nosql lets two writers both "create" an absent
+// row, and a replica creating an Endpoint late would overwrite the
+// certificates another replica had added to it meanwhile.
 type Store struct {
 	db     nosql.DB
 	policy RenewalPolicy
@@ -175,7 +181,7 @@ func (s *Store) add(f certFacts) error {
 			{Cmd: database.CmpAndSwap, Bucket: certsTable, Key: []byte(f.serial), CmpValue: oldRec, Value: b},
 			{Cmd: database.Set, Bucket: lineageTable, Key: lineageKey(rec.EndpointID, seq), Value: []byte(f.serial)},
 		}}
-		if err := s.db.Update(tx); err != nil {
+		if err := storage.Update(s.db, tx); err != nil {
 			return fmt.Errorf("record certificate %s: %w", f.serial, err)
 		}
 		if tx.Operations[0].Swapped {
@@ -227,7 +233,7 @@ func (s *Store) addFirst(rec *CertRecord, f certFacts) (bool, error) {
 		{Cmd: database.CmpAndSwap, Bucket: certsTable, Key: []byte(f.serial), Value: cb},
 		{Cmd: database.Set, Bucket: lineageTable, Key: lineageKey(e.ID, 0), Value: []byte(f.serial)},
 	}}
-	if err := s.db.Update(tx); err != nil {
+	if err := storage.Update(s.db, tx); err != nil {
 		return false, fmt.Errorf("record certificate %s: %w", f.serial, err)
 	}
 	return tx.Operations[1].Swapped, nil
@@ -441,7 +447,7 @@ func (s *Store) updateEndpoint(id string, fn func(*Endpoint) (bool, error)) erro
 		if err != nil {
 			return err
 		}
-		cur, swapped, err := s.db.CmpAndSwap(endpointsTable, []byte(id), old, b)
+		cur, swapped, err := storage.CmpAndSwap(s.db, endpointsTable, []byte(id), old, b)
 		if err != nil {
 			return fmt.Errorf("write endpoint %s: %w", id, err)
 		}
@@ -472,7 +478,7 @@ func (s *Store) updateCert(serial string, fn func(*CertRecord) bool) error {
 		if err != nil {
 			return err
 		}
-		cur, swapped, err := s.db.CmpAndSwap(certsTable, []byte(serial), old, b)
+		cur, swapped, err := storage.CmpAndSwap(s.db, certsTable, []byte(serial), old, b)
 		if err != nil {
 			return fmt.Errorf("write certificate %s: %w", serial, err)
 		}
