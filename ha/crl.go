@@ -498,7 +498,7 @@ func (p *Publisher) publish(s *CRLScope) error {
 	if err != nil {
 		return err
 	}
-	_, swapped, err := p.store.CmpAndSwap(crlTable, crlKey, old, row)
+	_, swapped, err := storage.CmpAndSwap(p.store, crlTable, crlKey, old, row)
 	if err != nil {
 		return fmt.Errorf("store CRL: %w", err)
 	}
@@ -512,7 +512,7 @@ func (p *Publisher) publish(s *CRLScope) error {
 	}
 	// Only from the fingerprint this publisher read: a late write of an
 	// older publisher must not replace a newer one's.
-	_, c.confirmed, err = p.store.CmpAndSwap(crlStateTable, crlPublishedKey, oldFP, []byte(c.etag))
+	_, c.confirmed, err = storage.CmpAndSwap(p.store, crlStateTable, crlPublishedKey, oldFP, []byte(c.etag))
 	if err != nil || !c.confirmed {
 		p.log.Warn("CRL fingerprint not updated; replicas read the whole CRL until the next one", "error", err)
 	}

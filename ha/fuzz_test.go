@@ -2,6 +2,7 @@ package ha
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/x509"
 	"math/big"
 	"net/http"
@@ -34,6 +35,8 @@ func FuzzOCSPRequest(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(valid)
+	// One with a serial longer than RFC 5280 allows (malformedRequest).
+	f.Add(rawRequest(f, key.nameHash[crypto.SHA1], key.keyHash[crypto.SHA1], new(big.Int).Lsh(big.NewInt(1), 20*8), nil))
 	check := func(t *testing.T, req *http.Request) {
 		w := httptest.NewRecorder()
 		r.ServeHTTP(w, req)

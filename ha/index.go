@@ -15,8 +15,13 @@ const (
 	statusUnknown = ocsp.Unknown
 )
 
-// Bounds of the in-memory caches; past them a cache is emptied and refills
-// from the database, so memory stays bounded whatever clients ask.
+// Bounds of the in-memory caches in entries; past them an arbitrary entry
+// is dropped and read again from the database when asked. Their keys are
+// serials of at most maxSerialDigits (longer ones are never cached, and
+// requests carrying them are refused), so they are bounded in bytes too:
+// about 100 bytes an entry with the map's overhead, 100 MiB for issued
+// serials (which only this CA's issuances fill) and 6.5 MiB for unknown
+// ones (which anyone can fill).
 const (
 	maxIssuedCached  = 1 << 20
 	maxUnknownCached = 1 << 16
@@ -99,7 +104,7 @@ func (x *statusIndex) lookup(serial string) (st certStatus, seq uint64, ok bool)
 func (x *statusIndex) learn(serial string, st certStatus, seq uint64) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if !x.live {
+	if !x.live || len(serial) > maxSerialDigits {
 		return
 	}
 	switch st.code {
@@ -117,6 +122,9 @@ func (x *statusIndex) learn(serial string, st certStatus, seq uint64) {
 }
 
 func (x *statusIndex) addIssued(serial string) {
+	if len(serial) > maxSerialDigits {
+		return // not a valid serial; read from the database when asked
+	}
 	evictOne(x.issued, maxIssuedCached)
 	x.issued[serial] = struct{}{}
 }

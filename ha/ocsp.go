@@ -29,8 +29,27 @@ import (
 	"github.com/stepfort/stepfort/plugins"
 )
 
-// maxRequest bounds an OCSP request (a few hundred bytes in practice).
-const maxRequest = 16 << 10
+// Bounds of what a request may be; they are checked before anything is
+// kept, since anyone can send requests.
+const (
+	// maxRequest bounds an OCSP request: a POST body, or what a GET path
+	// decodes to (a few hundred bytes in practice; a signed request with
+	// its certificates a few KiB).
+	maxRequest = 16 << 10
+	// maxRequestPath bounds the escaped GET path after "/ocsp/": the
+	// base64 of maxRequest, every character percent-encoded.
+	maxRequestPath = 3 * ((maxRequest + 2) / 3 * 4)
+	// maxSerialBits: RFC 5280 4.1.2.2 allows at most 20 octets. Longer
+	// serials are answered malformedRequest, so no cache ever holds one.
+	maxSerialBits = 20 * 8
+	// maxSerialDigits is the longest decimal form of such a serial (49
+	// digits and a sign).
+	maxSerialDigits = 50
+	// maxCachedRequest: longer requests (with a large nonce, or signed)
+	// are parsed every time instead of taking room in the parsed-request
+	// cache; plain ones are under 200 bytes, with a nonce under 300.
+	maxCachedRequest = 512
+)
 
 // Responder answers OCSP requests (RFC 6960, RFC 5019 profile). The status
 // of a serial comes from a statusIndex: in memory while the index is live
@@ -53,13 +72,16 @@ type Responder struct {
 
 	presign chan *big.Int
 
-	parsedMu sync.RWMutex
-	parsed   map[string]*parsedRequest // by request DER
+	parsedMu    sync.RWMutex
+	parsed      map[string]*parsedRequest // by request DER, only for our issuer
+	parsedBound byteBound[string, *parsedRequest]
 
-	mu      sync.RWMutex
-	signer  *responderKey
-	cache   map[cacheKey]*cachedResponse // serials this CA issued
-	unknown map[cacheKey]*cachedResponse // serials it did not
+	mu           sync.RWMutex
+	signer       *responderKey
+	cache        map[cacheKey]*cachedResponse // serials this CA issued
+	cacheBound   byteBound[cacheKey, *cachedResponse]
+	unknown      map[cacheKey]*cachedResponse // serials it did not
+	unknownBound byteBound[cacheKey, *cachedResponse]
 }
 
 type cacheKey struct {
@@ -86,6 +108,10 @@ func NewResponder(h plugins.Host, cfg OCSPConfig) (*Responder, error) {
 	r := &Responder{host: h, store: h.DB(), cfg: cfg, log: h.Logger(), idx: newStatusIndex(),
 		cache: map[cacheKey]*cachedResponse{}, unknown: map[cacheKey]*cachedResponse{}, presign: make(chan *big.Int, 4096),
 		parsed: map[string]*parsedRequest{}}
+	def := DefaultConfig().OCSP
+	r.parsedBound = byteBound[string, *parsedRequest]{maxEntries: maxParsedCached, maxBytes: orDefault(cfg.RequestCacheBytes, def.RequestCacheBytes), size: requestSize}
+	r.cacheBound = byteBound[cacheKey, *cachedResponse]{maxEntries: orDefault(cfg.CacheSize, def.CacheSize), maxBytes: orDefault(cfg.CacheBytes, def.CacheBytes), size: responseSize}
+	r.unknownBound = byteBound[cacheKey, *cachedResponse]{maxEntries: maxUnknownCached, maxBytes: orDefault(cfg.UnknownCacheBytes, def.UnknownCacheBytes), size: responseSize}
 	r.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stepfort", Subsystem: "ocsp", Name: "responses_total", Help: "OCSP responses by certificate status or error"}, []string{"status"})
 	r.cacheHit = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "stepfort", Subsystem: "ocsp", Name: "cache_hits_total", Help: "OCSP responses served from the signed-response cache"})
 	var err error
@@ -201,11 +227,13 @@ func (r *Responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}()
 	raw, err := requestBytes(req)
 	if err != nil {
+		r.log.Debug("ocsp request", "error", err)
 		r.writeError(w, ocsp.MalformedRequestErrorResponse, "malformedRequest")
 		return
 	}
 	q, err := r.parse(raw)
 	if err != nil {
+		r.log.Debug("ocsp request", "error", err)
 		r.writeError(w, ocsp.MalformedRequestErrorResponse, "malformedRequest")
 		return
 	}
@@ -239,18 +267,28 @@ func (r *Responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 // after the last "/ocsp/"; the raw path is used so "/" and "+" survive.
 func requestBytes(req *http.Request) ([]byte, error) {
 	if req.Method == http.MethodPost {
-		return io.ReadAll(io.LimitReader(req.Body, maxRequest))
+		raw, err := io.ReadAll(io.LimitReader(req.Body, maxRequest+1))
+		if err == nil && len(raw) > maxRequest {
+			err = fmt.Errorf("request body larger than %d bytes", maxRequest)
+		}
+		return raw, err
 	}
 	p := req.URL.EscapedPath()
 	i := strings.Index(p, "/ocsp/")
 	if i < 0 {
 		return nil, errors.New("no request in path")
 	}
+	if len(p)-i-len("/ocsp/") > maxRequestPath {
+		return nil, fmt.Errorf("request path longer than %d bytes", maxRequestPath)
+	}
 	enc, err := url.PathUnescape(p[i+len("/ocsp/"):])
-	if err != nil || len(enc) > maxRequest {
+	if err != nil {
 		return nil, errors.New("bad path encoding")
 	}
 	enc = strings.TrimRight(enc, "=")
+	if base64.RawStdEncoding.DecodedLen(len(enc)) > maxRequest {
+		return nil, fmt.Errorf("request larger than %d bytes", maxRequest)
+	}
 	return base64.RawStdEncoding.DecodeString(enc)
 }
 
@@ -267,9 +305,30 @@ type parsedRequest struct {
 	issuerKey    []byte
 }
 
-// maxParsedCached bounds the parsed-request cache.
+// maxParsedCached bounds the parsed-request cache in entries (its bytes
+// are bounded by ocsp.requestCacheBytes).
 const maxParsedCached = 1 << 16
 
+// Estimated bytes of a cache entry besides its variable-length parts
+// (structs, header strings, the map slot), so the byte bounds hold for
+// small entries too.
+const (
+	requestEntryOverhead  = 192
+	responseEntryOverhead = 384
+)
+
+func requestSize(raw string, q *parsedRequest) int64 {
+	return int64(len(raw) + len(q.serial) + (q.serialNumber.BitLen()+7)/8 + len(q.issuerName) + len(q.issuerKey) + requestEntryOverhead)
+}
+
+func responseSize(k cacheKey, v *cachedResponse) int64 {
+	return int64(len(k.serial) + len(v.der) + responseEntryOverhead)
+}
+
+// parse returns the request's parsed form: from cache, or parsed and
+// checked. A serial longer than RFC 5280 allows is an error. Only requests
+// for our issuer are cached, and only short ones, so what the cache holds
+// is bounded by what legitimate clients ask, not by what anyone sends.
 func (r *Responder) parse(raw []byte) (*parsedRequest, error) {
 	r.parsedMu.RLock()
 	q := r.parsed[string(raw)]
@@ -281,10 +340,18 @@ func (r *Responder) parse(raw []byte) (*parsedRequest, error) {
 	if err != nil {
 		return nil, err
 	}
+	if req.SerialNumber.BitLen() > maxSerialBits {
+		return nil, fmt.Errorf("serial number longer than %d octets", maxSerialBits/8)
+	}
 	q = requestOf(req)
+	if len(raw) > maxCachedRequest {
+		return q, nil
+	}
+	if key, err := r.currentSigner(); err != nil || !key.issuedBy(q.hash, q.issuerName, q.issuerKey) {
+		return q, nil // respondTo answers it; nothing is kept
+	}
 	r.parsedMu.Lock()
-	evictOne(r.parsed, maxParsedCached)
-	r.parsed[string(raw)] = q
+	r.parsedBound.put(r.parsed, string(raw), q)
 	r.parsedMu.Unlock()
 	return q, nil
 }
@@ -364,7 +431,7 @@ func (r *Responder) status(serial string) (certStatus, error) {
 }
 
 // sign makes a response and caches it (unknown serials in their own
-// bounded cache).
+// cache), within the caches' bounds in entries and bytes.
 func (r *Responder) sign(key *responderKey, serialNumber *big.Int, serial string, hash crypto.Hash, st certStatus) (*cachedResponse, error) {
 	now := r.host.Now()
 	tmpl := ocsp.Response{
@@ -394,12 +461,10 @@ func (r *Responder) sign(key *responderKey, serialNumber *big.Int, serial string
 	r.mu.Lock()
 	if r.signer == key { // not replaced by a rotation meanwhile
 		if st.code == statusUnknown {
-			evictOne(r.unknown, maxUnknownCached)
-			r.unknown[ck] = resp
+			r.unknownBound.put(r.unknown, ck, resp)
 		} else {
-			delete(r.unknown, ck)
-			evictOne(r.cache, r.cfg.CacheSize)
-			r.cache[ck] = resp
+			r.unknownBound.remove(r.unknown, ck)
+			r.cacheBound.put(r.cache, ck, resp)
 		}
 	}
 	r.mu.Unlock()
@@ -542,7 +607,9 @@ func (r *Responder) currentSigner() (*responderKey, error) {
 	r.signer = k
 	// Responses name the responder.
 	r.cache = map[cacheKey]*cachedResponse{}
+	r.cacheBound.reset()
 	r.unknown = map[cacheKey]*cachedResponse{}
+	r.unknownBound.reset()
 	return k, nil
 }
 
@@ -584,4 +651,13 @@ func (k *responderKey) delegate(now time.Time, lifetime time.Duration) error {
 	}
 	k.signer = key
 	return nil
+}
+
+// orDefault is v, or def when v is not set (a configuration built in code
+// rather than decoded over DefaultConfig).
+func orDefault[T int | int64](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
 }

@@ -7,7 +7,9 @@ package ha
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -77,8 +79,18 @@ type OCSPConfig struct {
 	// CacheSize bounds the signed responses kept for certificates this CA
 	// issued (about 1 KiB each); past it an arbitrary one is dropped and
 	// signed again when asked. Responses for unknown serials have their own
-	// bound (65,536) so made-up serials cannot push real ones out.
+	// bounds (65,536 and UnknownCacheBytes) so made-up serials cannot push
+	// real ones out.
 	CacheSize int `json:"cacheSize"`
+	// CacheBytes bounds the same cache in bytes; whichever of the two
+	// bounds is reached first applies.
+	CacheBytes int64 `json:"cacheBytes"`
+	// UnknownCacheBytes bounds, in bytes, the signed responses kept for
+	// serials this CA never issued: anyone can ask for those.
+	UnknownCacheBytes int64 `json:"unknownCacheBytes"`
+	// RequestCacheBytes bounds, in bytes, the parsed requests kept so
+	// repeated requests skip parsing (only requests for this CA's issuer).
+	RequestCacheBytes int64 `json:"requestCacheBytes"`
 	// AccessLog puts every OCSP request into upstream's access log. Off by
 	// default: at thousands of requests per second the log line costs more
 	// than the answer; stepfort_ocsp_responses_total counts them by status
@@ -94,6 +106,9 @@ func DefaultConfig() *Config {
 			Signer:            "delegated",
 			ResponderLifetime: config.Duration{Duration: 7 * 24 * time.Hour},
 			CacheSize:         200_000,
+			CacheBytes:        256 << 20,
+			UnknownCacheBytes: 16 << 20,
+			RequestCacheBytes: 8 << 20,
 		},
 		CRL: CRLConfig{
 			PublishDelay: config.Duration{Duration: 5 * time.Second},
@@ -109,6 +124,19 @@ func (c *Config) Validate() error {
 	}
 	if n := c.OCSP.CacheSize; n < 1000 || n > 50_000_000 {
 		return config.Errorf("ocsp.cacheSize", "must be between 1000 and 50000000 responses, got %d", n)
+	}
+	for _, b := range []struct {
+		path     string
+		v        int64
+		min, max int64
+	}{
+		{"ocsp.cacheBytes", c.OCSP.CacheBytes, 1 << 20, 64 << 30},
+		{"ocsp.unknownCacheBytes", c.OCSP.UnknownCacheBytes, 64 << 10, 1 << 30},
+		{"ocsp.requestCacheBytes", c.OCSP.RequestCacheBytes, 64 << 10, 1 << 30},
+	} {
+		if b.v < b.min || b.v > b.max {
+			return config.Errorf(b.path, "must be between %d and %d bytes, got %d", b.min, b.max, b.v)
+		}
 	}
 	if c.OCSP.Signer != "delegated" && c.OCSP.Signer != "ca" {
 		return config.Errorf("ocsp.signer", `must be "delegated" or "ca", got %q`, c.OCSP.Signer)
@@ -258,7 +286,9 @@ func (p *Plugin) Stop(ctx context.Context) error {
 }
 
 // Health reports where OCSP statuses come from, and when there is a CRL,
-// the publisher lease holder and the CRL number.
+// the publisher lease holder and the CRL number. /health is
+// unauthenticated: the holder is named by an opaque tag, since its replica
+// id holds the host name, address and PID.
 func (p *Plugin) Health(ctx context.Context) (map[string]any, error) {
 	out := map[string]any{
 		// "memory": statuses come from the live index; "database": read
@@ -272,7 +302,7 @@ func (p *Plugin) Health(ctx context.Context) (map[string]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read CRL lease: %w", err)
 	}
-	out["crlPublisher"] = l.Holder
+	out["crlPublisher"] = replicaTag(l.Holder)
 	out["crlPublisherIsSelf"] = l.Holder == p.host.Replica() && p.host.Now().Before(l.Until)
 	if info, _, err := p.publisher.current(); err == nil && info != nil {
 		out["crlNumber"] = info.Number
@@ -328,4 +358,16 @@ func (p *Plugin) mount(r chi.Router) {
 	r.Get("/1.0/ocsp/*", p.responder.ServeHTTP)
 	r.Get("/crl", p.publisher.ServeCRL)
 	r.Get("/1.0/crl", p.publisher.ServeCRL)
+}
+
+// replicaTag is an opaque short name of a replica id (the first 12 hex
+// digits of its SHA-256), the same on every replica, so operators can see
+// whether replicas agree on one lease holder without learning its host
+// name, address or PID; "" when there is no holder.
+func replicaTag(id string) string {
+	if id == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:6])
 }
