@@ -117,6 +117,12 @@ func (c *capabilities) linkedWebhooks(name string) []*linkedca.Webhook {
 				Kind: linkedca.Webhook_ENRICHING, CertType: linkedca.Webhook_X509})
 		}
 	}
+	// SCEP webhooks only reach SCEP provisioners: upstream's SCEP
+	// controllers are the only ones that read those kinds.
+	for _, wh := range scepWebhooks(c.scep, name) {
+		out = append(out, &linkedca.Webhook{Id: wh.name, Name: wh.name, Url: wh.url,
+			Kind: linkedca.Webhook_Kind(linkedca.Webhook_Kind_value[wh.kind]), CertType: linkedca.Webhook_X509})
+	}
 	return out
 }
 

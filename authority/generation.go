@@ -70,6 +70,7 @@ type capabilities struct {
 	renewAuthorizers bool
 	enforcers        []provisioner.CertificateEnforcer
 	enrichers        []namedEnricher
+	scep             []namedSCEP
 }
 
 // collectCapabilities lets each plugin see (and change) the configuration,
@@ -102,6 +103,12 @@ func (d *Daemon) collectCapabilities(cfg *upconfig.Config) (*capabilities, error
 		if e, ok := p.(plugins.SignEnricher); ok {
 			c.enrichers = append(c.enrichers, namedEnricher{name: p.Name(), SignEnricher: e})
 		}
+		n := namedSCEP{name: p.Name()}
+		n.validator, _ = p.(plugins.SCEPChallengeValidator)
+		n.notifier, _ = p.(plugins.SCEPNotifier)
+		if n.validator != nil || n.notifier != nil {
+			c.scep = append(c.scep, n)
+		}
 	}
 	return c, nil
 }
@@ -120,8 +127,12 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 	if err := injectEnrichWebhooks(cfg, caps.enrichers); err != nil {
 		return nil, err
 	}
+	if err := injectSCEPWebhooks(cfg, caps.scep); err != nil {
+		return nil, err
+	}
 	external := &http.Client{Transport: newExternalTransport()}
-	webhooks := &webhookClient{internal: internalWebhookHandler(caps.signAuthorizers, caps.enrichers, d.log.With("component", "internal-webhooks")), external: external}
+	webhooks := &webhookClient{external: external, internal: &internalWebhooks{
+		authorizers: caps.signAuthorizers, enrichers: caps.enrichers, scep: caps.scep, log: d.log.With("component", "internal-webhooks")}}
 	var auth *upstream.Authority
 	current := func() *upstream.Authority { return auth }
 	opts, err := d.authorityOptions(cfg, webhooks, caps, current)

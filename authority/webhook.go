@@ -3,18 +3,14 @@ package authority
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/smallstep/certificates/authority/config"
@@ -103,6 +99,47 @@ func injectEnrichWebhooks(cfg *config.Config, enrichers []namedEnricher) error {
 	return nil
 }
 
+// injectSCEPWebhooks adds the in-process SCEPCHALLENGE and NOTIFYING
+// webhooks of SCEP plugins to the SCEP provisioners they name. With a
+// SCEPCHALLENGE webhook upstream ignores the provisioner's static
+// challenge.
+func injectSCEPWebhooks(cfg *config.Config, scep []namedSCEP) error {
+	if cfg.AuthorityConfig == nil {
+		return nil
+	}
+	for _, p := range cfg.AuthorityConfig.Provisioners {
+		if p.GetType() != provisioner.TypeSCEP {
+			continue
+		}
+		for _, wh := range scepWebhooks(scep, p.GetName()) {
+			if err := addWebhook(p, wh.name, wh.kind, wh.url); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// scepWebhook is one in-process SCEP webhook of a provisioner.
+type scepWebhook struct{ name, kind, url string }
+
+// scepWebhooks are the in-process webhooks of the SCEP provisioner prov.
+func scepWebhooks(scep []namedSCEP, prov string) []scepWebhook {
+	var out []scepWebhook
+	for _, n := range scep {
+		if !slices.Contains(n.provisioners(), prov) {
+			continue
+		}
+		if n.validator != nil {
+			out = append(out, scepWebhook{n.name, "SCEPCHALLENGE", internalURL(scepCheckPath, n.name, prov)})
+		}
+		if n.notifier != nil {
+			out = append(out, scepWebhook{n.name + "-notify", "NOTIFYING", internalURL(scepNotifyPath, n.name, prov)})
+		}
+	}
+	return out
+}
+
 // addWebhook appends an in-process webhook to a provisioner unless one with
 // that name is there already (ca.json may name it; then it is left alone).
 func addWebhook(p provisioner.Interface, name, kind, webhookURL string) error {
@@ -121,15 +158,11 @@ func addWebhook(p provisioner.Interface, name, kind, webhookURL string) error {
 
 // signWebhookURL is the in-process AUTHORIZING webhook of a provisioner;
 // the name travels escaped in the path (parseInternalPath).
-func signWebhookURL(prov string) string {
-	return "https://" + internalHost + "/sign-authorizer/" + url.PathEscape(prov)
-}
+func signWebhookURL(prov string) string { return internalURL(signPath, prov) }
 
 // enrichWebhookURL is an enricher's in-process ENRICHING webhook of a
 // provisioner.
-func enrichWebhookURL(enricher, prov string) string {
-	return "https://" + internalHost + "/enrich/" + url.PathEscape(enricher) + "/" + url.PathEscape(prov)
-}
+func enrichWebhookURL(enricher, prov string) string { return internalURL(enrichPath, enricher, prov) }
 
 // enriches reports whether e enriches the provisioner name.
 func enriches(e namedEnricher, name string) bool {
@@ -148,126 +181,12 @@ func gated(name string, authorizers []plugins.SignAuthorizer) bool {
 	return false
 }
 
-// internalWebhookHandler answers the in-process AUTHORIZING and ENRICHING
-// webhooks. It fails closed: anything it cannot parse or decide is a denial,
-// answered with 200 and allow=false so upstream does not retry.
-func internalWebhookHandler(authorizers []plugins.SignAuthorizer, enrichers []namedEnricher, log *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		deny := func(code, msg string) {
-			writeWebhookResponse(w, &webhook.ResponseBody{Allow: false, Error: &webhook.Error{Code: code, Message: msg}})
-		}
-		prov, enricher, ok := parseInternalPath(r.URL.EscapedPath())
-		if !ok {
-			deny("internalError", "unknown internal webhook")
-			return
-		}
-		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-		if err != nil {
-			deny("internalError", "read webhook request")
-			return
-		}
-		var req webhook.RequestBody
-		if err := json.Unmarshal(body, &req); err != nil {
-			deny("internalError", "decode webhook request")
-			return
-		}
-		sr := plugins.SignRequest{Provisioner: prov}
-		if cr := req.X509CertificateRequest; cr != nil && len(cr.Raw) > 0 {
-			if csr, err := x509.ParseCertificateRequest(cr.Raw); err == nil {
-				sr.CSR = csr
-			}
-		}
-		if req.AttestationData != nil {
-			sr.PermanentIdentifier = req.AttestationData.PermanentIdentifier
-		}
-		if xc := req.X509Certificate; xc != nil && xc.Certificate != nil {
-			// Upstream sends the final template (not a signed certificate).
-			c := xc.GetCertificate()
-			c.NotBefore, c.NotAfter = xc.NotBefore, xc.NotAfter
-			if pub, err := x509.ParsePKIXPublicKey(xc.PublicKey); err == nil {
-				c.PublicKey = pub
-			}
-			sr.Certificate = c
-		}
-		if xc := req.X5CCertificate; xc != nil && len(xc.Raw) > 0 {
-			c, err := x509.ParseCertificate(xc.Raw)
-			if err != nil {
-				deny("internalError", "parse x5c certificate")
-				return
-			}
-			sr.X5CCertificate = c
-		}
-		if enricher != "" {
-			for _, e := range enrichers {
-				if e.name != enricher {
-					continue
-				}
-				data, err := callEnricher(r.Context(), e, sr)
-				if err != nil {
-					code := denialCode(err)
-					log.Info("issuance denied by enricher", "plugin", e.name, "provisioner", prov, "permanentIdentifier", sr.PermanentIdentifier, "reason", err.Error())
-					deny(code, err.Error())
-					return
-				}
-				writeWebhookResponse(w, &webhook.ResponseBody{Allow: true, Data: data})
-				return
-			}
-			deny("internalError", "unknown enricher")
-			return
-		}
-		// The daemon only adds this webhook to gated provisioners: finding no
-		// authorizer means the name did not round-trip, so deny.
-		matched := false
-		for _, a := range authorizers {
-			if !gated(prov, []plugins.SignAuthorizer{a}) {
-				continue
-			}
-			matched = true
-			if err := callAuthorizer(r.Context(), a, sr); err != nil {
-				code := denialCode(err)
-				log.Info("issuance denied by plugin", "provisioner", prov, "permanentIdentifier", sr.PermanentIdentifier, "reason", err.Error())
-				deny(code, err.Error())
-				return
-			}
-		}
-		if !matched {
-			log.Warn("issuance denied: no sign authorizer gates the provisioner", "provisioner", prov)
-			deny("unauthorized", "no sign authorizer for this provisioner")
-			return
-		}
-		writeWebhookResponse(w, &webhook.ResponseBody{Allow: true})
-	})
-}
-
-// parseInternalPath splits an internal webhook path into the provisioner
-// and, for ENRICHING webhooks, the enricher. Names are escaped with
-// url.PathEscape when the webhook is added, so PathUnescape is exact.
-func parseInternalPath(escaped string) (prov, enricher string, ok bool) {
-	if rest, found := strings.CutPrefix(escaped, "/sign-authorizer/"); found {
-		p, err := url.PathUnescape(rest)
-		return p, "", err == nil && !strings.Contains(rest, "/")
-	}
-	rest, found := strings.CutPrefix(escaped, "/enrich/")
-	if !found {
-		return "", "", false
-	}
-	e, p, found := strings.Cut(rest, "/")
-	if !found || strings.Contains(p, "/") {
-		return "", "", false
-	}
-	enricher, err1 := url.PathUnescape(e)
-	prov, err2 := url.PathUnescape(p)
-	return prov, enricher, err1 == nil && err2 == nil
-}
-
 func callAuthorizer(ctx context.Context, a plugins.SignAuthorizer, sr plugins.SignRequest) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("sign authorizer failed: %v", r)
 		}
 	}()
-	ctx, cancel := context.WithTimeout(ctx, 8*time.Second)
-	defer cancel()
 	return a.AuthorizeSign(ctx, sr)
 }
 
@@ -288,8 +207,6 @@ func callEnricher(ctx context.Context, e namedEnricher, sr plugins.SignRequest) 
 			err = fmt.Errorf("sign enricher failed: %v", r)
 		}
 	}()
-	ctx, cancel := context.WithTimeout(ctx, 8*time.Second)
-	defer cancel()
 	return e.EnrichSign(ctx, sr)
 }
 

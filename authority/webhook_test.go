@@ -37,7 +37,7 @@ func callSignWebhook(t *testing.T, name string, authorizers []plugins.SignAuthor
 	if p.Options == nil || len(p.Options.Webhooks) != 1 {
 		t.Fatalf("provisioner %q: expected one injected webhook", name)
 	}
-	return askWebhook(t, internalWebhookHandler(authorizers, nil, slog.Default()), p.Options.Webhooks[0].URL)
+	return askWebhook(t, &internalWebhooks{authorizers: authorizers, log: slog.Default()}, p.Options.Webhooks[0].URL)
 }
 
 // askWebhook posts an empty request to url through the in-process webhook
@@ -78,7 +78,7 @@ func TestSignWebhookGatesEveryProvisionerName(t *testing.T) {
 // A request for a gated path that no authorizer claims is denied (fail
 // closed), not allowed.
 func TestSignWebhookWithoutAuthorizerDenies(t *testing.T) {
-	allowed := askWebhook(t, internalWebhookHandler(nil, nil, slog.Default()), "https://"+internalHost+"/sign-authorizer/unknown")
+	allowed := askWebhook(t, &internalWebhooks{log: slog.Default()}, "https://"+internalHost+"/sign-authorizer/unknown")
 	if allowed {
 		t.Fatal("a sign-authorizer webhook for a provisioner no authorizer gates was allowed")
 	}

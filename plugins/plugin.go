@@ -228,3 +228,41 @@ type NamedProvisioner struct {
 	Name  string   // provisioner name, compared exactly as upstream does
 	Types []string // allowed upstream types ("JWK", "X5C", "ACME", ...); empty allows any
 }
+
+// SCEPRequest is what a SCEPChallengeValidator sees of a SCEP enrollment
+// (PKCSReq or RenewalReq).
+type SCEPRequest struct {
+	Provisioner   string
+	Challenge     string // the CSR's challengePassword
+	TransactionID string
+	CSR           *x509.CertificateRequest
+}
+
+// SCEPChallengeValidator decides the SCEP enrollments of the provisioners it
+// names. The daemon adds an in-process SCEPCHALLENGE webhook named after
+// the plugin to each of them, so upstream ignores their static challenge.
+// nil allows, and the data goes into the template as .Webhooks.<plugin>;
+// an error refuses (a CertRep with failInfo badRequest). It runs with a
+// deadline and must fail closed.
+type SCEPChallengeValidator interface {
+	SCEPProvisioners() []string
+	ValidateSCEPChallenge(ctx context.Context, req SCEPRequest) (map[string]any, error)
+}
+
+// SCEPIssued is a certificate just signed for a SCEP enrollment.
+type SCEPIssued struct {
+	Provisioner   string
+	TransactionID string
+	CSR           *x509.CertificateRequest
+	Certificate   *x509.Certificate
+}
+
+// SCEPNotifier hears of the certificates signed for the SCEP provisioners
+// it names, right after signing, with the enrollment's transaction id (an
+// in-process NOTIFYING webhook): what a challenge issuer such as Intune
+// must be told. It cannot block issuance (upstream ignores notification
+// errors); durable work belongs in CertificateObserver.
+type SCEPNotifier interface {
+	SCEPProvisioners() []string
+	NotifySCEP(ctx context.Context, ev SCEPIssued)
+}
