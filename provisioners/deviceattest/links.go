@@ -12,6 +12,8 @@ import (
 
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
+
+	"github.com/stepfort/stepfort/internal/storage"
 )
 
 // Tables; the key layout is documented in docs/deviceattest.md.
@@ -19,7 +21,8 @@ var (
 	// CertsTable maps a certificate serial (decimal) to its JSON Link.
 	CertsTable = []byte("stepfort_deviceattest_certs")
 	// DevicesTable maps an inventory device ID to its JSON DeviceCerts:
-	// every unexpired certificate linked to the device.
+	// every certificate linked to the device, until Purge removes it
+	// (linkRetention after it expired).
 	DevicesTable = []byte("stepfort_deviceattest_devices")
 	// PendingTable maps hex SHA-256 of a subject public key (PKIX DER) to a
 	// JSON Pending: an account certificate authorized for that key by an
@@ -57,7 +60,10 @@ type DeviceCert struct {
 	Revoked  bool      `json:"revoked,omitempty"`
 }
 
-// Pending is an X5C authorization waiting for its issued event.
+// Pending is an X5C authorization waiting for its issued event. Expires
+// is when the authorization was meant to be used by; the row is kept
+// pendingRetention longer, for an issued event delivered late, then
+// purged.
 type Pending struct {
 	DeviceID     string    `json:"deviceId"`
 	DeviceSerial string    `json:"deviceSerial"`
@@ -101,14 +107,14 @@ func (l *Links) Get(serial string) (*Link, bool, error) {
 }
 
 // Record stores a link and adds it to its device's list. Recording the same
-// link twice is harmless. Expired entries are pruned from the list.
-func (l *Links) Record(k Link, now time.Time) error {
+// link twice is harmless. Expired entries are removed by Purge, with their
+// links, not here.
+func (l *Links) Record(k Link, _ time.Time) error {
 	b, _ := json.Marshal(k)
 	if err := l.db.Set(CertsTable, []byte(k.Serial), b); err != nil {
 		return fmt.Errorf("write link %s: %w", k.Serial, err)
 	}
 	return l.modifyDevice(k.DeviceID, func(dc *DeviceCerts) bool {
-		dc.Certs = slices.DeleteFunc(dc.Certs, func(c DeviceCert) bool { return c.NotAfter.Before(now) })
 		if slices.ContainsFunc(dc.Certs, func(c DeviceCert) bool { return c.Serial == k.Serial }) {
 			return false
 		}
@@ -181,7 +187,10 @@ func (l *Links) modifyDevice(id string, fn func(*DeviceCerts) bool) error {
 			return nil
 		}
 		b, _ := json.Marshal(dc)
-		_, ok, err := l.db.CmpAndSwap(DevicesTable, []byte(id), old, b)
+		// storage.CmpAndSwap: the first link of a device creates its row,
+		// which nosql's compare-and-swap does not do atomically on
+		// PostgreSQL (two replicas would both create it, one list lost).
+		_, ok, err := storage.CmpAndSwap(l.db, DevicesTable, []byte(id), old, b)
 		if err != nil {
 			return fmt.Errorf("write certificates of device %s: %w", id, err)
 		}

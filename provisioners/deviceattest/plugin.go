@@ -92,6 +92,20 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// NamedProvisioners implements plugins.ProvisionerChecker: the gated
+// provisioners must be ACME and the account provisioners X5C, or a typo
+// would leave a provisioner ungated.
+func (c *Config) NamedProvisioners() []plugins.NamedProvisioner {
+	var out []plugins.NamedProvisioner
+	for i, n := range c.Provisioners {
+		out = append(out, plugins.NamedProvisioner{Path: fmt.Sprintf("provisioners[%d]", i), Name: n, Types: []string{"ACME"}})
+	}
+	for i, n := range c.AccountProvisioners {
+		out = append(out, plugins.NamedProvisioner{Path: fmt.Sprintf("accountProvisioners[%d]", i), Name: n, Types: []string{"X5C"}})
+	}
+	return out
+}
+
 // Plugin is the device-attest gate.
 type Plugin struct {
 	cfg   *Config
@@ -127,6 +141,10 @@ func New(cfg *Config, h plugins.Host) (*Plugin, error) {
 
 // Name implements plugins.Plugin.
 func (p *Plugin) Name() string { return Name }
+
+// NamedProvisioners implements plugins.ProvisionerChecker (the daemon
+// asks the plugin; `config check` the configuration).
+func (p *Plugin) NamedProvisioners() []plugins.NamedProvisioner { return p.cfg.NamedProvisioners() }
 
 func (p *Plugin) gated(name string) bool   { return slices.Contains(p.cfg.Provisioners, name) }
 func (p *Plugin) account(name string) bool { return slices.Contains(p.cfg.AccountProvisioners, name) }

@@ -133,13 +133,16 @@ func (p *Plugin) revokeOne(ctx context.Context, deviceID, serial string) error {
 // sweepLoop is the safety net behind device events: at start and every
 // SweepInterval it revokes what they may have missed (a device disabled by
 // a store that records no events or before events existed, a revocation
-// that keeps failing).
+// that keeps failing), then purges links that describe nothing live.
 func (p *Plugin) sweepLoop(ctx context.Context) {
 	t := time.NewTicker(p.cfg.SweepInterval.Duration)
 	defer t.Stop()
 	for {
 		if err := p.Sweep(ctx); err != nil && ctx.Err() == nil {
 			p.log.Error("device revocation sweep", "event", "deviceattest.sweep_failed", "error", err)
+		}
+		if err := p.links.Purge(ctx, p.host.Now()); err != nil && ctx.Err() == nil {
+			p.log.Error("device link purge", "event", "deviceattest.purge_failed", "error", err)
 		}
 		select {
 		case <-ctx.Done():

@@ -1,6 +1,7 @@
 package inventory
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -28,7 +30,9 @@ type API struct {
 	Store          *Store
 	MaxImportBytes int64
 	MaxImportRows  int
-	Log            *slog.Logger // nil: slog.Default()
+	// ImportWait overrides the package's ImportWait (tests).
+	ImportWait time.Duration
+	Log        *slog.Logger // nil: slog.Default()
 }
 
 // Routes lists the admin routes.
@@ -36,7 +40,7 @@ func (a *API) Routes() []plugins.AdminRoute {
 	return []plugins.AdminRoute{
 		{Method: http.MethodGet, Pattern: "/devices", Scope: ScopeRead, Handler: a.listDevices},
 		{Method: http.MethodPost, Pattern: "/devices", Scope: ScopeWrite, Handler: a.createDevice()},
-		{Method: http.MethodPost, Pattern: "/devices/import", Scope: ScopeWrite, Handler: a.importDevices},
+		{Method: http.MethodPost, Pattern: "/devices/import", Scope: ScopeWrite, Handler: a.importDevices, MaxBody: a.MaxImportBytes},
 		{Method: http.MethodGet, Pattern: "/devices/{id}", Scope: ScopeRead, Handler: a.getDevice()},
 		{Method: http.MethodPatch, Pattern: "/devices/{id}", Scope: ScopeWrite, Handler: a.updateDevice()},
 		{Method: http.MethodDelete, Pattern: "/devices/{id}", Scope: ScopeWrite, Handler: a.deleteDevice()},
@@ -131,9 +135,36 @@ func lookup(s *Store, key string) (*Device, error) {
 	return s.ByIdentifier(key)
 }
 
+// ImportWait is how long an import request waits for the one running in
+// this process before it is answered 429.
+const ImportWait = 2 * time.Minute
+
 // importDevices takes CSV (text/csv, with ?map=field:Column,...) or JSON
-// (application/json) and answers with a per-row report.
+// (application/json) and answers with a per-row report. One import at a
+// time is parsed and written per process; others wait (ImportWait at
+// most, then 429) before reading their body.
 func (a *API) importDevices(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), a.importWait())
+	release, err := a.Store.AcquireImport(ctx)
+	cancel()
+	if err != nil {
+		w.Header().Set("Retry-After", "30")
+		admin.WriteError(w, http.StatusTooManyRequests, "another import is running; retry later")
+		return
+	}
+	defer release()
+	a.importLocked(w, r)
+}
+
+func (a *API) importWait() time.Duration {
+	if a.ImportWait > 0 {
+		return a.ImportWait
+	}
+	return ImportWait
+}
+
+// importLocked is importDevices once it holds the import slot.
+func (a *API) importLocked(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	source := "import"
 	if src := strings.TrimSpace(q.Get("source")); src != "" {
@@ -172,9 +203,14 @@ func (a *API) importDevices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rep, err := a.Store.Import(rows, source)
-	if err != nil {
+	if err != nil && rep == nil {
 		writeErr(w, fmt.Errorf("import: %w", err))
 		return
+	}
+	if err != nil {
+		// Part of the import was stored: the report says which rows.
+		a.logger().Error("import stopped by a database error", "event", "inventory.import_failed", "source", source, "error", err,
+			"accepted", rep.Accepted, "updated", rep.Updated)
 	}
 	rep.IgnoredColumns = ignored
 	if tok := admin.TokenFrom(r); tok != nil {

@@ -145,13 +145,13 @@ func TestStoreLostRaceDiscardsEvent(t *testing.T) {
 	for _, backend := range backends {
 		for _, tt := range tests {
 			t.Run(backend+"/"+tt.name, func(t *testing.T) {
-				db := &racingDB{DB: openDB(t, backend)}
+				db := &racingDB{innerDB: openDB(t, backend)}
 				s, rec := newEventStore(t, db)
 				d, err := s.Create(DeviceInput{Identifiers: []string{"SER1"}})
 				if err != nil {
 					t.Fatal(err)
 				}
-				db.before = func() { setStored(t, db.DB, d.ID, tt.race) }
+				db.before = func() { setStored(t, db.innerDB, d.ID, tt.race) }
 				disabled := StatusDisabled
 				got, err := s.Update(d.ID, DevicePatch{Status: &disabled})
 				if err != nil {

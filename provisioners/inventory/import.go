@@ -12,6 +12,7 @@ import (
 
 	"github.com/smallstep/nosql/database"
 
+	"github.com/stepfort/stepfort/internal/storage"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -42,13 +43,16 @@ type RowResult struct {
 
 // ImportReport is the answer of an import: counts and one result per row.
 type ImportReport struct {
-	Total          int         `json:"total"`
-	Accepted       int         `json:"accepted"`
-	Updated        int         `json:"updated"`
-	Unchanged      int         `json:"unchanged"`
-	Rejected       int         `json:"rejected"`
-	IgnoredColumns []string    `json:"ignoredColumns,omitempty"`
-	Rows           []RowResult `json:"rows"`
+	Total          int      `json:"total"`
+	Accepted       int      `json:"accepted"`
+	Updated        int      `json:"updated"`
+	Unchanged      int      `json:"unchanged"`
+	Rejected       int      `json:"rejected"`
+	IgnoredColumns []string `json:"ignoredColumns,omitempty"`
+	// Error is set when a database error ended the import part-way; the
+	// rows it did not store are rejected with a reason saying so.
+	Error string      `json:"error,omitempty"`
+	Rows  []RowResult `json:"rows"`
 }
 
 // Fields an import column can map to. "identifier" may be mapped from
@@ -92,31 +96,129 @@ func canonicalField(f string) (string, bool) {
 	return "", false
 }
 
+// Bounds on what the import parsers hold in memory at once, so a hostile
+// or broken file cannot make one row (or one field) as large as the body.
+const (
+	// MaxImportFieldBytes bounds one CSV cell or JSON string of a mapped
+	// field: an EK certificate as PEM or base64 (at most 4 KiB of DER)
+	// fits with room to spare.
+	MaxImportFieldBytes = 16 << 10
+	// MaxImportRowBytes bounds one CSV record or JSON array element,
+	// unmapped columns included. A longer row ends the import with an
+	// error naming its line: the parser cannot find where the next one
+	// starts without reading it all.
+	MaxImportRowBytes = 256 << 10
+)
+
+// rowSlack is how far the parsers' buffers may read ahead of the row they
+// parse (bufio's 4 KiB for CSV; encoding/json's buffer grows to about
+// twice the largest value it has held).
+const rowSlack = 4 << 10
+
+// errRowTooLarge is returned by rowLimiter once a row used its budget.
+var errRowTooLarge = errors.New("row too large")
+
+// rowLimiter lets a parser read at most one row's budget from r between
+// two calls of next.
+type rowLimiter struct {
+	r    io.Reader
+	left int
+}
+
+func newRowLimiter(r io.Reader) *rowLimiter {
+	l := &rowLimiter{r: r}
+	l.next()
+	return l
+}
+
+// next starts the budget of the next row.
+func (l *rowLimiter) next() { l.left = MaxImportRowBytes + rowSlack }
+
+func (l *rowLimiter) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, errRowTooLarge
+	}
+	if len(p) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= n
+	return n, err
+}
+
+// rowTooLarge is the error of an import that met an oversized row.
+func rowTooLarge(line int) error {
+	return fmt.Errorf("line %d: row longer than %d bytes", line, MaxImportRowBytes)
+}
+
+// csvColumn maps a CSV column to a device field.
+type csvColumn struct {
+	idx    int
+	field  string
+	header string
+}
+
 // ParseCSV reads a CSV with a header row. Without a mapping, headers named
 // like fields (case-insensitive) are used and others ignored; with one,
-// only mapped columns are used. maxRows bounds the rows read.
+// only mapped columns are used. maxRows bounds the rows read. A record
+// longer than MaxImportRowBytes ends the parse with an error naming its
+// line; a mapped cell longer than MaxImportFieldBytes rejects its row.
 func ParseCSV(r io.Reader, m Mapping, maxRows int) ([]ImportRow, []string, error) {
-	cr := csv.NewReader(r)
+	lim := newRowLimiter(r)
+	cr := csv.NewReader(lim)
 	cr.FieldsPerRecord = -1
 	cr.ReuseRecord = true
 	header, err := cr.Read()
+	if errors.Is(err, errRowTooLarge) {
+		return nil, nil, rowTooLarge(1)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("read CSV header: %w", err)
 	}
+	header = append([]string(nil), header...) // ReuseRecord: the next Read reuses it
 	if len(header) > 0 {
 		header[0] = strings.TrimPrefix(header[0], "\ufeff") // Excel BOM
 	}
-	type col struct {
-		idx   int
-		field string
+	cols, ignored, err := csvColumns(header, m)
+	if err != nil {
+		return nil, ignored, err
 	}
-	var cols []col
+	var rows []ImportRow
+	for line := 2; ; line++ {
+		lim.next()
+		rec, err := cr.Read()
+		if err == io.EOF {
+			break
+		}
+		if len(rows) >= maxRows {
+			return nil, ignored, fmt.Errorf("more than %d rows", maxRows)
+		}
+		if errors.Is(err, errRowTooLarge) {
+			return nil, ignored, rowTooLarge(line)
+		}
+		if err != nil {
+			var pe *csv.ParseError
+			if errors.As(err, &pe) && pe.Err != csv.ErrFieldCount {
+				rows = append(rows, ImportRow{Line: line, Err: fmt.Errorf("CSV: %v", pe.Err)})
+				continue
+			}
+			return nil, ignored, fmt.Errorf("read CSV line %d: %w", line, err)
+		}
+		rows = append(rows, csvRow(line, rec, cols))
+	}
+	return rows, ignored, nil
+}
+
+// csvColumns picks the columns of header that map to device fields and
+// lists the others.
+func csvColumns(header []string, m Mapping) ([]csvColumn, []string, error) {
+	var cols []csvColumn
 	var ignored []string
 	used := map[int]bool{}
 	if m == nil {
 		for i, h := range header {
 			if f, ok := canonicalField(strings.TrimSpace(h)); ok {
-				cols = append(cols, col{i, f})
+				cols = append(cols, csvColumn{i, f, h})
 				used[i] = true
 			}
 		}
@@ -125,7 +227,7 @@ func ParseCSV(r io.Reader, m Mapping, maxRows int) ([]ImportRow, []string, error
 			found := false
 			for i, h := range header {
 				if strings.EqualFold(strings.TrimSpace(h), p.Column) {
-					cols = append(cols, col{i, p.Field})
+					cols = append(cols, csvColumn{i, p.Field, h})
 					used[i] = true
 					found = true
 				}
@@ -143,33 +245,22 @@ func ParseCSV(r io.Reader, m Mapping, maxRows int) ([]ImportRow, []string, error
 	if len(cols) == 0 {
 		return nil, ignored, errors.New("no CSV column maps to a device field: name columns after fields or pass a mapping")
 	}
-	var rows []ImportRow
-	for line := 2; ; line++ {
-		rec, err := cr.Read()
-		if err == io.EOF {
-			break
+	return cols, ignored, nil
+}
+
+// csvRow maps one record to a row, rejected if a mapped cell is too long.
+func csvRow(line int, rec []string, cols []csvColumn) ImportRow {
+	var in DeviceInput
+	for _, c := range cols {
+		if c.idx >= len(rec) {
+			continue
 		}
-		if len(rows) >= maxRows {
-			return nil, ignored, fmt.Errorf("more than %d rows", maxRows)
+		if n := len(rec[c.idx]); n > MaxImportFieldBytes {
+			return ImportRow{Line: line, Err: fmt.Errorf("column %q: %d bytes, at most %d", c.header, n, MaxImportFieldBytes)}
 		}
-		if err != nil {
-			var pe *csv.ParseError
-			if errors.As(err, &pe) && pe.Err != csv.ErrFieldCount {
-				rows = append(rows, ImportRow{Line: line, Err: fmt.Errorf("CSV: %v", pe.Err)})
-				continue
-			}
-			return nil, ignored, fmt.Errorf("read CSV line %d: %w", line, err)
-		}
-		var in DeviceInput
-		for _, c := range cols {
-			if c.idx >= len(rec) {
-				continue
-			}
-			setField(&in, c.field, strings.TrimSpace(rec[c.idx]))
-		}
-		rows = append(rows, ImportRow{Line: line, Input: in})
+		setField(&in, c.field, strings.TrimSpace(rec[c.idx]))
 	}
-	return rows, ignored, nil
+	return ImportRow{Line: line, Input: in}
 }
 
 func setField(in *DeviceInput, field, v string) {
@@ -207,38 +298,149 @@ func setField(in *DeviceInput, field, v string) {
 	}
 }
 
-// ParseJSONRows reads a JSON array of DeviceInput (or {"devices": [...]}).
+// ParseJSONRows reads a JSON array of DeviceInput (or {"devices": [...]}),
+// one element at a time. An element longer than MaxImportRowBytes ends the
+// parse with an error naming it; a string field longer than
+// MaxImportFieldBytes rejects its row.
 func ParseJSONRows(r io.Reader, maxRows int) ([]ImportRow, error) {
-	data, err := io.ReadAll(r)
+	lim := newRowLimiter(r)
+	p := &jsonRows{dec: json.NewDecoder(lim), lim: lim, maxRows: maxRows}
+	tok, err := p.token()
 	if err != nil {
 		return nil, err
 	}
-	data = bytes.TrimSpace(data)
-	var list []json.RawMessage
-	if len(data) > 0 && data[0] == '{' {
-		var wrap struct {
-			Devices []json.RawMessage `json:"devices"`
-		}
-		if err := json.Unmarshal(data, &wrap); err != nil {
-			return nil, fmt.Errorf("JSON: %w", err)
-		}
-		list = wrap.Devices
-	} else if err := json.Unmarshal(data, &list); err != nil {
-		return nil, fmt.Errorf("JSON: %w", err)
+	switch tok {
+	case json.Delim('['):
+		err = p.array()
+	case json.Delim('{'):
+		err = p.wrapped()
+	default:
+		err = errors.New(`JSON: expected an array of devices or {"devices": [...]}`)
 	}
-	if len(list) > maxRows {
-		return nil, fmt.Errorf("more than %d rows", maxRows)
+	if err != nil {
+		return nil, err
 	}
-	rows := make([]ImportRow, len(list))
-	for i, raw := range list {
-		rows[i].Line = i + 1
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&rows[i].Input); err != nil {
-			rows[i].Err = fmt.Errorf("JSON: %v", err)
+	if _, err := p.dec.Token(); err != io.EOF {
+		return nil, errors.New("JSON: data after the end of the document")
+	}
+	return p.rows, nil
+}
+
+// jsonRows is the state of ParseJSONRows.
+type jsonRows struct {
+	dec     *json.Decoder
+	lim     *rowLimiter
+	maxRows int
+	rows    []ImportRow
+}
+
+// token reads the next token, naming a row that is too large.
+func (p *jsonRows) token() (json.Token, error) {
+	tok, err := p.dec.Token()
+	if err != nil {
+		return nil, p.fail(err)
+	}
+	return tok, nil
+}
+
+func (p *jsonRows) fail(err error) error {
+	if errors.Is(err, errRowTooLarge) {
+		return rowTooLarge(len(p.rows) + 1)
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("JSON: %w", err)
+}
+
+// wrapped reads the members of {"devices": [...]}; other members are
+// skipped, as json.Unmarshal into a struct would.
+func (p *jsonRows) wrapped() error {
+	seen := false
+	for p.dec.More() {
+		tok, err := p.token()
+		if err != nil {
+			return err
+		}
+		key, _ := tok.(string)
+		if !strings.EqualFold(key, "devices") {
+			p.lim.next()
+			var skip json.RawMessage
+			if err := p.dec.Decode(&skip); err != nil {
+				return p.fail(err)
+			}
+			continue
+		}
+		if seen {
+			return errors.New(`JSON: "devices" given twice`)
+		}
+		seen = true
+		if tok, err = p.token(); err != nil {
+			return err
+		}
+		if tok == nil {
+			continue // "devices": null
+		}
+		if tok != json.Delim('[') {
+			return errors.New(`JSON: "devices" must be an array`)
+		}
+		if err := p.array(); err != nil {
+			return err
 		}
 	}
-	return rows, nil
+	_, err := p.token() // '}'
+	return err
+}
+
+// array reads the elements of an array whose '[' was read, and its ']'.
+func (p *jsonRows) array() error {
+	for p.dec.More() {
+		if len(p.rows) >= p.maxRows {
+			return fmt.Errorf("more than %d rows", p.maxRows)
+		}
+		p.lim.next()
+		var raw json.RawMessage
+		if err := p.dec.Decode(&raw); err != nil {
+			return p.fail(err)
+		}
+		p.rows = append(p.rows, jsonRow(len(p.rows)+1, raw))
+	}
+	_, err := p.token() // ']'
+	return err
+}
+
+// jsonRow decodes one element strictly into a row.
+func jsonRow(line int, raw json.RawMessage) ImportRow {
+	row := ImportRow{Line: line}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&row.Input); err != nil {
+		row.Err = fmt.Errorf("JSON: %v", err)
+		return row
+	}
+	if err := row.Input.checkSizes(); err != nil {
+		row.Err = err
+	}
+	return row
+}
+
+// checkSizes bounds every string of an import row by
+// MaxImportFieldBytes, naming the field.
+func (in *DeviceInput) checkSizes() error {
+	fields := map[string]string{"ekPublic": in.EKPublic, "ekCertificate": in.EKCert, "name": in.Name, "type": in.Type,
+		"os": in.OS, "serial": in.Serial, "collection": in.Collection, "owner": in.Owner, "source": in.Source, "status": string(in.Status)}
+	for i, id := range in.Identifiers {
+		fields[fmt.Sprintf("identifiers[%d]", i)] = id
+	}
+	for k, v := range in.Metadata {
+		fields["metadata."+truncate(k)] = k + v
+	}
+	for name, v := range fields {
+		if len(v) > MaxImportFieldBytes {
+			return fmt.Errorf("%s: %d bytes, at most %d", name, len(v), MaxImportFieldBytes)
+		}
+	}
+	return nil
 }
 
 // importBatch is how many rows go into one database transaction.
@@ -250,10 +452,18 @@ const importBatch = 500
 // same file twice leaves the inventory unchanged the second time.
 //
 // Writes are batched in transactions; identifier claims are
-// compare-and-swap operations inside them, so a device created concurrently
-// elsewhere with the same identifier makes the row rejected, never a
-// duplicate. A row that disables an active device records a
-// plugins.DeviceDisabled event in its batch's transaction (WithEvents).
+// compare-and-swap operations inside them (storage.Update: atomic on
+// PostgreSQL too), so a device created concurrently elsewhere with the same
+// identifier makes the row rejected, never a duplicate. A row that
+// disables an active device records a plugins.DeviceDisabled event in its
+// batch's transaction (WithEvents).
+//
+// A database error part-way ends the import: the report is still returned,
+// with the error, alongside it. Rows of the batches committed before stay
+// as reported; every row that was not stored (the failed batch, the rows
+// after it) is rejected with a reason saying so, and ImportReport.Error
+// says where the import stopped. The report is nil only if the error came
+// before any row was looked at.
 func (s *Store) Import(rows []ImportRow, source string) (*ImportReport, error) {
 	s.importMu.Lock()
 	defer s.importMu.Unlock()
@@ -265,10 +475,20 @@ func (s *Store) Import(rows []ImportRow, source string) (*ImportReport, error) {
 		return nil, err
 	}
 	rep := &ImportReport{Total: len(rows), Rows: make([]RowResult, len(rows))}
+	if i, err := im.run(rows, rep); err != nil {
+		rep.stopped(rows, i, im.batch, err)
+		return rep, err
+	}
+	return rep, nil
+}
+
+// run plans and writes rows in batches. On error it returns the index of
+// the first row not yet planned; the rows of im.batch were not stored.
+func (im *importer) run(rows []ImportRow, rep *ImportReport) (int, error) {
 	for i, row := range rows {
 		res, w, err := im.plan(row)
 		if err != nil {
-			return nil, err
+			return i, err
 		}
 		rep.set(i, res)
 		if w == nil {
@@ -276,18 +496,38 @@ func (s *Store) Import(rows []ImportRow, source string) (*ImportReport, error) {
 		}
 		w.row = i
 		if err := im.add(w); err != nil {
-			return nil, err
+			im.batch = append(im.batch, w) // not stored either
+			return i + 1, err
 		}
 		if len(im.batch) >= importBatch {
 			if err := im.flush(rep); err != nil {
-				return nil, err
+				return i + 1, err
 			}
 		}
 	}
-	if err := im.flush(rep); err != nil {
-		return nil, err
+	return len(rows), im.flush(rep)
+}
+
+// stopped records an import that ended with err: the rows of the batch
+// that was not committed and every row from next on are rejected as not
+// stored.
+func (rep *ImportReport) stopped(rows []ImportRow, next int, batch []*rowWrite, err error) {
+	line := 0
+	if len(batch) > 0 {
+		line = rows[batch[0].row].Line
+	} else if next < len(rows) {
+		line = rows[next].Line
 	}
-	return rep, nil
+	rep.Error = fmt.Sprintf("import stopped at line %d: %v; no row from that line on was stored", line, err)
+	reason := fmt.Sprintf("not stored: %v; import again", err)
+	for _, w := range batch {
+		rep.reject(w.row, reason)
+	}
+	for i := next; i < len(rows); i++ {
+		rep.Rows[i] = RowResult{Line: rows[i].Line}
+		rep.Rejected++
+		rep.Rows[i].Status, rep.Rows[i].Reason = RowRejected, reason
+	}
 }
 
 // set records the result of row i and counts it.
@@ -307,14 +547,22 @@ func (rep *ImportReport) set(i int, res RowResult) {
 
 // rejectLost turns row i, whose write lost a race, into a rejected row.
 func (rep *ImportReport) rejectLost(i int) {
+	rep.reject(i, "changed concurrently by another writer; import again")
+}
+
+// reject turns row i, accepted or updated when planned, into a rejected
+// row whose write did not land.
+func (rep *ImportReport) reject(i int, reason string) {
 	r := &rep.Rows[i]
 	switch r.Status {
 	case RowAccepted:
 		rep.Accepted--
 	case RowUpdated:
 		rep.Updated--
+	case RowRejected:
+		return
 	}
-	r.Status, r.Reason, r.DeviceID = RowRejected, "changed concurrently by another writer; import again", ""
+	r.Status, r.Reason, r.DeviceID = RowRejected, reason, ""
 	rep.Rejected++
 }
 
@@ -540,7 +788,10 @@ func (im *importer) flush(rep *ImportReport) error {
 	if len(im.tx.Operations) == 0 {
 		return nil
 	}
-	if err := im.s.db.Update(&im.tx); err != nil {
+	// storage.Update: a claim (compare-and-swap with an absent value) is
+	// atomic on PostgreSQL too, where nosql's would let two replicas both
+	// claim one identifier.
+	if err := storage.Update(im.s.db, &im.tx); err != nil {
 		return fmt.Errorf("write import batch: %w", err)
 	}
 	for _, w := range im.batch {

@@ -170,13 +170,13 @@ func TestImportThatDisablesRecordsEvents(t *testing.T) {
 func TestImportLostRaceDiscardsEvent(t *testing.T) {
 	for _, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
-			db := &racingDB{DB: openDB(t, backend)}
+			db := &racingDB{innerDB: openDB(t, backend)}
 			s, rec := newEventStore(t, db)
 			d, err := s.Create(DeviceInput{Identifiers: []string{"A"}, Name: "a"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			db.before = func() { rename(t, db.DB, d.ID, "renamed elsewhere") }
+			db.before = func() { rename(t, db.innerDB, d.ID, "renamed elsewhere") }
 			rows, _, _ := ParseCSV(strings.NewReader("identifier,status\nA,disabled\n"), nil, 10)
 			rep, err := s.Import(rows, "")
 			if err != nil {

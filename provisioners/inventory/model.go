@@ -84,8 +84,12 @@ type Collection struct {
 
 // Limits on stored values; they bound what an import can make us store.
 const (
-	maxIdentifiers   = 8
-	maxIdentifierLen = 256
+	maxIdentifiers = 8
+	// maxIdentifierLen is the longest key every nosql backend accepts: an
+	// identifier is the key of its claim, and PostgreSQL's tables have
+	// CHECK (octet_length(nkey) <= 255) (MySQL: VARBINARY(255)). A longer
+	// one would pass on bbolt and fail on PostgreSQL at write time.
+	maxIdentifierLen = 255
 	maxFieldLen      = 256
 	maxMetadataKeys  = 32
 	maxMetadataLen   = 1024
@@ -198,12 +202,12 @@ func (d *Device) validate() error {
 		return fmt.Errorf("at most %d identifiers", maxIdentifiers)
 	}
 	seen := map[string]bool{}
-	for _, id := range d.Identifiers {
-		if id == "" || len(id) > maxIdentifierLen || !utf8.ValidString(id) || strings.ContainsAny(id, "\x00\n\r") {
-			return fmt.Errorf("invalid identifier %q", truncate(id))
+	for i, id := range d.Identifiers {
+		if err := validIdentifier(id); err != nil {
+			return fmt.Errorf("identifiers[%d] %q: %w", i, truncate(id), err)
 		}
 		if seen[id] {
-			return fmt.Errorf("duplicate identifier %q", id)
+			return fmt.Errorf("identifiers[%d]: duplicate identifier %q", i, id)
 		}
 		seen[id] = true
 	}
@@ -225,6 +229,22 @@ func (d *Device) validate() error {
 	}
 	if len(d.EKPublic) > maxEKBytes || len(d.EKCert) > maxEKBytes {
 		return errors.New("EK too large")
+	}
+	return nil
+}
+
+// validIdentifier checks one permanent identifier; it is used as a
+// database key, so its length is bounded by what every backend accepts.
+func validIdentifier(id string) error {
+	switch {
+	case id == "":
+		return errors.New("empty")
+	case len(id) > maxIdentifierLen:
+		return fmt.Errorf("%d bytes, at most %d (the longest database key every backend accepts)", len(id), maxIdentifierLen)
+	case !utf8.ValidString(id):
+		return errors.New("not UTF-8")
+	case strings.ContainsAny(id, "\x00\n\r"):
+		return errors.New("contains NUL, CR or LF")
 	}
 	return nil
 }

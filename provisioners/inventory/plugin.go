@@ -13,14 +13,21 @@ const Name = "inventory"
 func init() {
 	plugins.Register(plugins.Factory{
 		Name:      Name,
-		NewConfig: func() plugins.Config { return &Config{MaxImportBytes: 128 << 20, MaxImportRows: 200_000} },
+		NewConfig: func() plugins.Config { return &Config{MaxImportBytes: DefaultMaxImportBytes, MaxImportRows: 200_000} },
 		New:       func(c plugins.Config, h plugins.Host) (plugins.Plugin, error) { return New(c.(*Config), h) },
 	})
 }
 
+// DefaultMaxImportBytes is the default body limit of an import: 200,000
+// rows of a typical MDM export (serial, name, owner, a few metadata
+// columns) fit several times over. Imports run one at a time, so this is
+// about what one import can hold in memory while it is parsed.
+const DefaultMaxImportBytes = 64 << 20
+
 // Config is the plugin's ca.json block.
 type Config struct {
-	// MaxImportBytes bounds an import request body (default 128 MiB).
+	// MaxImportBytes bounds an import request body (default 64 MiB); the
+	// import route declares it as its plugins.AdminRoute.MaxBody.
 	MaxImportBytes int64 `json:"maxImportBytes"`
 	// MaxImportRows bounds the rows of one import (default 200000).
 	MaxImportRows int `json:"maxImportRows"`

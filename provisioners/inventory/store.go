@@ -2,6 +2,7 @@ package inventory
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
 
+	"github.com/stepfort/stepfort/internal/storage"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -46,9 +48,12 @@ type Store struct {
 	// removes a device; nil records none (see WithEvents).
 	events plugins.EventRecorder
 	log    *slog.Logger
-	// importMu serializes imports in this process; across replicas the
+	// importMu serializes Import in this process; across replicas the
 	// identifier claims (CmpAndSwap) keep the index consistent.
 	importMu sync.Mutex
+	// importSlot is held by the one import request being parsed and
+	// written (see AcquireImport).
+	importSlot chan struct{}
 }
 
 // StoreOption configures a Store.
@@ -87,11 +92,24 @@ func NewStore(db nosql.DB, now func() time.Time, opts ...StoreOption) (*Store, e
 			return nil, fmt.Errorf("create table %s: %w", t, err)
 		}
 	}
-	s := &Store{db: db, now: now, log: slog.Default()}
+	s := &Store{db: db, now: now, log: slog.Default(), importSlot: make(chan struct{}, 1)}
 	for _, o := range opts {
 		o(s)
 	}
 	return s, nil
+}
+
+// AcquireImport waits until no other import request of this process is
+// being parsed or written, or until ctx ends (then it returns ctx's
+// error). Parsing is serialised with writing so that only one import body
+// is held in memory at a time. Call release when the import is done.
+func (s *Store) AcquireImport(ctx context.Context) (release func(), err error) {
+	select {
+	case s.importSlot <- struct{}{}:
+		return func() { <-s.importSlot }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func newID() string {
@@ -231,7 +249,9 @@ func (s *Store) ByIdentifier(pid string) (*Device, error) {
 func (s *Store) claim(id string, pids []string) error {
 	var done []string
 	for _, pid := range pids {
-		cur, ok, err := s.db.CmpAndSwap(IdentifiersTable, []byte(pid), nil, []byte(id))
+		// storage.CmpAndSwap: nosql's compare with an absent row is not
+		// atomic on PostgreSQL, where two replicas could both claim pid.
+		cur, ok, err := storage.CmpAndSwap(s.db, IdentifiersTable, []byte(pid), nil, []byte(id))
 		if err != nil {
 			s.release(id, done)
 			return fmt.Errorf("claim identifier %q: %w", pid, err)
@@ -573,7 +593,7 @@ func (s *Store) CreateCollection(c Collection) (*Collection, error) {
 	c.CreatedAt = s.now().UTC()
 	c.UpdatedAt = c.CreatedAt
 	b, _ := json.Marshal(c)
-	_, ok, err := s.db.CmpAndSwap(CollectionsTable, []byte(c.Name), nil, b)
+	_, ok, err := storage.CmpAndSwap(s.db, CollectionsTable, []byte(c.Name), nil, b)
 	if err != nil {
 		return nil, fmt.Errorf("write collection: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
 
+	"github.com/stepfort/stepfort/internal/storage"
 	"github.com/stepfort/stepfort/internal/testenv"
 )
 
@@ -21,16 +22,19 @@ func openDB(t *testing.T, backend string) nosql.DB { return testenv.OpenStore(t,
 // racingDB runs before, once, ahead of the next transaction: another
 // writer that changes a row between the store's read and its write.
 type racingDB struct {
-	nosql.DB
-	before func()
+	innerDB // not "DB": storage.Unwrap must not see through it to the SQL pool
+	before  func()
 }
+
+// innerDB is nosql.DB under another field name.
+type innerDB = nosql.DB
 
 func (r *racingDB) Update(tx *database.Tx) error {
 	if f := r.before; f != nil {
 		r.before = nil
 		f()
 	}
-	return r.DB.Update(tx)
+	return storage.Update(r.innerDB, tx)
 }
 
 // rename changes a device's name behind the store's back.
