@@ -5,13 +5,17 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/linkedca"
 
+	"github.com/stepfort/stepfort/config"
 	"github.com/stepfort/stepfort/internal/provfields"
+	"github.com/stepfort/stepfort/internal/setup"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -115,4 +119,43 @@ func TestGateIntactRefusesUngatedProvisioner(t *testing.T) {
 	if err := enforce.Enforce(&x509.Certificate{Extensions: []pkix.Extension{other}}); err != nil {
 		t.Fatalf("an ungated provisioner was refused: %v", err)
 	}
+}
+
+// namingPlugin names provisioners in its configuration.
+type namingPlugin struct{ named []plugins.NamedProvisioner }
+
+func (namingPlugin) Name() string                                    { return "naming" }
+func (p namingPlugin) NamedProvisioners() []plugins.NamedProvisioner { return p.named }
+
+// The daemon refuses to start when a plugin names a provisioner that does
+// not exist or has the wrong type, checked against what upstream loaded.
+func TestStartRefusesMisnamedProvisioners(t *testing.T) {
+	res := initCA(t, nil)
+	file, err := config.Load(res.ConfigFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		named plugins.NamedProvisioner
+		want  string
+	}{
+		{plugins.NamedProvisioner{Path: "accounts[0]", Name: "Admin", Types: []string{"JWK"}}, `stepfort.plugins.naming.accounts[0]: provisioner "Admin" does not exist`},
+		{plugins.NamedProvisioner{Path: "acme[0]", Name: "admin", Types: []string{"ACME"}}, `provisioner "admin" is of type JWK, must be ACME`},
+	} {
+		_, err := New(file, Options{Quiet: true, Password: readPassword(t, res), Plugins: []PluginBuilder{{Name: "naming", New: func(plugins.Host) (plugins.Plugin, error) {
+			return namingPlugin{named: []plugins.NamedProvisioner{tt.named}}, nil
+		}}}})
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Fatalf("start: %v, want %q", err, tt.want)
+		}
+	}
+}
+
+func readPassword(t *testing.T, res *setup.Result) []byte {
+	t.Helper()
+	pw, err := os.ReadFile(res.PasswordFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []byte(strings.TrimSpace(string(pw)))
 }
