@@ -217,8 +217,9 @@ func randomBytes(n int) []byte {
 }
 
 // oversizedPOSTs returns a run of n POSTs of 16 MiB to each public route
-// family, half with a declared length and half chunked; each must be
-// refused (413) or cut off, never read whole.
+// family, half with a declared length and half chunked, each the start of a JSON
+// string that never ends; each must be refused (413) or cut off, never
+// read whole.
 func oversizedPOSTs(t *testing.T, c *ca, n int) func() {
 	token, _ := os.ReadFile(c.AdminToken)
 	targets := []struct{ family, url, auth string }{
@@ -238,9 +239,11 @@ func oversizedPOSTs(t *testing.T, c *ca, n int) func() {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					var body io.Reader = io.LimitReader(zeros{}, 16<<20)
+					// A JSON string that never ends: a decoder must read
+					// until the limit to refuse it.
+					var body io.Reader = io.MultiReader(strings.NewReader(`{"name":"`), io.LimitReader(letters{}, 16<<20))
 					if i%2 == 0 {
-						body = bytes.NewReader(make([]byte, 16<<20))
+						body = bytes.NewReader(append([]byte(`{"name":"`), bytes.Repeat([]byte("a"), 16<<20)...))
 					}
 					req, _ := http.NewRequest(http.MethodPost, tg.url, body)
 					if tg.auth != "" {
@@ -277,9 +280,15 @@ func isMalformedOCSP(resp *http.Response) bool {
 	return ok && re.Status == ocsp.Malformed
 }
 
-type zeros struct{}
+// letters is an endless stream of 'a'.
+type letters struct{}
 
-func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+func (letters) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'a'
+	}
+	return len(p), nil
+}
 
 type memory struct{ rss, hwm int64 }
 
