@@ -37,6 +37,7 @@ import (
 
 	"github.com/stepfort/stepfort/config"
 	"github.com/stepfort/stepfort/internal/admin"
+	"github.com/stepfort/stepfort/internal/provfields"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -146,6 +147,7 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 		auth.CloseForReload()
 		return nil, err
 	}
+	d.warnOpenSCEP(auth)
 	gen := &generation{cfg: cfg, auth: auth, plugins: caps.generations}
 	var clientTLS *tls.Config
 	if gen.tls, clientTLS, gen.renewer, err = tlsConfigs(auth, cfg); err != nil {
@@ -186,6 +188,32 @@ func (d *Daemon) checkNamedProvisioners(file *config.File, auth *upstream.Author
 		}
 		return p.GetType().String(), true
 	}, known)
+}
+
+// warnOpenSCEP warns about SCEP provisioners that accept every enrollment:
+// upstream treats an empty challenge with no SCEPCHALLENGE webhook as "no
+// validation". A plain step-ca configuration may mean it, so this warns
+// instead of refusing.
+func (d *Daemon) warnOpenSCEP(auth *upstream.Authority) {
+	list, _, err := auth.GetProvisioners("", 100)
+	if err != nil {
+		return
+	}
+	for _, p := range list {
+		sp, ok := p.(*provisioner.SCEP)
+		if !ok || sp.ChallengePassword != "" {
+			continue
+		}
+		open := true
+		for _, w := range provfields.Webhooks(sp) {
+			if w.Kind == "SCEPCHALLENGE" {
+				open = false
+			}
+		}
+		if open {
+			d.log.Warn("SCEP provisioner accepts every enrollment: it has no challenge and no challenge webhook (attach the dynamicScep plugin)", "provisioner", sp.GetName())
+		}
+	}
 }
 
 // authorityOptions are upstream's authority.New options with stepfort's

@@ -9,6 +9,7 @@ set -euo pipefail
 
 STEP_VERSION=0.30.2     # smallstep/cli
 STEP_CA_VERSION=0.30.2  # smallstep/certificates
+SCEPCLIENT_VERSION=2.3.0 # micromdm/scep scepclient
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/.tools/bin"
@@ -27,12 +28,19 @@ reports_version() {
 	[[ -x "$1" ]] && [[ "$("$1" version 2>/dev/null)" == *"/$2 "* ]]
 }
 
-# go_install NAME PKG VERSION: installs PKG@vVERSION as $BIN/NAME, stamping
-# the version (go install leaves it as "N/A"). If installing directly fails
-# (e.g. because of replace directives), builds it from a temporary module.
+# prints_version BINARY VERSION: true if "BINARY -version" prints exactly
+# VERSION (micromdm's scepclient has no "version" subcommand).
+prints_version() {
+	[[ -x "$1" ]] && [[ "$("$1" -version 2>/dev/null)" == "$2" ]]
+}
+
+# go_install NAME PKG VERSION [VAR]: installs PKG@vVERSION as $BIN/NAME,
+# stamping the version into VAR (default main.Version; go install leaves it
+# as "N/A"). If installing directly fails (e.g. because of replace
+# directives), builds it from a temporary module.
 go_install() {
-	local name=$1 pkg=$2 ver=$3
-	local ldflags="-s -w -X main.Version=$ver"
+	local name=$1 pkg=$2 ver=$3 var=${4:-main.Version}
+	local ldflags="-s -w -X $var=$ver"
 	if GOBIN="$BIN" go install -trimpath -ldflags "$ldflags" "$pkg@v$ver"; then
 		return 0
 	fi
@@ -76,6 +84,8 @@ DEB_TOOLS=(
 	"swtpm-tools:swtpm_setup"
 	"lego:lego"
 	"gcc:gcc" # the race detector in make unit needs cgo
+	"certmonger:getcert" # SCEP client (GET PKIOperation) in test/e2e/scep_test.go
+	"dbus:dbus-run-session" # certmonger needs a (private session) bus
 )
 
 present() {
@@ -135,3 +145,16 @@ fi
 
 install_go_tool step github.com/smallstep/cli/cmd/step "$STEP_VERSION"
 install_go_tool step-ca github.com/smallstep/certificates/cmd/step-ca "$STEP_CA_VERSION"
+
+# micromdm's SCEP client: no "version" subcommand, and its version variable
+# is main.version, so it gets its own check.
+if prints_version "$BIN/scepclient" "$SCEPCLIENT_VERSION"; then
+	say scepclient "already present ($SCEPCLIENT_VERSION)"
+else
+	go_install scepclient github.com/micromdm/scep/v2/cmd/scepclient "$SCEPCLIENT_VERSION" main.version
+	prints_version "$BIN/scepclient" "$SCEPCLIENT_VERSION" || {
+		echo "scepclient: installed binary does not print version $SCEPCLIENT_VERSION" >&2
+		exit 1
+	}
+	say scepclient "installed ($SCEPCLIENT_VERSION)"
+fi

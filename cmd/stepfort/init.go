@@ -120,9 +120,13 @@ Next:
   step ca bootstrap --ca-url %s --fingerprint %s
   step ca certificate myhost myhost.crt myhost.key --provisioner %s --provisioner-password-file %s
   stepfort tokens list --ca-url %s --root %s --token-file %s
+
+SCEP (%s) takes one-time challenges:
+  stepfort scep challenge create --cn device-1 --ca-url %s --root %s --token-file %s
 `, r.Dir, r.RootFingerprint, r.ConfigFile, r.PasswordFile, r.AdminTokenFile,
 		r.ConfigFile, r.PasswordFile, r.CAURL, r.RootFingerprint, r.Provisioner, r.PasswordFile,
-		r.CAURL, r.RootFile, r.AdminTokenFile)
+		r.CAURL, r.RootFile, r.AdminTokenFile,
+		r.SCEPURL, r.CAURL, r.RootFile, r.AdminTokenFile)
 }
 
 func splitList(in []string) []string {

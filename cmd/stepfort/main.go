@@ -41,6 +41,7 @@ import (
 	_ "github.com/stepfort/stepfort/provisioners/attestationca"
 	_ "github.com/stepfort/stepfort/provisioners/billing"
 	_ "github.com/stepfort/stepfort/provisioners/deviceattest"
+	_ "github.com/stepfort/stepfort/provisioners/dynamicscep"
 	_ "github.com/stepfort/stepfort/provisioners/inventory"
 )
 
@@ -76,6 +77,7 @@ func main() {
 		collectionsCommand(),
 		endpointsCommand(),
 		billingCommand(),
+		scepCommand(),
 	}
 	// `stepfort ca.json --password-file F` must behave like step-ca: urfave
 	// stops parsing app flags at the first argument, so run the serve

@@ -37,6 +37,7 @@ type pluginBlocks struct {
 	Revocation    revocationBlock    `json:"revocation"`
 	AttestationCA attestationCABlock `json:"attestationCA"`
 	DeviceAttest  deviceAttestBlock  `json:"deviceAttest"`
+	DynamicSCEP   dynamicSCEPBlock   `json:"dynamicScep"`
 }
 
 type auditLogBlock struct {
@@ -59,6 +60,14 @@ type attestationCABlock struct {
 type deviceAttestBlock struct {
 	Provisioners        []string `json:"provisioners"`
 	AccountProvisioners []string `json:"accountProvisioners"`
+}
+
+// dynamicSCEPBlock attaches the dynamicScep plugin to SCEP provisioners.
+// The TTLs are its defaults, written out so operators see the knobs.
+type dynamicSCEPBlock struct {
+	Provisioners    []string `json:"provisioners"`
+	ChallengeTTL    string   `json:"challengeTTL"`
+	MaxChallengeTTL string   `json:"maxChallengeTTL"`
 }
 
 // Provisioner names init gives the ACME device-attest-01 provisioner and the
@@ -97,6 +106,11 @@ func newCAFile(o Options, r *Result, issuing, attestation *caPair, dbCfg *db.Con
 		Provisioners:        []string{agentsProvisioner},
 		AccountProvisioners: []string{accountsProvisioner},
 	}
+	p.DynamicSCEP = dynamicSCEPBlock{
+		Provisioners:    []string{scepProvisioner},
+		ChallengeTTL:    "60m",
+		MaxChallengeTTL: "24h",
+	}
 	return f
 }
 
@@ -108,6 +122,8 @@ func newCAFile(o Options, r *Result, issuing, attestation *caPair, dbCfg *db.Con
 //   - "accounts", the account CA role: a device certificate (x5c) buys
 //     short-lived client certificates, which the deviceAttest plugin links
 //     to the device.
+//
+// writeCAFiles appends "scep" (newSCEPProvisioner).
 func newProvisioners(jwkName, password string, issuing, attestation *caPair, templateFile string) (provisioner.List, error) {
 	jwk, jwe, err := jose.GenerateDefaultKeyPair([]byte(password))
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	_ "github.com/stepfort/stepfort/provisioners/attestationca"
 	_ "github.com/stepfort/stepfort/provisioners/billing"
 	_ "github.com/stepfort/stepfort/provisioners/deviceattest"
+	_ "github.com/stepfort/stepfort/provisioners/dynamicscep"
 	_ "github.com/stepfort/stepfort/provisioners/inventory"
 )
 
@@ -29,7 +30,7 @@ func TestInitConfigLoads(t *testing.T) {
 	for _, p := range f.Plugins {
 		names = append(names, p.Name)
 	}
-	want := []string{"attestationCA", "auditLog", "billing", "deviceAttest", "inventory", "revocation"}
+	want := []string{"attestationCA", "auditLog", "billing", "deviceAttest", "dynamicScep", "inventory", "revocation"}
 	if !slices.Equal(names, want) {
 		t.Errorf("enabled plugins %v, want %v", names, want)
 	}
@@ -37,7 +38,7 @@ func TestInitConfigLoads(t *testing.T) {
 	for _, p := range f.CA.AuthorityConfig.Provisioners {
 		provs = append(provs, p.GetType().String()+":"+p.GetName())
 	}
-	if want := []string{"JWK:admin", "ACME:acme", "ACME:agents", "X5C:accounts"}; !slices.Equal(provs, want) {
+	if want := []string{"JWK:admin", "ACME:acme", "ACME:agents", "X5C:accounts", "SCEP:scep"}; !slices.Equal(provs, want) {
 		t.Errorf("provisioners %v, want %v", provs, want)
 	}
 	if !f.Stepfort.Admin.IsEnabled() {

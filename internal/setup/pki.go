@@ -29,6 +29,10 @@ type caPair struct {
 	rootFile string // certs/<prefix>root_ca.crt
 	certFile string // certs/<prefix>intermediate_ca.crt
 	keyFile  string // secrets/<prefix>intermediate_ca_key
+	// The intermediate and its key, kept in memory while init runs so it
+	// can issue the SCEP RA certificate.
+	inter    *x509.Certificate
+	interKey crypto.Signer
 }
 
 // rootPEM is the root certificate as PEM, the form upstream's provisioners
@@ -54,6 +58,8 @@ func writeCAPair(dir, name, prefix, password string) (*caPair, error) {
 		rootFile: filepath.Join(dir, "certs", prefix+"root_ca.crt"),
 		certFile: filepath.Join(dir, "certs", prefix+"intermediate_ca.crt"),
 		keyFile:  filepath.Join(dir, "secrets", prefix+"intermediate_ca_key"),
+		inter:    inter,
+		interKey: interKey,
 	}
 	if err := writeCert(p.rootFile, root); err != nil {
 		return nil, err

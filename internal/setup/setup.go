@@ -43,6 +43,7 @@ type Result struct {
 	RootFingerprint string
 	CAURL           string
 	Provisioner     string
+	SCEPURL         string // the "scep" provisioner on the HTTP listener
 }
 
 // ErrNotEmpty is returned when Dir has content and Force is not set.
@@ -81,7 +82,9 @@ func Init(o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFile(r.ConfigFile, append(b, '\n'), 0o644); err != nil {
+	// 0600: ca.json names key files and holds the SCEP provisioner's
+	// never-issued static challenge (its fallback if dynamicScep is removed).
+	if err := writeFile(r.ConfigFile, append(b, '\n'), 0o600); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -122,12 +125,13 @@ func newResult(o Options) *Result {
 		RootFile:       filepath.Join(o.Dir, "certs", "root_ca.crt"),
 		AdminTokenFile: filepath.Join(o.Dir, "secrets", "admin-token"),
 		CAURL:          caURL(o.DNSNames[0], o.Address),
+		SCEPURL:        "http://" + hostPort(o.DNSNames[0], portOf(o.InsecureAddress)) + "/scep/" + scepProvisioner,
 		Provisioner:    o.Provisioner,
 	}
 }
 
-// writeCAFiles writes everything ca.json refers to (both CAs, the device
-// template, a fresh database) and returns ca.json's content.
+// writeCAFiles writes everything ca.json refers to (both CAs, the SCEP RA,
+// the device template, a fresh database) and returns ca.json's content.
 func writeCAFiles(o Options, r *Result, password string) (*caFile, error) {
 	issuing, err := writeCAPair(o.Dir, o.Name, "", password)
 	if err != nil {
@@ -137,6 +141,10 @@ func writeCAFiles(o Options, r *Result, password string) (*caFile, error) {
 	// The TPM Attestation CA has its own root, trusted only where an ACME
 	// provisioner's attestationRoots names it.
 	attestation, err := writeCAPair(o.Dir, o.Name+" TPM Attestation", "attestation_", password)
+	if err != nil {
+		return nil, err
+	}
+	ra, err := writeSCEPRA(o.Dir, o.Name, issuing)
 	if err != nil {
 		return nil, err
 	}
@@ -152,6 +160,7 @@ func writeCAFiles(o Options, r *Result, password string) (*caFile, error) {
 	if err != nil {
 		return nil, err
 	}
+	provs = append(provs, newSCEPProvisioner(ra))
 	return newCAFile(o, r, issuing, attestation, dbCfg, provs), nil
 }
 

@@ -34,12 +34,13 @@ func TestInitWritesFilesWithModes(t *testing.T) {
 		path string
 		mode os.FileMode
 	}{
-		{"config/ca.json", 0o644},
+		{"config/ca.json", 0o600},
 		{"config/defaults.json", 0o644},
 		{"certs/root_ca.crt", 0o644},
 		{"certs/intermediate_ca.crt", 0o644},
 		{"certs/attestation_root_ca.crt", 0o644},
 		{"certs/attestation_intermediate_ca.crt", 0o644},
+		{"certs/scep_ra.crt", 0o644},
 		{"templates/device.tpl", 0o644},
 		{"secrets", os.ModeDir | 0o700},
 		{"secrets/password", 0o600},
@@ -48,6 +49,7 @@ func TestInitWritesFilesWithModes(t *testing.T) {
 		{"secrets/intermediate_ca_key", 0o600},
 		{"secrets/attestation_root_ca_key", 0o600},
 		{"secrets/attestation_intermediate_ca_key", 0o600},
+		{"secrets/scep_ra_key", 0o600},
 		{"db/stepfort.db", 0o600},
 	}
 	for _, f := range files {
