@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -247,4 +248,48 @@ func (d dialect) createTable(table []byte) string {
 		return d.q("CREATE TABLE IF NOT EXISTS {t} (nkey BYTEA CHECK (octet_length(nkey) <= 255), nvalue BYTEA, PRIMARY KEY (nkey))", table)
 	}
 	return d.q("CREATE TABLE IF NOT EXISTS {t} (nkey VARBINARY(255), nvalue BLOB, PRIMARY KEY (nkey))", table)
+}
+
+// maxModifyAttempts bounds ModifyJSON's retries under contention.
+const maxModifyAttempts = 50
+
+// ErrContended is returned by ModifyJSON when other writers changed the
+// record every time it tried.
+var ErrContended = errors.New("too many concurrent writers")
+
+// ModifyJSON reads the JSON record at key (the zero T when absent), lets
+// fn change it, and writes it back with CmpAndSwap against the bytes it
+// read, so an absent row is created atomically on every backend; on a
+// concurrent change it reads again and retries. fn returns false to leave
+// the record as it is. It returns the record as written (or left).
+func ModifyJSON[T any](db nosql.DB, table, key []byte, fn func(*T) bool) (*T, error) {
+	for range maxModifyAttempts {
+		var v T
+		old, err := db.Get(table, key)
+		switch {
+		case database.IsErrNotFound(err):
+			old = nil
+		case err != nil:
+			return nil, fmt.Errorf("read %s/%s: %w", table, key, err)
+		default:
+			if err := json.Unmarshal(old, &v); err != nil {
+				return nil, fmt.Errorf("decode %s/%s: %w", table, key, err)
+			}
+		}
+		if !fn(&v) {
+			return &v, nil
+		}
+		b, err := json.Marshal(&v)
+		if err != nil {
+			return nil, err
+		}
+		_, ok, err := CmpAndSwap(db, table, key, old, b)
+		if err != nil {
+			return nil, fmt.Errorf("write %s/%s: %w", table, key, err)
+		}
+		if ok {
+			return &v, nil
+		}
+	}
+	return nil, fmt.Errorf("%s/%s: %w", table, key, ErrContended)
 }

@@ -265,3 +265,32 @@ func TestUpdateOperations(t *testing.T) {
 		}
 	})
 }
+
+// TestModifyJSONLosesNoUpdate: writers on two connections each add to the
+// same record, created by the first of them: every addition survives.
+func TestModifyJSONLosesNoUpdate(t *testing.T) {
+	replicaStores(t, func(t *testing.T, dbs []nosql.DB) {
+		type counter struct{ N []int }
+		const writers, adds = 6, 10
+		var wg sync.WaitGroup
+		for w := range writers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range adds {
+					if _, err := ModifyJSON(dbs[w%len(dbs)], casTable, []byte("counter"), func(c *counter) bool {
+						c.N = append(c.N, w*adds+i)
+						return true
+					}); err != nil {
+						t.Error(err)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		got, err := ModifyJSON(dbs[0], casTable, []byte("counter"), func(*counter) bool { return false })
+		if err != nil || len(got.N) != writers*adds {
+			t.Fatalf("record holds %d additions (%v), want %d", len(got.N), err, writers*adds)
+		}
+	})
+}

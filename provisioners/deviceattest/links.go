@@ -176,29 +176,14 @@ func (l *Links) getDevice(id string) (*DeviceCerts, []byte, error) {
 	return &dc, b, nil
 }
 
-// modifyDevice applies fn with compare-and-swap, retried on conflict.
+// modifyDevice applies fn to a device's list with compare-and-swap,
+// retried on conflict (the first link creates the row, atomically on
+// PostgreSQL too).
 func (l *Links) modifyDevice(id string, fn func(*DeviceCerts) bool) error {
-	for range 50 {
-		dc, old, err := l.getDevice(id)
-		if err != nil {
-			return err
-		}
-		if !fn(dc) {
-			return nil
-		}
-		b, _ := json.Marshal(dc)
-		// storage.CmpAndSwap: the first link of a device creates its row,
-		// which nosql's compare-and-swap does not do atomically on
-		// PostgreSQL (two replicas would both create it, one list lost).
-		_, ok, err := storage.CmpAndSwap(l.db, DevicesTable, []byte(id), old, b)
-		if err != nil {
-			return fmt.Errorf("write certificates of device %s: %w", id, err)
-		}
-		if ok {
-			return nil
-		}
+	if _, err := storage.ModifyJSON(l.db, DevicesTable, []byte(id), fn); err != nil {
+		return fmt.Errorf("certificates of device %s: %w", id, err)
 	}
-	return fmt.Errorf("certificates of device %s: too many concurrent writers", id)
+	return nil
 }
 
 // KeyID is the PendingTable key of a public key.

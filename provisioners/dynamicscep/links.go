@@ -152,28 +152,13 @@ func (l *Links) get(id string) (*DeviceCerts, []byte, error) {
 	return &d, b, nil
 }
 
-// modify applies fn with compare-and-swap, retried on conflict.
-// storage.CmpAndSwap: a device's first link creates its row, which only
-// it does atomically on PostgreSQL.
+// modify applies fn to a device's list with compare-and-swap, retried on
+// conflict (the first link creates the row, atomically on PostgreSQL too).
 func (l *Links) modify(id string, fn func(*DeviceCerts) bool) error {
-	for range 50 {
-		d, old, err := l.get(id)
-		if err != nil {
-			return err
-		}
-		if !fn(d) {
-			return nil
-		}
-		b, _ := json.Marshal(d)
-		_, ok, err := storage.CmpAndSwap(l.db, DeviceLinksTable, []byte(id), old, b)
-		if err != nil {
-			return fmt.Errorf("write SCEP certificates of device %s: %w", id, err)
-		}
-		if ok {
-			return nil
-		}
+	if _, err := storage.ModifyJSON(l.db, DeviceLinksTable, []byte(id), fn); err != nil {
+		return fmt.Errorf("SCEP certificates of device %s: %w", id, err)
 	}
-	return fmt.Errorf("SCEP certificates of device %s: too many concurrent writers", id)
+	return nil
 }
 
 // PurgePending deletes pending links accepted more than pendingRetention
