@@ -15,7 +15,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/stepfort/stepfort/internal/provfields"
-	"github.com/stepfort/stepfort/plugins"
 )
 
 // gatedAdminDB is upstream's admin database with the daemon's in-process
@@ -28,7 +27,6 @@ import (
 type gatedAdminDB struct {
 	admin.DB
 	webhooks func(name string) []*linkedca.Webhook // in-process webhooks of a provisioner
-	reload   func(ctx context.Context) error       // reloads upstream's provisioners from this database
 }
 
 func (g *gatedAdminDB) GetProvisioner(ctx context.Context, id string) (*linkedca.Provisioner, error) {
@@ -66,14 +64,14 @@ func (g *gatedAdminDB) CreateProvisioner(ctx context.Context, prov *linkedca.Pro
 
 // UpdateProvisioner stores prov without in-process webhooks. Upstream has
 // already put the updated provisioner, built from the admin's request, into
-// its collection; reloading the collection from this database puts the
-// webhooks back. Until then the enforcer check (gateIntact) refuses to sign
-// for it.
+// its collection. Upstream's own admin API sends back the webhooks it read
+// through GetProvisioner, so they are normally there. A request without
+// them cannot be mended here: upstream holds its admin lock, and reloading
+// the collection needs it (for SCEP provisioners) or races without it. So
+// the last enforcer (gateIntact) refuses to sign for such a provisioner
+// until the next start or reload gives it its webhooks again.
 func (g *gatedAdminDB) UpdateProvisioner(ctx context.Context, prov *linkedca.Provisioner) error {
-	if err := g.DB.UpdateProvisioner(ctx, stripped(prov)); err != nil {
-		return err
-	}
-	return g.reload(ctx)
+	return g.DB.UpdateProvisioner(ctx, stripped(prov))
 }
 
 // gate returns a copy of p with this generation's in-process webhooks in
@@ -126,16 +124,21 @@ func (c *capabilities) linkedWebhooks(name string) []*linkedca.Webhook {
 	return out
 }
 
-// gateIntact is the last X.509 enforcer when a SignAuthorizer gates
-// provisioners: it refuses to sign for a gated provisioner whose live
-// definition lacks the in-process AUTHORIZING webhook, so no path by which
-// a provisioner enters upstream (ca.json, the admin database, an admin API
-// change) can leave it ungated. The enforcer sees the template after
+// gateIntact is the last X.509 enforcer when plugins gate provisioners:
+// it refuses to sign for a gated provisioner whose live definition lacks
+// the in-process webhook that gates it (AUTHORIZING for a SignAuthorizer,
+// SCEPCHALLENGE for a SCEP validator), so no path by which a provisioner
+// enters upstream (ca.json, the admin database, an admin API change not
+// yet reloaded) can leave it ungated. The enforcer sees the template after
 // upstream added its provisioner extension, which names the provisioner.
-func gateIntact(authorizers []plugins.SignAuthorizer, auth func() *upstream.Authority) provisioner.CertificateEnforcer {
+func gateIntact(caps *capabilities, auth func() *upstream.Authority) provisioner.CertificateEnforcer {
 	return provisioner.CertificateEnforcerFunc(func(cert *x509.Certificate) error {
 		ext, ok := provisioner.GetProvisionerExtension(cert)
-		if !ok || !gated(ext.Name, authorizers) {
+		if !ok {
+			return nil
+		}
+		want := caps.gatingWebhooks(ext.Name, ext.Type == provisioner.TypeSCEP)
+		if len(want) == 0 {
 			return nil
 		}
 		a := auth()
@@ -146,12 +149,30 @@ func gateIntact(authorizers []plugins.SignAuthorizer, auth func() *upstream.Auth
 		if err != nil {
 			return errs.Forbidden("provisioner %q not found", ext.Name)
 		}
-		want := signWebhookURL(ext.Name)
-		for _, w := range provfields.Webhooks(p) {
-			if w.Name == signWebhookName && w.URL == want && w.Kind == "AUTHORIZING" {
-				return nil
+		have := provfields.Webhooks(p)
+		for _, w := range want {
+			if !slices.ContainsFunc(have, func(h *provisioner.Webhook) bool { return h.URL == w.url && h.Kind == w.kind }) {
+				return errs.Forbidden("provisioner %q is gated by a stepfort plugin but lacks its %s webhook; issuance refused", ext.Name, w.kind)
 			}
 		}
-		return errs.Forbidden("provisioner %q is gated by a stepfort plugin but lacks its authorizing webhook; issuance refused", ext.Name)
+		return nil
 	})
+}
+
+// gatingWebhooks are the in-process webhooks that gate the provisioner
+// name: the AUTHORIZING one of SignAuthorizers and, for a SCEP
+// provisioner, the SCEPCHALLENGE ones of SCEP validators.
+func (c *capabilities) gatingWebhooks(name string, isSCEP bool) []scepWebhook {
+	var out []scepWebhook
+	if gated(name, c.signAuthorizers) {
+		out = append(out, scepWebhook{signWebhookName, "AUTHORIZING", signWebhookURL(name)})
+	}
+	if isSCEP {
+		for _, wh := range scepWebhooks(c.scep, name) {
+			if wh.kind == "SCEPCHALLENGE" {
+				out = append(out, wh)
+			}
+		}
+	}
+	return out
 }

@@ -92,8 +92,20 @@ func TestGateCoversAdminDatabaseProvisioners(t *testing.T) {
 	if err := d.Authority().UpdateProvisioner(ctx, stored); err != nil {
 		t.Fatal(err)
 	}
+	// Until the provisioner gets its webhook back, nothing is signed for it.
+	ext, _ := (&provisioner.Extension{Type: provisioner.TypeX5C, Name: "runtime-x5c"}).ToExtension()
+	enforce := gateIntact(&capabilities{signAuthorizers: []plugins.SignAuthorizer{denyAll{names: []string{"runtime-x5c"}}}}, d.Authority)
 	if !hasSignWebhook(t, d, "runtime-x5c") {
-		t.Fatal("a provisioner changed through the admin API lost its gate")
+		if err := enforce.Enforce(&x509.Certificate{Extensions: []pkix.Extension{ext}}); err == nil {
+			t.Fatal("a provisioner updated without its webhook passed the last enforcer")
+		}
+	}
+	// A reload gives it back.
+	if err := d.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if !hasSignWebhook(t, d, "runtime-x5c") {
+		t.Fatal("a provisioner changed through the admin API lost its gate across a reload")
 	}
 	// The database keeps what the admin wrote, not the daemon's webhooks.
 	raw, err := d.Authority().GetAdminDatabase().(*gatedAdminDB).DB.GetProvisioner(ctx, x5c.Id)
@@ -109,7 +121,7 @@ func TestGateCoversAdminDatabaseProvisioners(t *testing.T) {
 // whatever path produced it.
 func TestGateIntactRefusesUngatedProvisioner(t *testing.T) {
 	d := startDaemon(t)
-	enforce := gateIntact([]plugins.SignAuthorizer{denyAll{names: []string{"admin"}}}, d.Authority)
+	enforce := gateIntact(&capabilities{signAuthorizers: []plugins.SignAuthorizer{denyAll{names: []string{"admin"}}}}, d.Authority)
 	ext, _ := (&provisioner.Extension{Type: provisioner.TypeJWK, Name: "admin"}).ToExtension()
 	cert := &x509.Certificate{Extensions: []pkix.Extension{ext}}
 	if err := enforce.Enforce(cert); err == nil {

@@ -235,14 +235,13 @@ func (d *Daemon) authorityOptions(cfg *upconfig.Config, webhooks *webhookClient,
 			if err != nil {
 				return nil, fmt.Errorf("open the admin database: %w", err)
 			}
-			opts = append(opts, upstream.WithAdminDB(&gatedAdminDB{DB: inner, webhooks: caps.linkedWebhooks,
-				reload: func(ctx context.Context) error { return auth().ReloadAdminResources(ctx) }}))
+			opts = append(opts, upstream.WithAdminDB(&gatedAdminDB{DB: inner, webhooks: caps.linkedWebhooks}))
 		}
 	}
 	enforcers := caps.enforcers
-	if len(caps.signAuthorizers) > 0 {
+	if len(caps.signAuthorizers) > 0 || len(caps.scep) > 0 {
 		// Runs after the plugins' enforcers; refuses what no webhook gated.
-		enforcers = append(enforcers, gateIntact(caps.signAuthorizers, auth))
+		enforcers = append(enforcers, gateIntact(caps, auth))
 	}
 	if d.opts.Quiet {
 		opts = append(opts, upstream.WithQuietInit())

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# run.sh runs the sign benchmark (bench/sign): upstream step-ca v0.30.2 and
+# run.sh runs the benchmarks under bench/ (sign, billing, attestation, ha,
+# deviceattest, scep). The sign benchmark runs upstream step-ca v0.30.2 and
 # stepfort, alternately, on the same ca.json with bbolt and then PostgreSQL,
 # under the same /1.0/sign load. `make bench` calls it.
 #
@@ -42,10 +43,10 @@ mkdir -p .cache/bench
 # Each benchmark is a program under bench/; they run one after the other so
 # every comparison is made within one run. BENCH_ONLY=sign,ha limits the set;
 # BENCH_HA=0 skips the HA benchmark. Arguments go to the sign benchmark.
-only="${BENCH_ONLY:-sign,billing,attestation,ha,deviceattest}"
+only="${BENCH_ONLY:-sign,billing,attestation,ha,deviceattest,scep}"
 [[ "${BENCH_HA:-1}" == 0 ]] && only="${only//ha/}"
 status=0
-for b in sign billing attestation ha deviceattest; do
+for b in sign billing attestation ha deviceattest scep; do
 	[[ ",$only," == *",$b,"* ]] || continue
 	echo "=== bench/$b ==="
 	go build -o ".cache/bench/$b" "./bench/$b" || { status=1; continue; }

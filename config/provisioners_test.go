@@ -9,13 +9,8 @@ import (
 
 	"github.com/stepfort/stepfort/config"
 	"github.com/stepfort/stepfort/internal/setup"
-	// The plugins `stepfort init` enables.
-	_ "github.com/stepfort/stepfort/ha"
-	_ "github.com/stepfort/stepfort/internal/audit"
-	_ "github.com/stepfort/stepfort/provisioners/attestationca"
-	_ "github.com/stepfort/stepfort/provisioners/billing"
-	_ "github.com/stepfort/stepfort/provisioners/deviceattest"
-	_ "github.com/stepfort/stepfort/provisioners/inventory"
+	// Every built-in plugin, as the binary has them.
+	_ "github.com/stepfort/stepfort/plugins/builtin"
 )
 
 // A plugin that names a provisioner that does not exist, or one of the

@@ -36,13 +36,7 @@ import (
 	_ "github.com/smallstep/certificates/cas/vaultcas"
 
 	// Plugins available to ca.json.
-	_ "github.com/stepfort/stepfort/ha"
-	_ "github.com/stepfort/stepfort/internal/audit"
-	_ "github.com/stepfort/stepfort/provisioners/attestationca"
-	_ "github.com/stepfort/stepfort/provisioners/billing"
-	_ "github.com/stepfort/stepfort/provisioners/deviceattest"
-	_ "github.com/stepfort/stepfort/provisioners/dynamicscep"
-	_ "github.com/stepfort/stepfort/provisioners/inventory"
+	_ "github.com/stepfort/stepfort/plugins/builtin"
 )
 
 // Version and BuildTime are set by the Makefile with -ldflags.

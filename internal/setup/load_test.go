@@ -9,13 +9,7 @@ import (
 
 	// Every plugin init enables, so config.Load checks each block with the
 	// plugin's own strict decoder and Validate.
-	_ "github.com/stepfort/stepfort/ha"
-	_ "github.com/stepfort/stepfort/internal/audit"
-	_ "github.com/stepfort/stepfort/provisioners/attestationca"
-	_ "github.com/stepfort/stepfort/provisioners/billing"
-	_ "github.com/stepfort/stepfort/provisioners/deviceattest"
-	_ "github.com/stepfort/stepfort/provisioners/dynamicscep"
-	_ "github.com/stepfort/stepfort/provisioners/inventory"
+	_ "github.com/stepfort/stepfort/plugins/builtin"
 )
 
 // TestInitConfigLoads checks ca.json the way `stepfort serve` does: upstream

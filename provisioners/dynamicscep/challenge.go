@@ -85,8 +85,8 @@ const challengeBytes = 16
 const maxChallengeLen = 256
 
 // newSecret returns a fresh challenge.
-func newSecret() (string, error) {
-	b := make([]byte, challengeBytes)
+func newSecret(n int) (string, error) {
+	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
 		return "", fmt.Errorf("random challenge: %w", err)
 	}
@@ -146,8 +146,14 @@ func NewChallenges(db nosql.DB) (*Challenges, error) {
 // State are filled in) and returns the challenge itself, which exists
 // nowhere else.
 func (s *Challenges) Create(c *Challenge) (string, error) {
+	return s.CreateSized(c, challengeBytes)
+}
+
+// CreateSized is Create with a challenge of n random bytes (NDES's are 8,
+// shown as 16 hex digits; ours are challengeBytes).
+func (s *Challenges) CreateSized(c *Challenge, n int) (string, error) {
 	for range 4 { // a collision of 64 random bits means a broken RNG; retry a few times anyway
-		secret, err := newSecret()
+		secret, err := newSecret(n)
 		if err != nil {
 			return "", err
 		}

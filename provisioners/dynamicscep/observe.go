@@ -25,6 +25,7 @@ func (p *Plugin) NotifySCEP(ctx context.Context, ev plugins.SCEPIssued) {
 	if !p.served(ev.Provisioner) || ev.Certificate == nil {
 		return
 	}
+	p.intune.notify(ctx, ev) // Intune enrollments: successNotification (intune.go)
 	if err := p.link(ctx, ev.Certificate, serialOf(ev.Certificate)); err != nil {
 		p.log.Warn("SCEP certificate not linked yet; the certificate event will retry", "event", "scep.link_deferred",
 			"serial", serialOf(ev.Certificate), "transactionID", clip(ev.TransactionID), "error", err)

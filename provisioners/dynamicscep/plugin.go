@@ -16,6 +16,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/go-chi/chi/v5"
+
 	"github.com/stepfort/stepfort/config"
 	"github.com/stepfort/stepfort/plugins"
 	"github.com/stepfort/stepfort/provisioners/inventory"
@@ -49,6 +51,12 @@ type Config struct {
 	// kept (listed with all=true, explaining a refusal) before it is
 	// purged (default 24h).
 	Retention config.Duration `json:"retention"`
+	// Jamf is Jamf Pro's SCEPChallenge webhook (jamf.go); nil is off.
+	Jamf *JamfConfig `json:"jamf,omitempty"`
+	// NDES serves the Microsoft NDES URLs (ndes.go); nil is off.
+	NDES *NDESConfig `json:"ndes,omitempty"`
+	// Intune validates Intune-minted challenges (intune.go); nil is off.
+	Intune *IntuneConfig `json:"intune,omitempty"`
 }
 
 func defaultConfig() *Config {
@@ -91,6 +99,15 @@ func (c *Config) Validate() error {
 	if d := c.Retention.Duration; d < minRetention || d > maxRetention {
 		return config.Errorf("retention", "must be between %s and %s, got %s", minRetention, maxRetention, d)
 	}
+	if err := c.Jamf.validate(c); err != nil {
+		return err
+	}
+	if err := c.NDES.validate(c); err != nil {
+		return err
+	}
+	if err := c.Intune.validate(c); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -113,6 +130,7 @@ type Plugin struct {
 	links      *Links
 	inventory  *inventory.Store
 	metrics    *metrics
+	intune     *intune // nil without an intune block
 	log        *slog.Logger
 }
 
@@ -141,6 +159,9 @@ func New(cfg *Config, h plugins.Host) (*Plugin, error) {
 		return nil, err
 	}
 	p := &Plugin{cfg: cfg, host: h, challenges: challenges, links: links, inventory: inv, metrics: m, log: h.Logger()}
+	if p.intune, err = newIntune(cfg.Intune, h, m); err != nil {
+		return nil, err
+	}
 	h.Go(Name+".purge", p.purgeLoop)
 	return p, nil
 }
@@ -154,6 +175,17 @@ func (p *Plugin) NamedProvisioners() []plugins.NamedProvisioner { return p.cfg.N
 // SCEPProvisioners implements plugins.SCEPChallengeValidator and
 // plugins.SCEPNotifier.
 func (p *Plugin) SCEPProvisioners() []string { return slices.Clone(p.cfg.Provisioners) }
+
+// Routes implements plugins.RouteProvider: the Jamf webhook and the NDES
+// URLs on the HTTPS listener.
+func (p *Plugin) Routes(r chi.Router) {
+	p.jamfRoutes(r)
+	p.ndesRoutes(r)
+}
+
+// InsecureRoutes implements plugins.InsecureRouteProvider: the NDES URLs
+// on the HTTP listener, as NDES serves them.
+func (p *Plugin) InsecureRoutes(r chi.Router) { p.ndesRoutes(r) }
 
 func (p *Plugin) served(provisioner string) bool {
 	return slices.Contains(p.cfg.Provisioners, provisioner)
@@ -193,5 +225,7 @@ var (
 	_ plugins.DeviceObserver         = (*Plugin)(nil)
 	_ plugins.CertificateObserver    = (*Plugin)(nil)
 	_ plugins.AdminRouteProvider     = (*Plugin)(nil)
+	_ plugins.RouteProvider          = (*Plugin)(nil)
+	_ plugins.InsecureRouteProvider  = (*Plugin)(nil)
 	_ plugins.ProvisionerChecker     = (*Config)(nil)
 )

@@ -59,6 +59,10 @@ func (r *Refusal) Code() string { return "badRequest" }
 // corrected request until the challenge expires.
 func (p *Plugin) ValidateSCEPChallenge(ctx context.Context, req plugins.SCEPRequest) (map[string]any, error) {
 	c, err := p.check(ctx, req)
+	if c == nil && isUnknown(err) && p.intune.serves(req.Provisioner) {
+		// Not one of ours: on an Intune provisioner it is Intune's.
+		return p.intune.validate(ctx, req)
+	}
 	if err != nil {
 		p.refused(req, c, err)
 		return nil, err

@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stepfort/stepfort/bench/internal/benchproc"
+	"github.com/stepfort/stepfort/bench/internal/signload"
+	"github.com/stepfort/stepfort/internal/testenv"
+)
+
+// intunePlaceholder is printed when the Intune round trip is skipped
+// (-intune=false).
+const intunePlaceholder = "Intune round trip: not measured (-intune=false)"
+
+// runResult is one server run.
+type runResult struct {
+	name       string
+	enroll     *signload.Result
+	cpuPer     time.Duration // server CPU per timed enrollment
+	rss, peak  float64       // MiB after the load
+	challenges *signload.Result
+	chCPUPer   time.Duration // server CPU per challenge created
+}
+
+func run(ctx context.Context, o *options) (err error) {
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		return err
+	}
+	work, done, err := benchproc.Workdir(o.workdir, "scepbench", o.keep)
+	if err != nil {
+		return err
+	}
+	defer func() { done(err) }()
+	stepCA, err := benchproc.FindStepCA(o.stepCA)
+	if err != nil {
+		return err
+	}
+	stepfort := o.stepfort
+	if stepfort == "" {
+		stepfort = filepath.Join(work, "stepfort")
+		if err := benchproc.BuildStepfort(ctx, root, stepfort); err != nil {
+			return err
+		}
+	}
+	c, err := initCA(ctx, stepfort, filepath.Join(work, "init"))
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	es, err := makeEnrollees(o.warmup + o.n)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("scep: %d RSA-%d client keys in %s; %d CPUs; %d timed + %d warm-up enrollments per run, %d workers, %d rounds, bbolt\n",
+		len(es), clientKeyBits, time.Since(t0).Round(time.Millisecond), runtime.NumCPU(), o.n, o.warmup, o.workers, o.rounds)
+	fmt.Printf("scep: stepfort (plugins as init wrote them) with one-time challenges created through the API before the timed part; upstream step-ca %s with the static challenge, same ca.json minus the stepfort block\n", benchproc.UpstreamVersion)
+	var results []*runResult
+	for r := range o.rounds {
+		order := []string{"upstream", "stepfort"}
+		if r%2 == 1 {
+			order = []string{"stepfort", "upstream"}
+		}
+		for _, name := range order {
+			bin := stepCA
+			if name == "stepfort" {
+				bin = stepfort
+			}
+			res, err := runOnce(ctx, o, c, name, bin, filepath.Join(work, fmt.Sprintf("%s-%d", name, r+1)), es)
+			if err != nil {
+				return fmt.Errorf("%s round %d: %w", name, r+1, err)
+			}
+			res.print(r + 1)
+			results = append(results, res)
+		}
+	}
+	rate := report(results, o.workers)
+	if !o.intune {
+		fmt.Println(intunePlaceholder)
+		return nil
+	}
+	ir, err := measureIntune(ctx, o, c, stepfort, filepath.Join(work, "stepfort-intune"), es)
+	if err != nil {
+		return fmt.Errorf("Intune round trip: %w", err)
+	}
+	ir.print(o.workers, rate)
+	return nil
+}
+
+// runOnce starts one server on a fresh database, creates the challenges
+// (stepfort), builds the requests, warms up, and times the enrollments.
+func runOnce(ctx context.Context, o *options, c *ca, name, bin, dir string, es []enrollee) (*runResult, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	port, httpPort, err := benchproc.TwoPorts()
+	if err != nil {
+		return nil, err
+	}
+	isStepfort := name == "stepfort"
+	cfg, err := c.runConfig(dir, !isStepfort, port, httpPort)
+	if err != nil {
+		return nil, err
+	}
+	s, err := c.start(ctx, name, bin, isStepfort, cfg, dir, port)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Stop()
+	hc := newClient(c.roots, o.workers)
+	defer hc.Transport.(*http.Transport).CloseIdleConnections()
+	scepURL := fmt.Sprintf("http://127.0.0.1:%d/scep/%s", httpPort, scepProvisioner)
+	ra, err := getRA(ctx, hc, scepURL)
+	if err != nil {
+		return nil, err
+	}
+	res := &runResult{name: name}
+	challenges := []string{c.static}
+	if isStepfort {
+		cpu0, err := s.CPUTime()
+		if err != nil {
+			return nil, err
+		}
+		if res.challenges, challenges, err = createChallenges(ctx, hc, s.URL, c.adminToken, o.challenges, o.workers); err != nil {
+			return nil, err
+		}
+		cpu1, err := s.CPUTime()
+		if err != nil {
+			return nil, err
+		}
+		res.chCPUPer = (cpu1 - cpu0) / time.Duration(res.challenges.OK)
+	}
+	reqs, err := buildRequests(es, challenges, ra)
+	if err != nil {
+		return nil, err
+	}
+	if w := sendAll(ctx, hc, scepURL, reqs[:o.warmup], o.workers); w.Failed > 0 {
+		return nil, fmt.Errorf("%d of %d warm-up enrollments failed: %v", w.Failed, o.warmup, w.Errs)
+	}
+	time.Sleep(o.settle)
+	cpu0, err := s.CPUTime()
+	if err != nil {
+		return nil, err
+	}
+	res.enroll = sendAll(ctx, hc, scepURL, reqs[o.warmup:], o.workers)
+	cpu1, err := s.CPUTime()
+	if err != nil {
+		return nil, err
+	}
+	if res.enroll.Failed > 0 {
+		return nil, fmt.Errorf("%d of %d enrollments failed: %v", res.enroll.Failed, o.n, res.enroll.Errs)
+	}
+	if err := s.Check(); err != nil {
+		return nil, err
+	}
+	res.cpuPer = (cpu1 - cpu0) / time.Duration(res.enroll.OK)
+	res.rss, res.peak, _ = s.Memory()
+	return res, nil
+}
+
+// createChallenges makes n challenges from workers keep-alive clients and
+// returns the timing and the challenges in order.
+func createChallenges(ctx context.Context, hc *http.Client, url, token string, n, workers int) (*signload.Result, []string, error) {
+	out := make([]string, n)
+	res := load(ctx, n, workers, func(i int) error {
+		ch, err := createChallenge(ctx, hc, url, token)
+		out[i] = ch
+		return err
+	})
+	if res.Failed > 0 {
+		return nil, nil, fmt.Errorf("%d of %d challenge creations failed: %v", res.Failed, n, res.Errs)
+	}
+	return res, out, nil
+}
+
+// sendAll enrolls every request from workers clients.
+func sendAll(ctx context.Context, hc *http.Client, url string, reqs []request, workers int) *signload.Result {
+	return load(ctx, len(reqs), workers, func(i int) error { return enroll(ctx, hc, url, &reqs[i]) })
+}
+
+// load runs f(0..n-1) from workers goroutines and times each call.
+func load(ctx context.Context, n, workers int, f func(i int) error) *signload.Result {
+	res := &signload.Result{}
+	lat := make([]time.Duration, n)
+	ok := make([]bool, n)
+	var next atomic.Int64
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				t0 := time.Now()
+				err := f(i)
+				lat[i] = time.Since(t0)
+				if err != nil {
+					res.AddErr(&mu, err)
+					continue
+				}
+				ok[i] = true
+			}
+		}()
+	}
+	wg.Wait()
+	res.Elapsed = time.Since(start)
+	for i := range n {
+		if ok[i] {
+			res.OK++
+			res.Latencies = append(res.Latencies, lat[i])
+		} else {
+			res.Failed++
+		}
+	}
+	sort.Slice(res.Latencies, func(a, b int) bool { return res.Latencies[a] < res.Latencies[b] })
+	return res
+}
+
+// newClient is an HTTP/1.1 client trusting roots that keeps one connection
+// per worker alive, for both the HTTP (SCEP) and HTTPS (admin) listeners.
+func newClient(roots *x509.CertPool, workers int) *http.Client {
+	tr := &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+		MaxIdleConns:        2 * workers,
+		MaxIdleConnsPerHost: workers,
+		IdleConnTimeout:     time.Minute,
+		TLSNextProto:        map[string]func(string, *tls.Conn) http.RoundTripper{}, // no HTTP/2
+	}
+	return &http.Client{Transport: tr, Timeout: 60 * time.Second}
+}
+
+func (r *runResult) print(round int) {
+	e := r.enroll
+	fmt.Printf("  round %d %-8s %7.1f enrollments/s  p50 %6.1fms  p99 %6.1fms  CPU %5.2f ms/enrollment  RSS %.0f MiB (peak %.0f)",
+		round, r.name, e.PerSecond(), ms(e.Percentile(50)), ms(e.Percentile(99)), ms(r.cpuPer), r.rss, r.peak)
+	if ch := r.challenges; ch != nil {
+		fmt.Printf("  | %d challenges created at %.0f/s, p99 %.1fms, CPU %.2f ms/challenge", ch.OK, ch.PerSecond(), ms(ch.Percentile(99)), ms(r.chCPUPer))
+	}
+	fmt.Println()
+}
+
+// report prints the medians over rounds and the ratios, and returns
+// stepfort's median enrollments/s.
+func report(results []*runResult, workers int) float64 {
+	by := map[string][]*runResult{}
+	for _, r := range results {
+		by[r.name] = append(by[r.name], r)
+	}
+	med := func(rs []*runResult, f func(*runResult) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
+	}
+	rate := func(r *runResult) float64 { return r.enroll.PerSecond() }
+	p99 := func(r *runResult) float64 { return ms(r.enroll.Percentile(99)) }
+	cpu := func(r *runResult) float64 { return ms(r.cpuPer) }
+	up, sf := by["upstream"], by["stepfort"]
+	fmt.Println("\nscep enrollment (PKCSReq, medians over rounds):")
+	for _, rs := range [][]*runResult{up, sf} {
+		fmt.Printf("  %-8s %7.1f enrollments/s  p99 %6.1fms  CPU %5.2f ms/enrollment\n", rs[0].name, med(rs, rate), med(rs, p99), med(rs, cpu))
+	}
+	fmt.Printf("  ratio stepfort/upstream: throughput %.2fx (target >= 0.90x), p99 %.2fx, CPU per enrollment %.2fx\n",
+		med(sf, rate)/med(up, rate), med(sf, p99)/med(up, p99), med(sf, cpu)/med(up, cpu))
+	chRate := func(r *runResult) float64 { return r.challenges.PerSecond() }
+	chP99 := func(r *runResult) float64 { return ms(r.challenges.Percentile(99)) }
+	chCPU := func(r *runResult) float64 { return ms(r.chCPUPer) }
+	fmt.Printf("scep challenge creation (POST /api/v1/scep/challenges, bbolt, %d keep-alive workers): %.0f challenges/s median (target >= 2000/s), p99 %.1fms, server CPU %.2f ms/challenge\n",
+		workers, med(sf, chRate), med(sf, chP99), med(sf, chCPU))
+	return med(sf, rate)
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
