@@ -7,13 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
-
-	"github.com/stepfort/stepfort/internal/storage"
+	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
 // Tables; the key layout is documented in docs/deviceattest.md.
@@ -48,17 +46,10 @@ type Link struct {
 
 // DeviceCerts is the per-device list the revocation walks. Revoked marks
 // entries already revoked so sweeps do not retry them.
-type DeviceCerts struct {
-	Certs []DeviceCert `json:"certs"`
-}
+type DeviceCerts = inventory.CertList
 
 // DeviceCert is one entry of DeviceCerts.
-type DeviceCert struct {
-	Serial   string    `json:"serial"`
-	Kind     string    `json:"kind"`
-	NotAfter time.Time `json:"notAfter"`
-	Revoked  bool      `json:"revoked,omitempty"`
-}
+type DeviceCert = inventory.DeviceCert
 
 // Pending is an X5C authorization waiting for its issued event. Expires
 // is when the authorization was meant to be used by; the row is kept
@@ -74,7 +65,8 @@ type Pending struct {
 // write is a CmpAndSwap or an idempotent Set, so it is correct with several
 // replicas and with at-least-once events.
 type Links struct {
-	db nosql.DB
+	db    nosql.DB
+	lists *inventory.CertLists // DevicesTable
 }
 
 // NewLinks creates the tables if needed.
@@ -82,12 +74,16 @@ func NewLinks(db nosql.DB) (*Links, error) {
 	if db == nil {
 		return nil, errors.New("deviceattest: a database is required")
 	}
-	for _, t := range [][]byte{CertsTable, DevicesTable, PendingTable} {
+	for _, t := range [][]byte{CertsTable, PendingTable} {
 		if err := db.CreateTable(t); err != nil {
 			return nil, fmt.Errorf("create table %s: %w", t, err)
 		}
 	}
-	return &Links{db: db}, nil
+	lists, err := inventory.NewCertLists(db, DevicesTable)
+	if err != nil {
+		return nil, err
+	}
+	return &Links{db: db, lists: lists}, nil
 }
 
 // Get returns the link of a serial; found is false if there is none.
@@ -114,35 +110,18 @@ func (l *Links) Record(k Link, _ time.Time) error {
 	if err := l.db.Set(CertsTable, []byte(k.Serial), b); err != nil {
 		return fmt.Errorf("write link %s: %w", k.Serial, err)
 	}
-	return l.modifyDevice(k.DeviceID, func(dc *DeviceCerts) bool {
-		if slices.ContainsFunc(dc.Certs, func(c DeviceCert) bool { return c.Serial == k.Serial }) {
-			return false
-		}
-		dc.Certs = append(dc.Certs, DeviceCert{Serial: k.Serial, Kind: k.Kind, NotAfter: k.NotAfter})
-		return true
-	})
+	return l.lists.Add(k.DeviceID, DeviceCert{Serial: k.Serial, Kind: k.Kind, NotAfter: k.NotAfter})
 }
 
 // DeviceCerts returns the certificates linked to a device.
 func (l *Links) DeviceCerts(deviceID string) (*DeviceCerts, error) {
-	dc, _, err := l.getDevice(deviceID)
+	dc, _, err := l.lists.Get(deviceID)
 	return dc, err
 }
 
 // MarkRevoked flags serials as revoked in a device's list.
 func (l *Links) MarkRevoked(deviceID string, serials []string) error {
-	if len(serials) == 0 {
-		return nil
-	}
-	return l.modifyDevice(deviceID, func(dc *DeviceCerts) bool {
-		changed := false
-		for i := range dc.Certs {
-			if !dc.Certs[i].Revoked && slices.Contains(serials, dc.Certs[i].Serial) {
-				dc.Certs[i].Revoked, changed = true, true
-			}
-		}
-		return changed
-	})
+	return l.lists.MarkRevoked(deviceID, serials)
 }
 
 // Devices lists the device IDs that have linked certificates.
@@ -159,31 +138,6 @@ func (l *Links) Devices() ([]string, error) {
 		ids = append(ids, string(e.Key))
 	}
 	return ids, nil
-}
-
-func (l *Links) getDevice(id string) (*DeviceCerts, []byte, error) {
-	b, err := l.db.Get(DevicesTable, []byte(id))
-	if database.IsErrNotFound(err) {
-		return &DeviceCerts{}, nil, nil
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("read certificates of device %s: %w", id, err)
-	}
-	var dc DeviceCerts
-	if err := json.Unmarshal(b, &dc); err != nil {
-		return nil, nil, fmt.Errorf("decode certificates of device %s: %w", id, err)
-	}
-	return &dc, b, nil
-}
-
-// modifyDevice applies fn to a device's list with compare-and-swap,
-// retried on conflict (the first link creates the row, atomically on
-// PostgreSQL too).
-func (l *Links) modifyDevice(id string, fn func(*DeviceCerts) bool) error {
-	if _, err := storage.ModifyJSON(l.db, DevicesTable, []byte(id), fn); err != nil {
-		return fmt.Errorf("certificates of device %s: %w", id, err)
-	}
-	return nil
 }
 
 // KeyID is the PendingTable key of a public key.

@@ -56,7 +56,7 @@ func (l *Links) Purge(ctx context.Context, now time.Time) error {
 // their links first, then their entries in the list, then the list
 // itself if it is empty.
 func (l *Links) purgeDevice(id string, cutoff time.Time) error {
-	dc, _, err := l.getDevice(id)
+	dc, _, err := l.lists.Get(id)
 	if err != nil {
 		return err
 	}
@@ -75,7 +75,7 @@ func (l *Links) purgeDevice(id string, cutoff time.Time) error {
 			return fmt.Errorf("delete link %s: %w", serial, err)
 		}
 	}
-	err = l.modifyDevice(id, func(dc *DeviceCerts) bool {
+	err = l.lists.Modify(id, func(dc *DeviceCerts) bool {
 		n := len(dc.Certs)
 		dc.Certs = slices.DeleteFunc(dc.Certs, stale)
 		return len(dc.Certs) != n
@@ -90,7 +90,7 @@ func (l *Links) purgeDevice(id string, cutoff time.Time) error {
 // recorded at the same moment is never lost: the delete is conditional on
 // the empty list (deleteIf), and what it removed otherwise is put back.
 func (l *Links) deleteEmptyDevice(id string) error {
-	dc, old, err := l.getDevice(id)
+	dc, old, err := l.lists.Get(id)
 	if err != nil || old == nil || len(dc.Certs) > 0 {
 		return err
 	}
@@ -102,7 +102,7 @@ func (l *Links) deleteEmptyDevice(id string) error {
 	if err := json.Unmarshal(lost, &back); err != nil {
 		return fmt.Errorf("decode certificates of device %s: %w", id, err)
 	}
-	return l.modifyDevice(id, func(dc *DeviceCerts) bool {
+	return l.lists.Modify(id, func(dc *DeviceCerts) bool {
 		changed := false
 		for _, c := range back.Certs {
 			if !slices.ContainsFunc(dc.Certs, func(x DeviceCert) bool { return x.Serial == c.Serial }) {

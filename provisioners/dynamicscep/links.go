@@ -15,6 +15,7 @@ import (
 	"github.com/smallstep/nosql/database"
 
 	"github.com/stepfort/stepfort/internal/storage"
+	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
 // Tables; the key layout is documented in docs/scep.md.
@@ -41,34 +42,31 @@ type Pending struct {
 	AcceptedAt  time.Time `json:"acceptedAt"`
 }
 
-// DeviceCerts is the list of SCEP certificates linked to one device.
-type DeviceCerts struct {
-	Certs []DeviceCert `json:"certs"`
-}
+// DeviceCerts is the list of SCEP certificates linked to one device; each
+// entry's Ref is the challenge that enrolled it.
+type DeviceCerts = inventory.CertList
 
 // DeviceCert is one linked certificate. Revoked marks it done.
-type DeviceCert struct {
-	Serial      string    `json:"serial"`
-	ChallengeID string    `json:"challengeId,omitempty"`
-	NotAfter    time.Time `json:"notAfter"`
-	Revoked     bool      `json:"revoked,omitempty"`
-}
+type DeviceCert = inventory.DeviceCert
 
 // Links stores certificate-to-device links. Every write is a
 // compare-and-swap or an idempotent Set, so it is correct with several
 // replicas and with events delivered more than once.
 type Links struct {
-	db nosql.DB
+	db    nosql.DB
+	lists *inventory.CertLists // DeviceLinksTable
 }
 
 // NewLinks creates the tables if needed.
 func NewLinks(db nosql.DB) (*Links, error) {
-	for _, t := range [][]byte{DeviceLinksTable, PendingTable} {
-		if err := db.CreateTable(t); err != nil {
-			return nil, fmt.Errorf("create table %s: %w", t, err)
-		}
+	if err := db.CreateTable(PendingTable); err != nil {
+		return nil, fmt.Errorf("create table %s: %w", PendingTable, err)
 	}
-	return &Links{db: db}, nil
+	lists, err := inventory.NewCertLists(db, DeviceLinksTable)
+	if err != nil {
+		return nil, err
+	}
+	return &Links{db: db, lists: lists}, nil
 }
 
 // keyID is the PendingTable key of a PKIX public key.
@@ -105,60 +103,17 @@ func (l *Links) PendingFor(cert *x509.Certificate) (*Pending, bool, error) {
 
 // Record adds a certificate to its device's list; recording it twice is
 // harmless.
-func (l *Links) Record(deviceID string, dc DeviceCert) error {
-	return l.modify(deviceID, func(d *DeviceCerts) bool {
-		if slices.ContainsFunc(d.Certs, func(c DeviceCert) bool { return c.Serial == dc.Serial }) {
-			return false
-		}
-		d.Certs = append(d.Certs, dc)
-		return true
-	})
-}
+func (l *Links) Record(deviceID string, dc DeviceCert) error { return l.lists.Add(deviceID, dc) }
 
 // DeviceCerts returns the certificates linked to a device.
 func (l *Links) DeviceCerts(deviceID string) (*DeviceCerts, error) {
-	d, _, err := l.get(deviceID)
+	d, _, err := l.lists.Get(deviceID)
 	return d, err
 }
 
 // MarkRevoked flags serials of a device as revoked.
 func (l *Links) MarkRevoked(deviceID string, serials []string) error {
-	if len(serials) == 0 {
-		return nil
-	}
-	return l.modify(deviceID, func(d *DeviceCerts) bool {
-		changed := false
-		for i := range d.Certs {
-			if !d.Certs[i].Revoked && slices.Contains(serials, d.Certs[i].Serial) {
-				d.Certs[i].Revoked, changed = true, true
-			}
-		}
-		return changed
-	})
-}
-
-func (l *Links) get(id string) (*DeviceCerts, []byte, error) {
-	b, err := l.db.Get(DeviceLinksTable, []byte(id))
-	if database.IsErrNotFound(err) {
-		return &DeviceCerts{}, nil, nil
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("read SCEP certificates of device %s: %w", id, err)
-	}
-	var d DeviceCerts
-	if err := json.Unmarshal(b, &d); err != nil {
-		return nil, nil, fmt.Errorf("decode SCEP certificates of device %s: %w", id, err)
-	}
-	return &d, b, nil
-}
-
-// modify applies fn to a device's list with compare-and-swap, retried on
-// conflict (the first link creates the row, atomically on PostgreSQL too).
-func (l *Links) modify(id string, fn func(*DeviceCerts) bool) error {
-	if _, err := storage.ModifyJSON(l.db, DeviceLinksTable, []byte(id), fn); err != nil {
-		return fmt.Errorf("SCEP certificates of device %s: %w", id, err)
-	}
-	return nil
+	return l.lists.MarkRevoked(deviceID, serials)
 }
 
 // PurgePending deletes pending links accepted more than pendingRetention

@@ -54,7 +54,7 @@ func (p *Plugin) link(ctx context.Context, cert *x509.Certificate, serial string
 	if err != nil || !found {
 		return err
 	}
-	if err := p.links.Record(pend.DeviceID, DeviceCert{Serial: serial, ChallengeID: pend.ChallengeID, NotAfter: cert.NotAfter}); err != nil {
+	if err := p.links.Record(pend.DeviceID, DeviceCert{Serial: serial, Ref: pend.ChallengeID, NotAfter: cert.NotAfter}); err != nil {
 		return err
 	}
 	active, err := p.deviceActive(pend.DeviceID)
