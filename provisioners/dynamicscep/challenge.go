@@ -129,7 +129,8 @@ var (
 // is a compare-and-swap against the bytes read, so exactly one of several
 // replicas consuming (or withdrawing) one challenge succeeds.
 type Challenges struct {
-	db nosql.DB
+	db      nosql.DB
+	creates createBatcher // group commit of new challenges
 }
 
 // NewChallenges creates the tables if needed.
@@ -139,7 +140,7 @@ func NewChallenges(db nosql.DB) (*Challenges, error) {
 			return nil, fmt.Errorf("create table %s: %w", t, err)
 		}
 	}
-	return &Challenges{db: db}, nil
+	return &Challenges{db: db, creates: createBatcher{db: db}}, nil
 }
 
 // Create stores a new outstanding challenge built from c (ID, Hash and
@@ -150,7 +151,9 @@ func (s *Challenges) Create(c *Challenge) (string, error) {
 }
 
 // CreateSized is Create with a challenge of n random bytes (NDES's are 8,
-// shown as 16 hex digits; ours are challengeBytes).
+// shown as 16 hex digits; ours are challengeBytes). Concurrent calls share
+// one write transaction (see createBatcher); each returns only once its
+// rows are committed.
 func (s *Challenges) CreateSized(c *Challenge, n int) (string, error) {
 	for range 4 { // a collision of 64 random bits means a broken RNG; retry a few times anyway
 		secret, err := newSecret(n)
@@ -168,7 +171,7 @@ func (s *Challenges) CreateSized(c *Challenge, n int) (string, error) {
 		}
 		row := &database.TxEntry{Bucket: ChallengesTable, Key: []byte(c.Hash), Value: b, Cmd: database.CmpAndSwap}
 		idx := &database.TxEntry{Bucket: ChallengeIDsTable, Key: []byte(id), Value: []byte(c.Hash), Cmd: database.CmpAndSwap}
-		if err := storage.Update(s.db, &database.Tx{Operations: []*database.TxEntry{row, idx}}); err != nil {
+		if err := s.creates.store(row, idx); err != nil {
 			return "", fmt.Errorf("store challenge: %w", err)
 		}
 		if row.Swapped && idx.Swapped {
