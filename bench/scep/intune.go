@@ -34,10 +34,12 @@ const (
 type intuneResult struct {
 	api, intune, load   *signload.Result
 	validates, notifies int
+	variant             string // the stepfort plugin set of the run
 }
 
-// measureIntune runs one stepfort with Intune validation against the mock.
-func measureIntune(ctx context.Context, o *options, c *ca, bin, dir string, es []enrollee) (*intuneResult, error) {
+// measureIntune runs one stepfort (plugin set v) with Intune validation
+// against the mock.
+func measureIntune(ctx context.Context, o *options, c *ca, v variant, bin, dir string, es []enrollee) (*intuneResult, error) {
 	k := min(50, len(es)/5)
 	if k < 1 || len(es) < 2*k+intuneWarmup+1 {
 		return nil, fmt.Errorf("too few enrollments (%d) for the Intune measurement", len(es))
@@ -57,7 +59,7 @@ func measureIntune(ctx context.Context, o *options, c *ca, bin, dir string, es [
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := c.runConfig(dir, false, port, httpPort)
+	cfg, err := c.runConfig(dir, v, port, httpPort)
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +90,7 @@ func measureIntune(ctx context.Context, o *options, c *ca, bin, dir string, es [
 	if err != nil {
 		return nil, err
 	}
-	res := &intuneResult{}
+	res := &intuneResult{variant: v.name}
 	phases := []struct {
 		out     **signload.Result
 		reqs    []request
@@ -153,6 +155,6 @@ func (r *intuneResult) print(workers int, stepfortRate float64) {
 	a, i := r.api.Percentile(50), r.intune.Percentile(50)
 	fmt.Printf("Intune round trip (IntuneMock on loopback TLS, no network latency): one at a time, p50 %.1fms with an API challenge vs %.1fms with an Intune challenge: +%.1fms per enrollment (validateRequest; successNotification after the CertRep); Intune p99 %.1fms\n",
 		ms(a), ms(i), ms(i-a), ms(r.intune.Percentile(99)))
-	fmt.Printf("Intune enrollments with %d workers: %.1f enrollments/s (%.2fx stepfort with API challenges), p99 %.1fms; mock saw %d validateRequest, %d successNotification\n",
-		workers, r.load.PerSecond(), r.load.PerSecond()/stepfortRate, ms(r.load.Percentile(99)), r.validates, r.notifies)
+	fmt.Printf("Intune enrollments with %d workers: %.1f enrollments/s (%.2fx %s with API challenges), p99 %.1fms; mock saw %d validateRequest, %d successNotification\n",
+		workers, r.load.PerSecond(), r.load.PerSecond()/stepfortRate, r.variant, ms(r.load.Percentile(99)), r.validates, r.notifies)
 }

@@ -3,11 +3,17 @@
 // with its static challenge, and challenge creation through the admin API.
 //
 // It writes one CA with `stepfort init` (bbolt; the SCEP provisioner "scep"
-// with an RSA RA and dynamicScep attached), then runs the two servers one
-// after the other, alternating (upstream stepfort, stepfort upstream, ...),
-// each on a fresh copy of the database and the same ca.json: stepfort with
-// every plugin as init configured it, upstream without the "stepfort"
-// block, so its provisioner checks the static "challenge" init wrote.
+// with an RSA RA and dynamicScep attached), then runs the servers one
+// after the other, alternating (upstream stepfort, stepfort upstream, ...;
+// with three servers the order rotates each round), each on a fresh copy of the database and the same ca.json: stepfort with
+// every plugin as init configured it ("stepfort-all"), and/or stepfort with
+// only the dynamicScep plugin block ("stepfort-scep", -plugins=scep or
+// both): the other plugins' certificate-event observers (audit log,
+// billing, inventory, revocation, ...) each write per certificate, so this
+// run isolates the challenge mechanism (validation, consume and the
+// in-process webhook). Upstream runs without the "stepfort" block, so its
+// provisioner checks the static "challenge" init wrote. The default,
+// -plugins=both, runs all three and prints both ratios.
 //
 // Every run gets the same load: GetCACert once to find the RA (the
 // certificate with keyEncipherment), then W unmeasured and N timed PKCSReq
@@ -26,22 +32,23 @@
 // bbolt). The first W+N of them are used by the enrollments.
 //
 // It prints per run enrollments/s, p50/p99 latency, server CPU per
-// enrollment and memory, then the medians, the stepfort/upstream ratio
-// (target ≥ 0.9) and challenges/s (target ≥ 2,000/s).
+// enrollment and memory, then the medians, the stepfort/upstream ratio of
+// each stepfort plugin set (target ≥ 0.9) and challenges/s (target ≥
+// 2,000/s).
 //
-// Last, one more stepfort run has the plugin's "intune" block pointed at
-// dynamicscep.IntuneMock (token, Graph discovery and ScepActions on a
-// loopback TLS server inside this program): it prints the cost of the
-// Intune round trip (enrollments one at a time with an API challenge, then
-// with Intune challenges, p50 difference) and Intune enrollments/s under
-// the same concurrency. Benchmarks report,
+// Last, one more stepfort run (stepfort-scep unless -plugins=all) has the
+// plugin's "intune" block pointed at dynamicscep.IntuneMock (token, Graph
+// discovery and ScepActions on a loopback TLS server inside this program):
+// it prints the cost of the Intune round trip (enrollments one at a time
+// with an API challenge, then with Intune challenges, p50 difference) and
+// Intune enrollments/s under the same concurrency. Benchmarks report,
 // they do not assert: a missed target is printed, not fatal; any failed
 // request, server crash or set-up error makes the exit status non-zero.
 // Every process it starts is stopped on exit.
 //
 // Usage (from the repository root):
 //
-//	CGO_ENABLED=0 go run ./bench/scep [-n 1000] [-warmup 100] [-c 16] [-rounds 3] [-challenges 5000]
+//	CGO_ENABLED=0 go run ./bench/scep [-n 1000] [-warmup 100] [-c 16] [-rounds 3] [-challenges 5000] [-plugins both|all|scep] [-intune=false]
 package main
 
 import (
@@ -70,6 +77,7 @@ type options struct {
 	keep       bool          // keep the scratch directory
 	settle     time.Duration // pause after the warm-up
 	intune     bool          // measure the Intune round trip against the mock
+	plugins    string        // stepfort plugin sets: "all", "scep" or "both"
 }
 
 func parseFlags() (*options, error) {
@@ -85,8 +93,11 @@ func parseFlags() (*options, error) {
 	flag.BoolVar(&o.keep, "keep", os.Getenv("BENCH_KEEP") != "", "keep the scratch directory (logs, configs) (env BENCH_KEEP)")
 	flag.DurationVar(&o.settle, "settle", time.Second, "pause after the warm-up")
 	flag.BoolVar(&o.intune, "intune", os.Getenv("BENCH_SCEP_INTUNE") != "0", "measure the Intune round trip against dynamicscep.IntuneMock (env BENCH_SCEP_INTUNE=0 skips it)")
+	flag.StringVar(&o.plugins, "plugins", benchproc.EnvStr("BENCH_SCEP_PLUGINS", "both"), "stepfort plugins: all (every plugin init enables), scep (only dynamicScep, isolating the one-time challenge) or both (env BENCH_SCEP_PLUGINS)")
 	flag.Parse()
 	switch {
+	case o.plugins != "all" && o.plugins != "scep" && o.plugins != "both":
+		return nil, fmt.Errorf("-plugins must be all, scep or both, not %q", o.plugins)
 	case flag.NArg() > 0:
 		return nil, fmt.Errorf("unexpected arguments %v", flag.Args())
 	case o.n < 1 || o.warmup < 0 || o.workers < 1 || o.rounds < 1:

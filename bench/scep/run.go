@@ -65,32 +65,31 @@ func run(ctx context.Context, o *options) (err error) {
 	}
 	fmt.Printf("scep: %d RSA-%d client keys in %s; %d CPUs; %d timed + %d warm-up enrollments per run, %d workers, %d rounds, bbolt\n",
 		len(es), clientKeyBits, time.Since(t0).Round(time.Millisecond), runtime.NumCPU(), o.n, o.warmup, o.workers, o.rounds)
-	fmt.Printf("scep: stepfort (plugins as init wrote them) with one-time challenges created through the API before the timed part; upstream step-ca %s with the static challenge, same ca.json minus the stepfort block\n", benchproc.UpstreamVersion)
+	fmt.Printf("scep: stepfort-all (every plugin init enables) and/or stepfort-scep (only dynamicScep) with one-time challenges created through the API before the timed part; upstream step-ca %s with the static challenge, same ca.json minus the stepfort block\n", benchproc.UpstreamVersion)
+	vs := variants(o.plugins)
 	var results []*runResult
 	for r := range o.rounds {
-		order := []string{"upstream", "stepfort"}
-		if r%2 == 1 {
-			order = []string{"stepfort", "upstream"}
-		}
-		for _, name := range order {
+		for i := range vs {
+			v := vs[(i+r)%len(vs)] // rotate the order each round
 			bin := stepCA
-			if name == "stepfort" {
+			if !v.upstream {
 				bin = stepfort
 			}
-			res, err := runOnce(ctx, o, c, name, bin, filepath.Join(work, fmt.Sprintf("%s-%d", name, r+1)), es)
+			res, err := runOnce(ctx, o, c, v, bin, filepath.Join(work, fmt.Sprintf("%s-%d", v.name, r+1)), es)
 			if err != nil {
-				return fmt.Errorf("%s round %d: %w", name, r+1, err)
+				return fmt.Errorf("%s round %d: %w", v.name, r+1, err)
 			}
 			res.print(r + 1)
 			results = append(results, res)
 		}
 	}
-	rate := report(results, o.workers)
+	iv := vs[len(vs)-1] // the Intune run uses stepfort-scep when measured, else stepfort-all
+	rate := report(results, vs, iv, o.workers)
 	if !o.intune {
 		fmt.Println(intunePlaceholder)
 		return nil
 	}
-	ir, err := measureIntune(ctx, o, c, stepfort, filepath.Join(work, "stepfort-intune"), es)
+	ir, err := measureIntune(ctx, o, c, iv, stepfort, filepath.Join(work, "stepfort-intune"), es)
 	if err != nil {
 		return fmt.Errorf("Intune round trip: %w", err)
 	}
@@ -100,7 +99,7 @@ func run(ctx context.Context, o *options) (err error) {
 
 // runOnce starts one server on a fresh database, creates the challenges
 // (stepfort), builds the requests, warms up, and times the enrollments.
-func runOnce(ctx context.Context, o *options, c *ca, name, bin, dir string, es []enrollee) (*runResult, error) {
+func runOnce(ctx context.Context, o *options, c *ca, v variant, bin, dir string, es []enrollee) (*runResult, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -108,12 +107,12 @@ func runOnce(ctx context.Context, o *options, c *ca, name, bin, dir string, es [
 	if err != nil {
 		return nil, err
 	}
-	isStepfort := name == "stepfort"
-	cfg, err := c.runConfig(dir, !isStepfort, port, httpPort)
+	isStepfort := !v.upstream
+	cfg, err := c.runConfig(dir, v, port, httpPort)
 	if err != nil {
 		return nil, err
 	}
-	s, err := c.start(ctx, name, bin, isStepfort, cfg, dir, port)
+	s, err := c.start(ctx, v.name, bin, isStepfort, cfg, dir, port)
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +124,7 @@ func runOnce(ctx context.Context, o *options, c *ca, name, bin, dir string, es [
 	if err != nil {
 		return nil, err
 	}
-	res := &runResult{name: name}
+	res := &runResult{name: v.name}
 	challenges := []string{c.static}
 	if isStepfort {
 		cpu0, err := s.CPUTime()
@@ -247,7 +246,7 @@ func newClient(roots *x509.CertPool, workers int) *http.Client {
 
 func (r *runResult) print(round int) {
 	e := r.enroll
-	fmt.Printf("  round %d %-8s %7.1f enrollments/s  p50 %6.1fms  p99 %6.1fms  CPU %5.2f ms/enrollment  RSS %.0f MiB (peak %.0f)",
+	fmt.Printf("  round %d %-13s %7.1f enrollments/s  p50 %6.1fms  p99 %6.1fms  CPU %5.2f ms/enrollment  RSS %.0f MiB (peak %.0f)",
 		round, r.name, e.PerSecond(), ms(e.Percentile(50)), ms(e.Percentile(99)), ms(r.cpuPer), r.rss, r.peak)
 	if ch := r.challenges; ch != nil {
 		fmt.Printf("  | %d challenges created at %.0f/s, p99 %.1fms, CPU %.2f ms/challenge", ch.OK, ch.PerSecond(), ms(ch.Percentile(99)), ms(r.chCPUPer))
@@ -255,37 +254,60 @@ func (r *runResult) print(round int) {
 	fmt.Println()
 }
 
-// report prints the medians over rounds and the ratios, and returns
-// stepfort's median enrollments/s.
-func report(results []*runResult, workers int) float64 {
+// report prints the medians over rounds and the ratio of each stepfort
+// variant to upstream, and returns the median enrollments/s of iv.
+func report(results []*runResult, vs []variant, iv variant, workers int) float64 {
 	by := map[string][]*runResult{}
 	for _, r := range results {
 		by[r.name] = append(by[r.name], r)
 	}
-	med := func(rs []*runResult, f func(*runResult) float64) float64 {
-		v := make([]float64, len(rs))
-		for i, r := range rs {
-			v[i] = f(r)
-		}
-		sort.Float64s(v)
-		return v[len(v)/2]
-	}
 	rate := func(r *runResult) float64 { return r.enroll.PerSecond() }
 	p99 := func(r *runResult) float64 { return ms(r.enroll.Percentile(99)) }
 	cpu := func(r *runResult) float64 { return ms(r.cpuPer) }
-	up, sf := by["upstream"], by["stepfort"]
+	up := by[upstreamVariant.name]
 	fmt.Println("\nscep enrollment (PKCSReq, medians over rounds):")
-	for _, rs := range [][]*runResult{up, sf} {
-		fmt.Printf("  %-8s %7.1f enrollments/s  p99 %6.1fms  CPU %5.2f ms/enrollment\n", rs[0].name, med(rs, rate), med(rs, p99), med(rs, cpu))
+	for _, v := range vs {
+		rs := by[v.name]
+		fmt.Printf("  %-13s %7.1f enrollments/s  p99 %6.1fms  CPU %5.2f ms/enrollment\n", v.name, median(rs, rate), median(rs, p99), median(rs, cpu))
 	}
-	fmt.Printf("  ratio stepfort/upstream: throughput %.2fx (target >= 0.90x), p99 %.2fx, CPU per enrollment %.2fx\n",
-		med(sf, rate)/med(up, rate), med(sf, p99)/med(up, p99), med(sf, cpu)/med(up, cpu))
+	for _, v := range vs {
+		if v.upstream {
+			continue
+		}
+		sf := by[v.name]
+		fmt.Printf("  ratio stepfort (%s) / upstream: throughput %.2fx (target >= 0.90x), p99 %.2fx (%.1fms vs %.1fms), CPU per enrollment %.2fx\n",
+			pluginsLabel(v), median(sf, rate)/median(up, rate), median(sf, p99)/median(up, p99), median(sf, p99), median(up, p99), median(sf, cpu)/median(up, cpu))
+	}
 	chRate := func(r *runResult) float64 { return r.challenges.PerSecond() }
 	chP99 := func(r *runResult) float64 { return ms(r.challenges.Percentile(99)) }
 	chCPU := func(r *runResult) float64 { return ms(r.chCPUPer) }
-	fmt.Printf("scep challenge creation (POST /api/v1/scep/challenges, bbolt, %d keep-alive workers): %.0f challenges/s median (target >= 2000/s), p99 %.1fms, server CPU %.2f ms/challenge\n",
-		workers, med(sf, chRate), med(sf, chP99), med(sf, chCPU))
-	return med(sf, rate)
+	for _, v := range vs {
+		if v.upstream {
+			continue
+		}
+		sf := by[v.name]
+		fmt.Printf("scep challenge creation, %s (POST /api/v1/scep/challenges, bbolt, %d keep-alive workers): %.0f challenges/s median (target >= 2000/s), p99 %.1fms, server CPU %.2f ms/challenge\n",
+			v.name, workers, median(sf, chRate), median(sf, chP99), median(sf, chCPU))
+	}
+	return median(by[iv.name], rate)
+}
+
+// pluginsLabel names the plugin set of a stepfort variant for the report.
+func pluginsLabel(v variant) string {
+	if v.scepOnly {
+		return "dynamicScep only"
+	}
+	return "all init plugins"
+}
+
+// median is the median of f over rs.
+func median(rs []*runResult, f func(*runResult) float64) float64 {
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = f(r)
+	}
+	sort.Float64s(v)
+	return v[len(v)/2]
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

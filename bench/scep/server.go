@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/stepfort/stepfort/bench/internal/benchproc"
+	"github.com/stepfort/stepfort/provisioners/dynamicscep"
 )
 
 // ca is the installation `stepfort init` wrote; every run starts from its
@@ -80,11 +81,36 @@ func (c *ca) staticChallenge() (string, error) {
 // dynamicScep plugin attached.
 const scepProvisioner = "scep"
 
+// variant is one server configuration under test.
+type variant struct {
+	name     string
+	upstream bool // upstream step-ca, no "stepfort" block
+	scepOnly bool // stepfort with only the dynamicScep plugin block
+}
+
+var (
+	upstreamVariant     = variant{name: "upstream", upstream: true}
+	stepfortAllVariant  = variant{name: "stepfort-all"}
+	stepfortScepVariant = variant{name: "stepfort-scep", scepOnly: true}
+)
+
+// variants are the servers of each round for -plugins (all, scep, both).
+func variants(plugins string) []variant {
+	switch plugins {
+	case "all":
+		return []variant{upstreamVariant, stepfortAllVariant}
+	case "scep":
+		return []variant{upstreamVariant, stepfortScepVariant}
+	}
+	return []variant{upstreamVariant, stepfortAllVariant, stepfortScepVariant}
+}
+
 // runConfig writes the ca.json of one run into dir: init's configuration
 // with the run's ports and a fresh copy of the database. Upstream gets it
 // without the "stepfort" block, so its SCEP provisioner checks the static
-// challenge; stepfort keeps every plugin as init configured it.
-func (c *ca) runConfig(dir string, upstream bool, port, httpPort int) (string, error) {
+// challenge; stepfort keeps every plugin as init configured it, or only
+// dynamicScep (v.scepOnly).
+func (c *ca) runConfig(dir string, v variant, port, httpPort int) (string, error) {
 	var cfg map[string]any
 	b, _ := json.Marshal(c.cfg)
 	_ = json.Unmarshal(b, &cfg) // deep copy
@@ -93,20 +119,10 @@ func (c *ca) runConfig(dir string, upstream bool, port, httpPort int) (string, e
 	if crl, ok := cfg["crl"].(map[string]any); ok {
 		crl["idpURL"] = fmt.Sprintf("http://localhost:%d/1.0/crl", httpPort)
 	}
-	if upstream {
+	if v.upstream {
 		delete(cfg, "stepfort")
-	} else if sf, ok := cfg["stepfort"].(map[string]any); ok {
-		// Plugins that name the init listeners (OCSP URL, audit file)
-		// follow the run; the audit log goes to the run's directory.
-		plugins, _ := sf["plugins"].(map[string]any)
-		if a, ok := plugins["auditLog"].(map[string]any); ok {
-			a["path"] = filepath.Join(dir, "certificates.jsonl")
-		}
-		if r, ok := plugins["revocation"].(map[string]any); ok {
-			if o, ok := r["ocsp"].(map[string]any); ok {
-				o["url"] = fmt.Sprintf("http://localhost:%d/ocsp", httpPort)
-			}
-		}
+	} else if err := runPlugins(cfg, dir, v.scepOnly, httpPort); err != nil {
+		return "", err
 	}
 	db, ok := cfg["db"].(map[string]any)
 	if !ok || db["type"] != "bbolt" {
@@ -127,6 +143,34 @@ func (c *ca) runConfig(dir string, upstream bool, port, httpPort int) (string, e
 	}
 	path := filepath.Join(dir, "ca.json")
 	return path, os.WriteFile(path, out, 0o600)
+}
+
+// runPlugins adapts the "stepfort.plugins" of cfg to one run: only
+// dynamicScep when scepOnly, else every plugin, with those that name the
+// init listeners (OCSP URL) or files (audit log) following the run.
+func runPlugins(cfg map[string]any, dir string, scepOnly bool, httpPort int) error {
+	sf, _ := cfg["stepfort"].(map[string]any)
+	plugins, ok := sf["plugins"].(map[string]any)
+	if !ok {
+		return fmt.Errorf("ca.json has no stepfort.plugins block")
+	}
+	if scepOnly {
+		ds, ok := plugins[dynamicscep.Name]
+		if !ok {
+			return fmt.Errorf("ca.json has no stepfort.plugins.%s (stepfort init writes it)", dynamicscep.Name)
+		}
+		sf["plugins"] = map[string]any{dynamicscep.Name: ds}
+		return nil
+	}
+	if a, ok := plugins["auditLog"].(map[string]any); ok {
+		a["path"] = filepath.Join(dir, "certificates.jsonl")
+	}
+	if r, ok := plugins["revocation"].(map[string]any); ok {
+		if o, ok := r["ocsp"].(map[string]any); ok {
+			o["url"] = fmt.Sprintf("http://localhost:%d/ocsp", httpPort)
+		}
+	}
+	return nil
 }
 
 // start runs one server on cfgFile and waits for /health.
