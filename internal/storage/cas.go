@@ -264,22 +264,14 @@ var ErrContended = errors.New("too many concurrent writers")
 // the record as it is. It returns the record as written (or left).
 func ModifyJSON[T any](db nosql.DB, table, key []byte, fn func(*T) bool) (*T, error) {
 	for range maxModifyAttempts {
-		var v T
-		old, err := db.Get(table, key)
-		switch {
-		case database.IsErrNotFound(err):
-			old = nil
-		case err != nil:
-			return nil, fmt.Errorf("read %s/%s: %w", table, key, err)
-		default:
-			if err := json.Unmarshal(old, &v); err != nil {
-				return nil, fmt.Errorf("decode %s/%s: %w", table, key, err)
-			}
+		v, old, err := GetJSON[T](db, table, key)
+		if err != nil {
+			return nil, err
 		}
-		if !fn(&v) {
-			return &v, nil
+		if !fn(v) {
+			return v, nil
 		}
-		b, err := json.Marshal(&v)
+		b, err := json.Marshal(v)
 		if err != nil {
 			return nil, err
 		}
@@ -288,8 +280,26 @@ func ModifyJSON[T any](db nosql.DB, table, key []byte, fn func(*T) bool) (*T, er
 			return nil, fmt.Errorf("write %s/%s: %w", table, key, err)
 		}
 		if ok {
-			return &v, nil
+			return v, nil
 		}
 	}
 	return nil, fmt.Errorf("%s/%s: %w", table, key, ErrContended)
+}
+
+// GetJSON reads the JSON record at key: the zero T and nil bytes when the
+// row is absent, else the decoded record and the stored bytes (what a
+// compare-and-swap compares with).
+func GetJSON[T any](db nosql.DB, table, key []byte) (*T, []byte, error) {
+	var v T
+	b, err := db.Get(table, key)
+	switch {
+	case database.IsErrNotFound(err):
+		return &v, nil, nil
+	case err != nil:
+		return nil, nil, fmt.Errorf("read %s/%s: %w", table, key, err)
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, nil, fmt.Errorf("decode %s/%s: %w", table, key, err)
+	}
+	return &v, b, nil
 }

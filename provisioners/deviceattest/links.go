@@ -11,6 +11,7 @@ import (
 
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
+	"github.com/stepfort/stepfort/internal/storage"
 	"github.com/stepfort/stepfort/provisioners/inventory"
 )
 
@@ -167,16 +168,9 @@ func (l *Links) SetPending(keyID string, p Pending) error {
 
 // Pending returns the pending authorization for a key.
 func (l *Links) Pending(keyID string) (*Pending, bool, error) {
-	b, err := l.db.Get(PendingTable, []byte(keyID))
-	if database.IsErrNotFound(err) {
-		return nil, false, nil
-	}
+	p, b, err := storage.GetJSON[Pending](l.db, PendingTable, []byte(keyID))
 	if err != nil {
-		return nil, false, fmt.Errorf("read pending account link: %w", err)
+		return nil, false, fmt.Errorf("pending account link: %w", err)
 	}
-	var p Pending
-	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, false, fmt.Errorf("decode pending account link: %w", err)
-	}
-	return &p, true, nil
+	return p, b != nil, nil
 }

@@ -87,18 +87,11 @@ func (l *Links) SetPending(csr *x509.CertificateRequest, c *Challenge, now time.
 
 // PendingFor returns the pending link of a certificate's key.
 func (l *Links) PendingFor(cert *x509.Certificate) (*Pending, bool, error) {
-	b, err := l.db.Get(PendingTable, []byte(keyID(cert.RawSubjectPublicKeyInfo)))
-	if database.IsErrNotFound(err) {
-		return nil, false, nil
-	}
+	p, b, err := storage.GetJSON[Pending](l.db, PendingTable, []byte(keyID(cert.RawSubjectPublicKeyInfo)))
 	if err != nil {
-		return nil, false, fmt.Errorf("read pending device link: %w", err)
+		return nil, false, fmt.Errorf("pending device link: %w", err)
 	}
-	var p Pending
-	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, false, fmt.Errorf("decode pending device link: %w", err)
-	}
-	return &p, true, nil
+	return p, b != nil, nil
 }
 
 // Record adds a certificate to its device's list; recording it twice is

@@ -1,13 +1,11 @@
 package inventory
 
 import (
-	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/smallstep/nosql"
-	"github.com/smallstep/nosql/database"
 
 	"github.com/stepfort/stepfort/internal/storage"
 )
@@ -46,18 +44,11 @@ func NewCertLists(db nosql.DB, table []byte) (*CertLists, error) {
 // Get returns a device's list (empty when it has none) and its stored
 // bytes (nil when absent).
 func (l *CertLists) Get(deviceID string) (*CertList, []byte, error) {
-	b, err := l.db.Get(l.table, []byte(deviceID))
-	if database.IsErrNotFound(err) {
-		return &CertList{}, nil, nil
-	}
+	c, b, err := storage.GetJSON[CertList](l.db, l.table, []byte(deviceID))
 	if err != nil {
-		return nil, nil, fmt.Errorf("read certificates of device %s: %w", deviceID, err)
+		return nil, nil, fmt.Errorf("certificates of device %s: %w", deviceID, err)
 	}
-	var c CertList
-	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, nil, fmt.Errorf("decode certificates of device %s: %w", deviceID, err)
-	}
-	return &c, b, nil
+	return c, b, nil
 }
 
 // Modify applies fn to a device's list with compare-and-swap, retried on
