@@ -12,10 +12,11 @@ import (
 	"github.com/stepfort/stepfort/bench/internal/benchproc"
 	"github.com/stepfort/stepfort/bench/internal/signload"
 	"github.com/stepfort/stepfort/provisioners/dynamicscep"
+	"github.com/stepfort/stepfort/provisioners/dynamicscep/intunemock"
 )
 
 // The Intune round trip: stepfort with the dynamicScep "intune" block
-// pointed at the plugin's IntuneMock (Entra ID token, Graph discovery and
+// pointed at intunemock.Mock (Entra ID token, Graph discovery and
 // ScepActions on one loopback TLS server, in this process), so an
 // enrollment with a challenge that is not one of ours costs a
 // validateRequest (plus a token and discovery once) and a
@@ -47,13 +48,13 @@ func measureIntune(ctx context.Context, o *options, c *ca, v variant, bin, dir s
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	mock := dynamicscep.NewIntuneMock(intuneTenant, intuneClientID)
+	mock := intunemock.New(intuneTenant, intuneClientID)
 	defer mock.Server.Close()
 	mock.Secret = intuneSecret
 	intuneChallenges := make([]string, len(es)-k)
 	for i := range intuneChallenges {
 		intuneChallenges[i] = fmt.Sprintf("INTUNE-BENCH-%06d", i)
-		mock.Answers[intuneChallenges[i]] = dynamicscep.IntuneSuccess
+		mock.Answers[intuneChallenges[i]] = intunemock.Success
 	}
 	port, httpPort, err := benchproc.TwoPorts()
 	if err != nil {
@@ -117,7 +118,7 @@ func measureIntune(ctx context.Context, o *options, c *ca, v variant, bin, dir s
 
 // addIntune adds the "intune" block, pointed at mock, to the dynamicScep
 // plugin of the ca.json at path, for its "scep" provisioner.
-func addIntune(path, dir string, mock *dynamicscep.IntuneMock) error {
+func addIntune(path, dir string, mock *intunemock.Mock) error {
 	roots, secret := filepath.Join(dir, "intune-roots.pem"), filepath.Join(dir, "intune-secret")
 	if err := os.WriteFile(roots, mock.RootsPEM(), 0o600); err != nil {
 		return err

@@ -37,7 +37,7 @@
 // 2,000/s).
 //
 // Last, one more stepfort run (stepfort-scep unless -plugins=all) has the
-// plugin's "intune" block pointed at dynamicscep.IntuneMock (token, Graph
+// plugin's "intune" block pointed at intunemock.Mock (token, Graph
 // discovery and ScepActions on a loopback TLS server inside this program):
 // it prints the cost of the Intune round trip (enrollments one at a time
 // with an API challenge, then with Intune challenges, p50 difference) and
@@ -92,7 +92,7 @@ func parseFlags() (*options, error) {
 	flag.StringVar(&o.workdir, "workdir", benchproc.EnvStr("BENCH_WORKDIR", ""), "scratch directory; empty makes a temporary one (env BENCH_WORKDIR)")
 	flag.BoolVar(&o.keep, "keep", os.Getenv("BENCH_KEEP") != "", "keep the scratch directory (logs, configs) (env BENCH_KEEP)")
 	flag.DurationVar(&o.settle, "settle", time.Second, "pause after the warm-up")
-	flag.BoolVar(&o.intune, "intune", os.Getenv("BENCH_SCEP_INTUNE") != "0", "measure the Intune round trip against dynamicscep.IntuneMock (env BENCH_SCEP_INTUNE=0 skips it)")
+	flag.BoolVar(&o.intune, "intune", os.Getenv("BENCH_SCEP_INTUNE") != "0", "measure the Intune round trip against intunemock.Mock (env BENCH_SCEP_INTUNE=0 skips it)")
 	flag.StringVar(&o.plugins, "plugins", benchproc.EnvStr("BENCH_SCEP_PLUGINS", "both"), "stepfort plugins: all (every plugin init enables), scep (only dynamicScep, isolating the one-time challenge) or both (env BENCH_SCEP_PLUGINS)")
 	flag.Parse()
 	switch {

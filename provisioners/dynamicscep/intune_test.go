@@ -22,6 +22,7 @@ import (
 	"github.com/stepfort/stepfort/internal/testenv"
 	"github.com/stepfort/stepfort/plugins"
 	"github.com/stepfort/stepfort/plugins/plugintest"
+	"github.com/stepfort/stepfort/provisioners/dynamicscep/intunemock"
 )
 
 const (
@@ -31,9 +32,9 @@ const (
 
 // intuneSetup starts the mock and a plugin whose "scep" provisioner is
 // in Intune mode, authenticating with a client secret.
-func intuneSetup(t *testing.T, timeout time.Duration) (*Plugin, *plugintest.Host, *IntuneMock) {
+func intuneSetup(t *testing.T, timeout time.Duration) (*Plugin, *plugintest.Host, *intunemock.Mock) {
 	t.Helper()
-	m := NewIntuneMock(testTenant, testClientID)
+	m := intunemock.New(testTenant, testClientID)
 	t.Cleanup(m.Server.Close)
 	m.Secret = "s3cret"
 	dir := t.TempDir()
@@ -84,7 +85,7 @@ func intuneReq(csr *x509.CertificateRequest, challenge, tx string) plugins.SCEPR
 // every call carries the protocol's headers.
 func TestIntuneSuccessNotifies(t *testing.T) {
 	p, _, m := intuneSetup(t, 5*time.Second)
-	m.Answers["intune-blob-ok"] = IntuneSuccess
+	m.Answers["intune-blob-ok"] = intunemock.Success
 	csr, key := intuneCSR(t, "intune-dev", "intune-blob-ok")
 	data, err := p.ValidateSCEPChallenge(context.Background(), intuneReq(csr, "intune-blob-ok", "tx-1"))
 	if err != nil {
@@ -178,7 +179,7 @@ func TestIntuneDownRefusedInTime(t *testing.T) {
 	timeout := 500 * time.Millisecond
 	t.Run("token endpoint down", func(t *testing.T) {
 		p, _, m := intuneSetup(t, timeout)
-		m.Answers["x"] = IntuneSuccess
+		m.Answers["x"] = intunemock.Success
 		m.SetDown(true)
 		csr, _ := intuneCSR(t, "d", "x")
 		_, err := p.ValidateSCEPChallenge(context.Background(), intuneReq(csr, "x", "tx"))
@@ -188,7 +189,7 @@ func TestIntuneDownRefusedInTime(t *testing.T) {
 	})
 	t.Run("Intune slow", func(t *testing.T) {
 		p, _, m := intuneSetup(t, timeout)
-		m.Answers["x"] = IntuneSuccess
+		m.Answers["x"] = intunemock.Success
 		m.Delay = 3 * time.Second
 		csr, _ := intuneCSR(t, "d", "x")
 		start := time.Now()
@@ -215,7 +216,7 @@ func TestIntuneDownRefusedInTime(t *testing.T) {
 // until shortly before it expires (host clock).
 func TestIntuneTokenCached(t *testing.T) {
 	p, h, m := intuneSetup(t, 5*time.Second)
-	m.Answers["x"] = IntuneSuccess
+	m.Answers["x"] = intunemock.Success
 	for i := range 5 {
 		csr, _ := intuneCSR(t, "d", "x")
 		if _, err := p.ValidateSCEPChallenge(context.Background(), intuneReq(csr, "x", fmt.Sprintf("tx-%d", i))); err != nil {
@@ -243,7 +244,7 @@ func TestIntuneTokenCached(t *testing.T) {
 // TestIntuneClientAssertion: certificate credentials sign a client
 // assertion the token endpoint verifies.
 func TestIntuneClientAssertion(t *testing.T) {
-	m := NewIntuneMock(testTenant, testClientID)
+	m := intunemock.New(testTenant, testClientID)
 	t.Cleanup(m.Server.Close)
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -255,7 +256,7 @@ func TestIntuneClientAssertion(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.CertKey = &key.PublicKey
-	m.Answers["x"] = IntuneSuccess
+	m.Answers["x"] = intunemock.Success
 	dir := t.TempDir()
 	certFile, keyFile, roots := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem"), filepath.Join(dir, "r.pem")
 	writePEM(t, certFile, "CERTIFICATE", der)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/stepfort/stepfort/provisioners/dynamicscep"
+	"github.com/stepfort/stepfort/provisioners/dynamicscep/intunemock"
 )
 
 // TestSCEPIntune: the "scep" provisioner in Intune mode against the mock
@@ -17,7 +18,7 @@ import (
 // challenge gets failInfo badRequest. See docs/scep.md, "Intune".
 func TestSCEPIntune(t *testing.T) {
 	const tenant, clientID = "contoso.onmicrosoft.com", "11111111-2222-3333-4444-555555555555"
-	m := dynamicscep.NewIntuneMock(tenant, clientID)
+	m := intunemock.New(tenant, clientID)
 	t.Cleanup(m.Server.Close)
 	m.Secret = "e2e-secret"
 	okChallenge := "intune-" + strings.Repeat("A1b2", 100) // Intune blobs are long

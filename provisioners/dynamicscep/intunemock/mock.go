@@ -1,4 +1,9 @@
-package dynamicscep
+// Package intunemock is a stand-in for Entra ID, Microsoft Graph and
+// Intune's SCEP validation service on one loopback TLS server, for the
+// dynamicScep tests, the end-to-end tests and bench/scep. It writes the
+// wire protocol's values out itself instead of borrowing the client's, so a
+// client that drifts from the protocol fails against it.
+package intunemock
 
 import (
 	"crypto/rsa"
@@ -19,12 +24,25 @@ import (
 	"go.step.sm/crypto/jose"
 )
 
-// IntuneMock is a stand-in for Entra ID, Microsoft Graph and Intune's SCEP
+// The protocol's values (Microsoft's Intune-Resource-Access CsrValidation
+// libraries).
+const (
+	intuneAppID       = "0000000a-0000-0000-c000-000000000000"
+	intuneScope       = "https://api.manage.microsoft.com//.default"
+	graphScope        = "https://graph.microsoft.com/.default"
+	intuneServiceName = "ScepRequestValidationFEService"
+	intuneAPIVersion  = "2018-02-20"
+	clientAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+	// Success is the code of an accepted request or notification.
+	Success = "Success"
+)
+
+// Mock is a stand-in for Entra ID, Microsoft Graph and Intune's SCEP
 // validation service on one loopback TLS server, speaking their wire
 // format: the tests and bench/scep point loginHost and graphHost at it. It
 // answers validateRequest with Answers[challengePassword of the CSR]
 // (ChallengeDecryptionError for an unknown one) and records every call.
-type IntuneMock struct {
+type Mock struct {
 	Server   *httptest.Server
 	Tenant   string
 	ClientID string
@@ -35,12 +53,12 @@ type IntuneMock struct {
 	TokenTTL int           // expires_in of issued tokens (default 3599)
 
 	mu    sync.Mutex
-	calls []IntuneMockCall
+	calls []Call
 	down  bool
 }
 
-// IntuneMockCall is one request the mock received.
-type IntuneMockCall struct {
+// Call is one request the mock received.
+type Call struct {
 	Path    string
 	Header  http.Header
 	Form    url.Values     // token requests
@@ -53,33 +71,33 @@ const (
 	mockIntuneToken = "mock-intune-token"
 )
 
-// NewIntuneMock starts a mock for tenant and client id.
-func NewIntuneMock(tenant, clientID string) *IntuneMock {
-	m := &IntuneMock{Tenant: tenant, ClientID: clientID, Answers: map[string]string{}}
+// New starts a mock for tenant and client id.
+func New(tenant, clientID string) *Mock {
+	m := &Mock{Tenant: tenant, ClientID: clientID, Answers: map[string]string{}}
 	m.Server = httptest.NewTLSServer(http.HandlerFunc(m.serve))
 	return m
 }
 
 // Host is the host:port to configure as loginHost and graphHost.
-func (m *IntuneMock) Host() string { return strings.TrimPrefix(m.Server.URL, "https://") }
+func (m *Mock) Host() string { return strings.TrimPrefix(m.Server.URL, "https://") }
 
 // RootsPEM is the mock's certificate, to trust through rootsFile.
-func (m *IntuneMock) RootsPEM() []byte {
+func (m *Mock) RootsPEM() []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m.Server.Certificate().Raw})
 }
 
 // SetDown makes every endpoint answer 503 (down=true) or serve again.
-func (m *IntuneMock) SetDown(down bool) {
+func (m *Mock) SetDown(down bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.down = down
 }
 
 // Calls returns the requests received so far whose path ends with suffix.
-func (m *IntuneMock) Calls(suffix string) []IntuneMockCall {
+func (m *Mock) Calls(suffix string) []Call {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out []IntuneMockCall
+	var out []Call
 	for _, c := range m.calls {
 		if strings.HasSuffix(c.Path, suffix) {
 			out = append(out, c)
@@ -88,13 +106,13 @@ func (m *IntuneMock) Calls(suffix string) []IntuneMockCall {
 	return out
 }
 
-func (m *IntuneMock) record(c IntuneMockCall) {
+func (m *Mock) record(c Call) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.calls = append(m.calls, c)
 }
 
-func (m *IntuneMock) serve(w http.ResponseWriter, r *http.Request) {
+func (m *Mock) serve(w http.ResponseWriter, r *http.Request) {
 	m.mu.Lock()
 	down := m.down
 	m.mu.Unlock()
@@ -121,9 +139,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // token is Entra ID's v2.0 token endpoint for client credentials.
-func (m *IntuneMock) token(w http.ResponseWriter, r *http.Request) {
+func (m *Mock) token(w http.ResponseWriter, r *http.Request) {
 	_ = r.ParseForm()
-	call := IntuneMockCall{Path: r.URL.Path, Header: r.Header.Clone(), Form: r.PostForm}
+	call := Call{Path: r.URL.Path, Header: r.Header.Clone(), Form: r.PostForm}
 	fail := func(code, desc string) {
 		call.Outcome = code
 		m.record(call)
@@ -157,7 +175,7 @@ func (m *IntuneMock) token(w http.ResponseWriter, r *http.Request) {
 
 // clientAuthenticated checks the client secret or the RS256 client
 // assertion (audience the token endpoint, issuer and subject the client).
-func (m *IntuneMock) clientAuthenticated(r *http.Request, f url.Values) bool {
+func (m *Mock) clientAuthenticated(r *http.Request, f url.Values) bool {
 	if m.Secret != "" && subtle.ConstantTimeCompare([]byte(f.Get("client_secret")), []byte(m.Secret)) == 1 {
 		return true
 	}
@@ -178,8 +196,8 @@ func (m *IntuneMock) clientAuthenticated(r *http.Request, f url.Values) bool {
 }
 
 // endpoints is Graph's servicePrincipals/appId=.../endpoints.
-func (m *IntuneMock) endpoints(w http.ResponseWriter, r *http.Request) {
-	call := IntuneMockCall{Path: r.URL.Path, Header: r.Header.Clone()}
+func (m *Mock) endpoints(w http.ResponseWriter, r *http.Request) {
+	call := Call{Path: r.URL.Path, Header: r.Header.Clone()}
 	if r.Header.Get("Authorization") != "Bearer "+mockGraphToken || r.Header.Get("client-request-id") == "" {
 		call.Outcome = "401"
 		m.record(call)
@@ -199,8 +217,8 @@ func (m *IntuneMock) endpoints(w http.ResponseWriter, r *http.Request) {
 
 // action is ScepActions/validateRequest, successNotification and
 // failureNotification.
-func (m *IntuneMock) action(w http.ResponseWriter, r *http.Request) {
-	call := IntuneMockCall{Path: r.URL.Path, Header: r.Header.Clone()}
+func (m *Mock) action(w http.ResponseWriter, r *http.Request) {
+	call := Call{Path: r.URL.Path, Header: r.Header.Clone()}
 	var body map[string]map[string]any
 	b, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	err := json.Unmarshal(b, &body)
@@ -235,14 +253,14 @@ func (m *IntuneMock) action(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if action != "validateRequest" {
-		answer(http.StatusOK, IntuneSuccess)
+		answer(http.StatusOK, Success)
 		return
 	}
 	answer(http.StatusOK, m.validateAnswer(obj))
 }
 
 // validateAnswer decides a validateRequest by the CSR's challengePassword.
-func (m *IntuneMock) validateAnswer(req map[string]any) string {
+func (m *Mock) validateAnswer(req map[string]any) string {
 	s, _ := req["certificateRequest"].(string)
 	der, err := base64.StdEncoding.DecodeString(s)
 	if err != nil {
