@@ -27,11 +27,11 @@ import (
 // The protocol's values (Microsoft's Intune-Resource-Access CsrValidation
 // libraries).
 const (
-	intuneAppID       = "0000000a-0000-0000-c000-000000000000"
-	intuneScope       = "https://api.manage.microsoft.com//.default"
-	graphScope        = "https://graph.microsoft.com/.default"
-	intuneServiceName = "ScepRequestValidationFEService"
-	intuneAPIVersion  = "2018-02-20"
+	intuneAppID         = "0000000a-0000-0000-c000-000000000000"
+	intuneScope         = "https://api.manage.microsoft.com//.default"
+	graphScope          = "https://graph.microsoft.com/.default"
+	intuneServiceName   = "ScepRequestValidationFEService"
+	intuneAPIVersion    = "2018-02-20"
 	clientAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 	// Success is the code of an accepted request or notification.
 	Success = "Success"
