@@ -261,43 +261,6 @@ func TestSCEPNDES(t *testing.T) {
 // testNDESCertmonger enrolls with certmonger (GET PKIOperation) through
 // mscep.dll/pkiclient.exe with a challenge from the NDES page.
 func testNDESCertmonger(t *testing.T, c *ca, challenge string) {
-	dir := t.TempDir()
-	chain := filepath.Join(dir, "chain.pem")
-	inter, _ := os.ReadFile(filepath.Join(c.Dir, "certs", "intermediate_ca.crt"))
-	root, _ := os.ReadFile(c.Root)
-	if err := os.WriteFile(chain, append(inter, root...), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	script := filepath.Join(dir, "cm.sh")
-	getcert := testenv.MustTool(t, "getcert")
-	body := fmt.Sprintf(`set -e
-%[1]s add-scep-ca -s -c stepfortNDES -u %[2]s -I %[3]s
-%[1]s request -s -c stepfortNDES -f %[4]s -k %[5]s -L %[6]s -N CN=ndes-cm -D ndes-cm.example.test -w -v
-%[1]s list -s
-`, getcert, ndesURL(c.HTTPPort)+"/pkiclient.exe", chain, certFile, keyFile, challenge)
-	if err := os.WriteFile(script, []byte(body), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	state := filepath.Join(dir, "state")
-	env := []string{"CERTMONGER_TMPDIR=" + filepath.Join(state, "tmp"), "CERTMONGER_SYSTEM_LOCK_FILE=" + filepath.Join(state, "lock")}
-	for name, sub := range map[string]string{"CERTMONGER_REQUESTS_DIR": "requests", "CERTMONGER_CAS_DIR": "cas", "CERTMONGER_LOCAL_CA_DIR": "local"} {
-		env = append(env, name+"="+filepath.Join(state, sub))
-	}
-	for _, sub := range []string{"requests", "cas", "local", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(state, sub), 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, testenv.MustTool(t, "dbus-run-session"), "--", testenv.MustTool(t, "certmonger"),
-		"-s", "-n", "-B", "-c", "sh "+script)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "status: MONITORING") {
-		t.Fatalf("certmonger through mscep.dll: %v\n%s", err, out)
-	}
+	certFile := certmongerEnroll(t, c, ndesURL(c.HTTPPort)+"/pkiclient.exe", challenge, "ndes-cm")
 	checkIssued(t, c, certFile, "ndes-cm")
 }

@@ -223,15 +223,22 @@ func jsonField(t *testing.T, list, marker string) string {
 }
 
 // TestSCEPCertmonger: certmonger (its scep-submit helper sends
-// PKIOperation as GET) enrolls with a challenge from the admin API. It
-// runs on a private D-Bus session with its state in the test's directory.
-// certmonger verifies the CertRep's signer (the RA) against -I; with an
-// ECDSA intermediate between the RA and the root it needs both.
+// PKIOperation as GET) enrolls with a challenge from the admin API.
 func TestSCEPCertmonger(t *testing.T) {
 	c := initCA(t)
 	serve(t, c.Config, c.Password, c.Port)
 	_, ch := newSCEPChallenge(t, apiClient(t, c), c, c.URL, map[string]any{"commonName": "device-cm", "dnsNames": []string{"device-cm.example.test"}})
+	certFile := certmongerEnroll(t, c, scepURL(c.HTTPPort), ch, "device-cm")
+	checkIssued(t, c, certFile, "device-cm")
+}
 
+// certmongerEnroll has certmonger enroll CN cn (and DNS name
+// cn.example.test) at the SCEP URL with a challenge, on a private D-Bus
+// session with its state in a test directory; it returns the
+// certificate's file. -I gets the intermediate and the root: certmonger
+// verifies the CertRep's signer (the RA) against it.
+func certmongerEnroll(t *testing.T, c *ca, url, challenge, cn string) string {
+	t.Helper()
 	dir := t.TempDir()
 	chain := filepath.Join(dir, "chain.pem")
 	inter, _ := os.ReadFile(filepath.Join(c.Dir, "certs", "intermediate_ca.crt"))
@@ -244,9 +251,9 @@ func TestSCEPCertmonger(t *testing.T) {
 	getcert := testenv.MustTool(t, "getcert")
 	body := fmt.Sprintf(`set -e
 %[1]s add-scep-ca -s -c stepfortE2E -u %[2]s -I %[3]s
-%[1]s request -s -c stepfortE2E -f %[4]s -k %[5]s -L %[6]s -N CN=device-cm -D device-cm.example.test -w -v
+%[1]s request -s -c stepfortE2E -f %[4]s -k %[5]s -L %[6]s -N CN=%[7]s -D %[7]s.example.test -w -v
 %[1]s list -s
-`, getcert, scepURL(c.HTTPPort), chain, certFile, keyFile, ch)
+`, getcert, url, chain, certFile, keyFile, challenge, cn)
 	if err := os.WriteFile(script, []byte(body), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -268,9 +275,9 @@ func TestSCEPCertmonger(t *testing.T) {
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "status: MONITORING") {
-		t.Fatalf("certmonger: %v\n%s", err, out)
+		t.Fatalf("certmonger at %s: %v\n%s", url, err, out)
 	}
-	checkIssued(t, c, certFile, "device-cm")
+	return certFile
 }
 
 // TestSCEPDeviceBoundRevokedOnDisable: a certificate enrolled with a
