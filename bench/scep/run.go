@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/stepfort/stepfort/bench/internal/benchproc"
@@ -172,7 +170,7 @@ func runOnce(ctx context.Context, o *options, c *ca, v variant, bin, dir string,
 // returns the timing and the challenges in order.
 func createChallenges(ctx context.Context, hc *http.Client, url, token string, n, workers int) (*signload.Result, []string, error) {
 	out := make([]string, n)
-	res := load(ctx, n, workers, func(i int) error {
+	res := signload.Load(ctx, n, workers, func(i int) error {
 		ch, err := createChallenge(ctx, hc, url, token)
 		out[i] = ch
 		return err
@@ -185,50 +183,7 @@ func createChallenges(ctx context.Context, hc *http.Client, url, token string, n
 
 // sendAll enrolls every request from workers clients.
 func sendAll(ctx context.Context, hc *http.Client, url string, reqs []request, workers int) *signload.Result {
-	return load(ctx, len(reqs), workers, func(i int) error { return enroll(ctx, hc, url, &reqs[i]) })
-}
-
-// load runs f(0..n-1) from workers goroutines and times each call.
-func load(ctx context.Context, n, workers int, f func(i int) error) *signload.Result {
-	res := &signload.Result{}
-	lat := make([]time.Duration, n)
-	ok := make([]bool, n)
-	var next atomic.Int64
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	start := time.Now()
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				t0 := time.Now()
-				err := f(i)
-				lat[i] = time.Since(t0)
-				if err != nil {
-					res.AddErr(&mu, err)
-					continue
-				}
-				ok[i] = true
-			}
-		}()
-	}
-	wg.Wait()
-	res.Elapsed = time.Since(start)
-	for i := range n {
-		if ok[i] {
-			res.OK++
-			res.Latencies = append(res.Latencies, lat[i])
-		} else {
-			res.Failed++
-		}
-	}
-	sort.Slice(res.Latencies, func(a, b int) bool { return res.Latencies[a] < res.Latencies[b] })
-	return res
+	return signload.Load(ctx, len(reqs), workers, func(i int) error { return enroll(ctx, hc, url, &reqs[i]) })
 }
 
 // newClient is an HTTP/1.1 client trusting roots that keeps one connection

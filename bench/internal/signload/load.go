@@ -208,9 +208,21 @@ func SendAll(ctx context.Context, client *http.Client, url string, bodies [][]by
 // checks each answer is a 201 with the certificate for csrs[i], and returns
 // the certificates in order (nil where the request failed).
 func Send(ctx context.Context, client *http.Client, urls []string, bodies [][]byte, csrs []CSR, workers int) (*Result, []*x509.Certificate) {
-	res := &Result{}
-	lat := make([]time.Duration, len(bodies))
 	certs := make([]*x509.Certificate, len(bodies))
+	res := Load(ctx, len(bodies), workers, func(i int) error {
+		crt, err := SignOne(ctx, client, urls[i], bodies[i], csrs[i].CN)
+		certs[i] = crt
+		return err
+	})
+	return res, certs
+}
+
+// Load runs f(0..n-1) from workers goroutines, timing each call; a call
+// that returns an error counts as failed. Latencies come back sorted.
+func Load(ctx context.Context, n, workers int, f func(i int) error) *Result {
+	res := &Result{}
+	lat := make([]time.Duration, n)
+	ok := make([]bool, n)
 	var next atomic.Int64
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -221,24 +233,24 @@ func Send(ctx context.Context, client *http.Client, urls []string, bodies [][]by
 			defer wg.Done()
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= len(bodies) || ctx.Err() != nil {
+				if i >= n || ctx.Err() != nil {
 					return
 				}
 				t0 := time.Now()
-				crt, err := SignOne(ctx, client, urls[i], bodies[i], csrs[i].CN)
+				err := f(i)
 				lat[i] = time.Since(t0)
 				if err != nil {
 					res.AddErr(&mu, err)
 					continue
 				}
-				certs[i] = crt
+				ok[i] = true
 			}
 		}()
 	}
 	wg.Wait()
 	res.Elapsed = time.Since(start)
-	for i, c := range certs {
-		if c != nil {
+	for i := range n {
+		if ok[i] {
 			res.OK++
 			res.Latencies = append(res.Latencies, lat[i])
 		} else {
@@ -246,7 +258,7 @@ func Send(ctx context.Context, client *http.Client, urls []string, bodies [][]by
 		}
 	}
 	sort.Slice(res.Latencies, func(a, b int) bool { return res.Latencies[a] < res.Latencies[b] })
-	return res, certs
+	return res
 }
 
 // SignOne sends one sign request, verifies the answer and returns the
