@@ -21,6 +21,7 @@ import (
 	upconfig "github.com/smallstep/certificates/authority/config"
 
 	"github.com/stepfort/stepfort/config"
+	"github.com/stepfort/stepfort/internal/legacy"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -45,6 +46,10 @@ func init() {
 type Config struct {
 	OCSP OCSPConfig `json:"ocsp"`
 	CRL  CRLConfig  `json:"crl"`
+	// LegacyIssuers are CAs stepfort no longer issues under (an ADCS
+	// issuing CA brought in by `stepfort migrate adcs issuer add`) whose
+	// OCSP and CRLs it keeps serving. docs/migrate-adcs.md.
+	LegacyIssuers []legacy.IssuerConfig `json:"legacyIssuers,omitempty"`
 }
 
 // CRLConfig configures the coordinated CRL. Upstream's "crl" block still
@@ -62,6 +67,26 @@ type CRLConfig struct {
 	// LeaseTTL is how long the publisher lease lasts without renewal: the
 	// longest time without a publisher after its replica dies.
 	LeaseTTL config.Duration `json:"leaseTTL"`
+	// IDP puts a critical Issuing Distribution Point naming URL into the
+	// CRL. Off by default: NSS (Firefox, Thunderbird, RHEL tooling) refuses
+	// a CRL with it (SEC_ERROR_CRL_UNKNOWN_CRITICAL_EXTENSION), and a CRL
+	// without one is a complete CRL of the issuer, which OpenSSL accepts.
+	IDP bool `json:"idp,omitempty"`
+	// Delta configures delta CRLs (RFC 5280 5.2.4).
+	Delta DeltaConfig `json:"delta,omitzero"`
+}
+
+// DeltaConfig turns on delta CRLs: a base CRL every BasePeriod carrying a
+// Freshest CRL extension that names URL, and delta CRLs listing what
+// changed since, every DeltaPeriod and within PublishDelay of a
+// revocation. Certificates carry the Freshest CRL extension too.
+type DeltaConfig struct {
+	Enabled bool `json:"enabled"`
+	// URL is where the delta CRL is published; empty: derived from the
+	// CRL URL (see docs/ha.md).
+	URL         string          `json:"url,omitempty"`
+	BasePeriod  config.Duration `json:"basePeriod,omitzero"`
+	DeltaPeriod config.Duration `json:"deltaPeriod,omitzero"`
 }
 
 // OCSPConfig configures the OCSP responder.
