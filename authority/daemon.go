@@ -81,6 +81,9 @@ type Daemon struct {
 	recorder plugins.EventRecorder
 	tokens   *admin.TokenStore
 	plugins  []plugins.Plugin
+	// audit is the audit trail; until one is configured, records go to
+	// the log (logAuditor).
+	audit plugins.Auditor
 
 	gen atomic.Pointer[generation] // what serves requests now
 	bg  *group                     // background goroutines, joined at Stop
@@ -104,6 +107,7 @@ func New(file *config.File, opts Options) (*Daemon, error) {
 		now = time.Now
 	}
 	d := &Daemon{file: file, opts: opts, log: log, now: now, metrics: metrics.New(), bg: newGroup(log), stopped: make(chan struct{})}
+	d.audit = logAuditor{log}
 	if file.CA.AuthorityConfig != nil && file.CA.AuthorityConfig.DeploymentType == "linked" {
 		return nil, errors.New("linked CA deployments are not supported: Certificate Manager would bypass stepfort's certificate events")
 	}

@@ -35,6 +35,7 @@ func (h *host) Now() time.Time                 { return h.d.now() }
 func (h *host) Locker() plugins.Locker         { return h.d.locker }
 func (h *host) Events() plugins.EventRecorder  { return daemonRecorder{h.d} }
 func (h *host) Logger() *slog.Logger           { return h.log }
+func (h *host) Audit() plugins.Auditor         { return h.d.audit }
 func (h *host) Metrics() prometheus.Registerer { return h.d.metrics.Registerer() }
 
 // Backend implements plugins.Host with ca.json's db.type.

@@ -45,6 +45,9 @@ type Host interface {
 	// revocation path (revoked table, CRL, OCSP, the revoked event); the
 	// record names the actor instead of pretending to be an mTLS revoke.
 	Revoke(ctx context.Context, req RevokeRequest) error
+	// Audit is the audit trail: every refusal and every administrative
+	// action a plugin takes is recorded there.
+	Audit() Auditor
 	// Logger is a structured logger tagged with the plugin name.
 	Logger() *slog.Logger
 	// Metrics registers collectors exported on metricsAddress next to

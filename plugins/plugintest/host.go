@@ -49,6 +49,7 @@ type Host struct {
 	wg     sync.WaitGroup
 
 	revoked []plugins.RevokeRequest
+	audit   []plugins.AuditRecord
 }
 
 // NewHost returns a host on a fresh bbolt database; the clock starts at
@@ -88,6 +89,25 @@ func New(db nosql.DB, backend, replica string) *Host {
 func (h *Host) Close() {
 	h.cancel()
 	h.wg.Wait()
+}
+
+// Audit implements plugins.Host: records are kept for AuditRecords.
+func (h *Host) Audit() plugins.Auditor { return hostAuditor{h} }
+
+type hostAuditor struct{ h *Host }
+
+func (a hostAuditor) Record(_ context.Context, r plugins.AuditRecord) error {
+	a.h.mu.Lock()
+	defer a.h.mu.Unlock()
+	a.h.audit = append(a.h.audit, r)
+	return nil
+}
+
+// AuditRecords returns the audit records plugins wrote, oldest first.
+func (h *Host) AuditRecords() []plugins.AuditRecord {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]plugins.AuditRecord(nil), h.audit...)
 }
 
 // Authority implements plugins.Host.
