@@ -22,6 +22,8 @@ require (
 	google.golang.org/protobuf v1.36.11
 )
 
+require golang.org/x/mod v0.33.0
+
 require (
 	cloud.google.com/go v0.123.0 // indirect
 	cloud.google.com/go/auth v0.18.2 // indirect
@@ -166,4 +168,5 @@ require (
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260226221140-a57be14db171 // indirect
 	google.golang.org/grpc v1.79.3 // indirect
 	google.golang.org/grpc/cmd/protoc-gen-go-grpc v1.5.1 // indirect
+	software.sslmate.com/src/go-pkcs12 v0.7.0
 )

@@ -1,14 +1,18 @@
 package main
 
 import (
+	"bytes"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/urfave/cli"
 
+	"github.com/stepfort/stepfort/internal/cakeys"
 	"github.com/stepfort/stepfort/internal/setup"
 )
 
@@ -24,11 +28,21 @@ func initFlags() []cli.Flag {
 		cli.StringFlag{Name: "db-dsn", Usage: "PostgreSQL data source, e.g. postgresql://user:pw@host:5432/"},
 		cli.StringFlag{Name: "db-name", Usage: "PostgreSQL database name", Value: "stepfort"},
 		cli.BoolFlag{Name: "force", Usage: "write into a non-empty directory, replacing an existing installation"},
+		cli.BoolFlag{Name: "delta-crl", Usage: "publish delta CRLs (base CRL weekly, delta daily, as AD CS does)"},
+		cli.StringFlag{Name: "root-cert", Usage: "existing root CA certificate (PEM or DER) to issue stepfort's intermediate under, with --root-key; with --issuer-* it only supplies the root of the issuer's chain"},
+		cli.StringFlag{Name: "root-key", Usage: "private key of --root-cert (PEM or DER); used once and not copied into the installation"},
+		cli.StringFlag{Name: "root-key-password-file", Usage: "file holding the password of an encrypted --root-key"},
+		cli.StringFlag{Name: "root-pfx", Usage: "existing root CA as a PFX/PKCS#12 file (e.g. exported from AD CS) to issue stepfort's intermediate under"},
+		cli.StringFlag{Name: "issuer-cert", Usage: "existing issuing CA certificate (PEM or DER, may include its chain) stepfort signs with directly, with --issuer-key"},
+		cli.StringFlag{Name: "issuer-key", Usage: "private key of --issuer-cert (PEM or DER); stored encrypted with the CA password"},
+		cli.StringFlag{Name: "issuer-key-password-file", Usage: "file holding the password of an encrypted --issuer-key"},
+		cli.StringFlag{Name: "issuer-pfx", Usage: "existing issuing CA as a PFX/PKCS#12 file (e.g. certutil -backupKey) stepfort signs with directly"},
+		cli.StringFlag{Name: "pfx-password-file", Usage: "file holding the password of --root-pfx or --issuer-pfx"},
 	}
 }
 
-func initOptions(c *cli.Context) setup.Options {
-	return setup.Options{
+func initOptions(c *cli.Context) (setup.Options, error) {
+	o := setup.Options{
 		Dir:             c.String("dir"),
 		Name:            c.String("name"),
 		DNSNames:        splitList(c.StringSlice("dns")),
@@ -39,20 +53,30 @@ func initOptions(c *cli.Context) setup.Options {
 		DBDSN:           c.String("db-dsn"),
 		DBName:          c.String("db-name"),
 		Force:           c.Bool("force"),
+		DeltaCRL:        c.Bool("delta-crl"),
 	}
+	var err error
+	o.Root, o.Issuer, err = broughtCA(c)
+	return o, err
 }
 
 func initCommand() cli.Command {
 	return cli.Command{
-		Name:      "init",
-		Usage:     "write a complete, working CA configuration",
-		UsageText: "stepfort init --dir <dir> [--name <name>] [--dns <name>...] [--address <addr>] [--insecure-address <addr>] [--db bbolt|postgresql --db-dsn <dsn>] [--force]",
-		Flags:     initFlags(),
+		Name:  "init",
+		Usage: "write a complete, working CA configuration",
+		UsageText: "stepfort init --dir <dir> [--name <name>] [--dns <name>...] [--address <addr>] [--insecure-address <addr>] [--db bbolt|postgresql --db-dsn <dsn>] [--force] [--delta-crl]\n" +
+			"   [--root-cert <file> --root-key <file> [--root-key-password-file <file>] | --root-pfx <file> --pfx-password-file <file>]\n" +
+			"   [--issuer-cert <file> --issuer-key <file> [--issuer-key-password-file <file>] [--root-cert <file>] | --issuer-pfx <file> --pfx-password-file <file> [--root-cert <file>]]",
+		Flags: initFlags(),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return fmt.Errorf("unexpected argument %q (did you mean --dir %s?)", c.Args().First(), c.Args().First())
 			}
-			r, err := setup.Init(initOptions(c))
+			o, err := initOptions(c)
+			if err != nil {
+				return err
+			}
+			r, err := setup.Init(o)
 			if err != nil {
 				return err
 			}
@@ -84,18 +108,22 @@ func quickstartCommand() cli.Command {
 		UsageText: "stepfort quickstart [--dir <dir>] [init flags]",
 		Flags:     flags,
 		Action: func(c *cli.Context) error {
-			o := initOptions(c)
-			cfgFile := filepath.Join(o.Dir, "config", "ca.json")
+			dir := c.String("dir")
+			cfgFile := filepath.Join(dir, "config", "ca.json")
 			if _, err := os.Stat(cfgFile); errors.Is(err, os.ErrNotExist) {
+				o, err := initOptions(c)
+				if err != nil {
+					return err
+				}
 				r, err := setup.Init(o)
 				if err != nil {
 					return err
 				}
 				printNextSteps(r)
 			} else {
-				fmt.Fprintf(os.Stderr, "Using the existing CA in %s\n", o.Dir)
+				fmt.Fprintf(os.Stderr, "Using the existing CA in %s (init flags are ignored)\n", dir)
 			}
-			return runServe(cfgFile, filepath.Join(o.Dir, "secrets", "password"))
+			return runServe(cfgFile, filepath.Join(dir, "secrets", "password"))
 		},
 	}
 }
@@ -108,6 +136,11 @@ func defaultQuickstartDir() string {
 }
 
 func printNextSteps(r *setup.Result) {
+	defer func() {
+		for _, n := range r.Notes {
+			fmt.Printf("\nNote: %s\n", n)
+		}
+	}()
 	fmt.Printf(`stepfort CA written to %s
 
   Root fingerprint: %s
@@ -139,4 +172,184 @@ func splitList(in []string) []string {
 		}
 	}
 	return out
+}
+
+// broughtCA reads the CA an operator brings with the --root-* or
+// --issuer-* flags: nil, nil when there is none. Every error names the
+// flag and file it is about.
+func broughtCA(c *cli.Context) (root, issuer *cakeys.Bundle, err error) {
+	if err := checkCAFlags(c); err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case c.String("root-pfx") != "":
+		root, err = readPFXFlag(c, "root-pfx")
+	case c.String("root-key") != "":
+		root, err = readPEMFlags(c, "root-cert", "root-key", "root-key-password-file")
+	case c.String("issuer-pfx") != "":
+		issuer, err = readPFXFlag(c, "issuer-pfx")
+	case c.String("issuer-key") != "":
+		issuer, err = readPEMFlags(c, "issuer-cert", "issuer-key", "issuer-key-password-file")
+	}
+	if err != nil || issuer == nil || c.String("root-cert") == "" {
+		return root, issuer, err
+	}
+	// --root-cert with --issuer-*: the top of the issuer's chain.
+	certs, err := readCertsFlag(c, "root-cert")
+	if err != nil {
+		return nil, nil, err
+	}
+	issuer.AddChain(certs...)
+	return nil, issuer, nil
+}
+
+// checkCAFlags refuses incomplete or conflicting --root-*/--issuer-* flags.
+func checkCAFlags(c *cli.Context) error {
+	set := func(names ...string) []string {
+		var out []string
+		for _, n := range names {
+			if c.String(n) != "" {
+				out = append(out, "--"+n)
+			}
+		}
+		return out
+	}
+	rootKey := set("root-key", "root-key-password-file", "root-pfx")
+	issuerAny := set("issuer-cert", "issuer-key", "issuer-key-password-file", "issuer-pfx")
+	pfx := set("root-pfx", "issuer-pfx")
+	conflicts := []struct {
+		a, b []string
+		why  string
+	}{
+		{rootKey, issuerAny, "a root that signs a new intermediate and an issuing CA exclude each other (with --issuer-*, --root-cert alone gives the issuer's root certificate)"},
+		{set("root-pfx"), set("root-cert"), "give the root as a PFX or as PEM files, not both"},
+		{set("issuer-pfx"), set("issuer-cert", "issuer-key", "issuer-key-password-file"), "give the issuer as a PFX or as PEM files, not both"},
+	}
+	for _, k := range conflicts {
+		if len(k.a) > 0 && len(k.b) > 0 {
+			return fmt.Errorf("%s and %s: %s", strings.Join(k.a, ", "), strings.Join(k.b, ", "), k.why)
+		}
+	}
+	needs := []struct{ flag, needs string }{
+		{"root-key", "root-cert"},
+		{"root-key-password-file", "root-key"},
+		{"issuer-cert", "issuer-key"},
+		{"issuer-key", "issuer-cert"},
+		{"issuer-key-password-file", "issuer-key"},
+	}
+	for _, n := range needs {
+		if c.String(n.flag) != "" && c.String(n.needs) == "" {
+			return fmt.Errorf("--%s needs --%s", n.flag, n.needs)
+		}
+	}
+	if c.String("root-cert") != "" && c.String("root-key") == "" && len(issuerAny) == 0 {
+		return errors.New("--root-cert needs --root-key (to issue stepfort's intermediate under that root) or --issuer-* (to give the issuer's root)")
+	}
+	switch {
+	case len(pfx) > 0 && c.String("pfx-password-file") == "":
+		return fmt.Errorf("%s needs --pfx-password-file (a file holding the PFX password; an empty file for none)", pfx[0])
+	case len(pfx) == 0 && c.String("pfx-password-file") != "":
+		return errors.New("--pfx-password-file: no --root-pfx or --issuer-pfx to use it with")
+	}
+	return nil
+}
+
+func readPFXFlag(c *cli.Context, flag string) (*cakeys.Bundle, error) {
+	file := c.String(flag)
+	data, err := readCAFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", flag, err)
+	}
+	password, err := readPassword(c.String("pfx-password-file"))
+	if err != nil {
+		return nil, fmt.Errorf("--pfx-password-file: %w", err)
+	}
+	b, err := cakeys.ReadPFX(data, string(password))
+	if errors.Is(err, cakeys.ErrWrongPassword) {
+		return nil, fmt.Errorf("--%s %s: %w (the password in --pfx-password-file %s does not open it)", flag, file, err, c.String("pfx-password-file"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--%s %s: %w", flag, file, err)
+	}
+	if err := b.CheckCA(); err != nil {
+		return nil, fmt.Errorf("--%s %s: %w", flag, file, err)
+	}
+	return b, nil
+}
+
+func readPEMFlags(c *cli.Context, certFlag, keyFlag, passwordFlag string) (*cakeys.Bundle, error) {
+	certFile, keyFile := c.String(certFlag), c.String(keyFlag)
+	certData, err := readCAFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", certFlag, err)
+	}
+	keyData, err := readCAFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", keyFlag, err)
+	}
+	var password []byte
+	if f := c.String(passwordFlag); f != "" {
+		if password, err = readPassword(f); err != nil {
+			return nil, fmt.Errorf("--%s: %w", passwordFlag, err)
+		}
+	}
+	b, err := cakeys.ReadPEM(certData, keyData, password)
+	switch {
+	case err == nil:
+		if err := b.CheckCA(); err != nil {
+			return nil, fmt.Errorf("--%s %s: %w", certFlag, certFile, err)
+		}
+		return b, nil
+	case errors.Is(err, cakeys.ErrKeyMismatch):
+		return nil, fmt.Errorf("--%s %s does not belong to --%s %s: %w", keyFlag, keyFile, certFlag, certFile, err)
+	case errors.Is(err, cakeys.ErrKeyPasswordNeeded):
+		return nil, fmt.Errorf("--%s %s: %w: add --%s", keyFlag, keyFile, err, passwordFlag)
+	case errors.Is(err, cakeys.ErrWrongKeyPassword), errors.Is(err, cakeys.ErrNoKey):
+		return nil, fmt.Errorf("--%s %s: %w", keyFlag, keyFile, err)
+	case errors.Is(err, cakeys.ErrCorrupt), errors.Is(err, cakeys.ErrNoCertificate):
+		return nil, fmt.Errorf("--%s %s or --%s %s: %w", certFlag, certFile, keyFlag, keyFile, err)
+	default:
+		return nil, fmt.Errorf("--%s %s, --%s %s: %w", certFlag, certFile, keyFlag, keyFile, err)
+	}
+}
+
+func readCertsFlag(c *cli.Context, flag string) ([]*x509.Certificate, error) {
+	file := c.String(flag)
+	data, err := readCAFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", flag, err)
+	}
+	certs, err := cakeys.ParseCertificates(data)
+	if err != nil {
+		return nil, fmt.Errorf("--%s %s: %w", flag, file, err)
+	}
+	return certs, nil
+}
+
+// readCAFile reads a CA input file, refusing one too large to be one.
+func readCAFile(file string) ([]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, cakeys.MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	if len(data) > cakeys.MaxFileSize {
+		return nil, fmt.Errorf("%s: larger than %d bytes, not a CA certificate, key or PFX", file, cakeys.MaxFileSize)
+	}
+	return data, nil
+}
+
+// readPassword reads a password file; one trailing newline (as an editor
+// or echo writes it) is not part of the password.
+func readPassword(file string) ([]byte, error) {
+	data, err := readCAFile(file)
+	if err != nil {
+		return nil, err
+	}
+	data = bytes.TrimSuffix(data, []byte("\n"))
+	return bytes.TrimSuffix(data, []byte("\r")), nil
 }

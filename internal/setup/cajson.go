@@ -48,6 +48,21 @@ type revocationBlock struct {
 	OCSP struct {
 		URL string `json:"url"`
 	} `json:"ocsp"`
+	CRL *crlBlock `json:"crl,omitempty"`
+}
+
+// crlBlock is the revocation plugin's "crl" block (ha.CRLConfig); init
+// writes it only to turn delta CRLs on.
+type crlBlock struct {
+	Delta deltaBlock `json:"delta"`
+}
+
+// deltaBlock mirrors ha.DeltaConfig. The periods are AD CS's defaults
+// (base CRL weekly, delta daily), written out so operators see the knobs.
+type deltaBlock struct {
+	Enabled     bool   `json:"enabled"`
+	BasePeriod  string `json:"basePeriod"`
+	DeltaPeriod string `json:"deltaPeriod"`
 }
 
 type attestationCABlock struct {
@@ -96,6 +111,9 @@ func newCAFile(o Options, r *Result, issuing, attestation *caPair, dbCfg *db.Con
 	p := &f.Stepfort.Plugins
 	p.AuditLog.Path = filepath.Join(o.Dir, "logs", "certificates.jsonl")
 	p.Revocation.OCSP.URL = httpBase + "/ocsp"
+	if o.DeltaCRL {
+		p.Revocation.CRL = &crlBlock{Delta: deltaBlock{Enabled: true, BasePeriod: "168h", DeltaPeriod: "24h"}}
+	}
 	p.AttestationCA = attestationCABlock{
 		Certificate:  attestation.certFile,
 		Key:          attestation.keyFile,

@@ -13,10 +13,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/smallstep/certificates/db"
 
 	"github.com/stepfort/stepfort/internal/admin"
+	"github.com/stepfort/stepfort/internal/cakeys"
 )
 
 // Options are the inputs of Init.
@@ -31,6 +33,19 @@ type Options struct {
 	DBName          string   // PostgreSQL database name (default "stepfort")
 	Force           bool     // overwrite a non-empty Dir
 	Provisioner     string   // name of the JWK provisioner (default "admin")
+
+	// Root is an existing CA that signs stepfort's new intermediate
+	// (--root-cert/--root-key or --root-pfx); its key is not written.
+	Root *cakeys.Bundle
+	// Issuer is an existing issuing CA stepfort signs with directly
+	// (--issuer-cert/--issuer-key or --issuer-pfx). Root and Issuer
+	// exclude each other; both nil: init makes its own root.
+	Issuer *cakeys.Bundle
+	// DeltaCRL turns delta CRLs on in the generated ca.json.
+	DeltaCRL bool
+	// Now is the clock a brought CA's validity is checked against; nil
+	// means time.Now.
+	Now func() time.Time
 }
 
 // Result says where things were written.
@@ -44,6 +59,9 @@ type Result struct {
 	CAURL           string
 	Provisioner     string
 	SCEPURL         string // the "scep" provisioner on the HTTP listener
+	// Notes are things the operator must know about this installation,
+	// one sentence each (e.g. that a brought root key was not copied).
+	Notes []string
 }
 
 // ErrNotEmpty is returned when Dir has content and Force is not set.
@@ -133,11 +151,12 @@ func newResult(o Options) *Result {
 // writeCAFiles writes everything ca.json refers to (both CAs, the SCEP RA,
 // the device template, a fresh database) and returns ca.json's content.
 func writeCAFiles(o Options, r *Result, password string) (*caFile, error) {
-	issuing, err := writeCAPair(o.Dir, o.Name, "", password)
+	issuing, err := issuingCA(o, password)
 	if err != nil {
 		return nil, err
 	}
 	r.RootFile, r.RootFingerprint = issuing.rootFile, fingerprint(issuing.root)
+	r.Notes = broughtCANotes(o, issuing)
 	// The TPM Attestation CA has its own root, trusted only where an ACME
 	// provisioner's attestationRoots names it.
 	attestation, err := writeCAPair(o.Dir, o.Name+" TPM Attestation", "attestation_", password)
@@ -237,6 +256,29 @@ func (o *Options) defaults() error {
 	}
 	if o.Provisioner == "" {
 		o.Provisioner = "admin"
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o.checkBroughtCA(o.Now())
+}
+
+// broughtCANotes tells the operator what init did with a brought CA.
+func broughtCANotes(o Options, issuing *caPair) []string {
+	switch {
+	case o.Root != nil:
+		issued := fmt.Sprintf("Intermediate %q was issued by your CA %q.", cakeys.Name(issuing.inter), cakeys.Name(o.Root.Cert))
+		if o.Root.Cert != issuing.root {
+			issued = strings.TrimSuffix(issued, ".") + fmt.Sprintf(" under the root %q.", cakeys.Name(issuing.root))
+		}
+		return []string{
+			issued,
+			"The key of your CA was used once and NOT copied into " + o.Dir + ": keep it offline; stepfort never needs it to run.",
+		}
+	case o.Issuer != nil:
+		return []string{
+			fmt.Sprintf("stepfort signs directly with your issuing CA %q (root %q); its key is stored encrypted with the CA password in %s.", cakeys.Name(o.Issuer.Cert), cakeys.Name(issuing.root), issuing.keyFile),
+		}
 	}
 	return nil
 }
