@@ -3,6 +3,7 @@
 # stepfort: a static binary in a small non-root image.
 #
 #   docker build -t stepfort --build-arg VERSION=$(git describe --always --dirty) .
+#   docker build -t stepfort:fips --build-arg GOFIPS140=v1.0.0 .   (FIPS 140-3 variant)
 #   docker run -d -p 9000:9000 -p 9080:9080 -v stepfort-data:/data stepfort
 #
 # See docs/install.md for init/serve and the notes on volumes.
@@ -18,9 +19,13 @@ RUN go mod download
 COPY . .
 ARG VERSION=dev
 ARG BUILD_TIME=unknown
+# GOFIPS140=v1.0.0 links the frozen Go Cryptographic Module v1.0.0 (in the Go
+# toolchain: no download) and makes FIPS 140-3 mode the binary's default;
+# "off" is the standard build. See docs/fips.md.
+ARG GOFIPS140=off
 # CGO_ENABLED=0: a static binary that runs on any base image. The pkcs11 and
 # yubikey KMS drivers need cgo and are not compiled in (cmd/stepfort/main.go).
-RUN CGO_ENABLED=0 go build -trimpath \
+RUN CGO_ENABLED=0 GOFIPS140=${GOFIPS140} go build -trimpath \
       -ldflags "-s -w -X main.Version=${VERSION} -X main.BuildTime=${BUILD_TIME}" \
       -o /out/stepfort ./cmd/stepfort
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/smallstep/nosql/database"
 
+	"github.com/stepfort/stepfort/internal/fips"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -19,9 +20,10 @@ const healthTimeout = 2 * time.Second
 // health replaces upstream's /health ({"status":"ok"}, which the step CLI's
 // `step ca health` reads) with the same answer plus database reachability
 // and what plugins report; any failure is a 503 with status "unavailable",
-// so a load balancer takes the replica out.
+// so a load balancer takes the replica out. "fips" says which FIPS 140-3
+// mode is active and with which Go Cryptographic Module (docs/fips.md).
 func (d *Daemon) health(w http.ResponseWriter, r *http.Request) {
-	body := map[string]any{"status": "ok"}
+	body := map[string]any{"status": "ok", "fips": fips.Current()}
 	status := http.StatusOK
 	fail := func(key string, err error) {
 		body[key] = err.Error()

@@ -18,9 +18,11 @@ import (
 	"go.step.sm/crypto/pemutil"
 
 	// KMS drivers registered by upstream's cmd/step-ca. pkcs11 needs cgo;
-	// in the CGO_ENABLED=0 build its package registers a stub that answers
-	// with a clear "not supported without cgo" error, exactly as an
-	// upstream step-ca built without cgo. yubikey is in kms_yubikey.go.
+	// in the static CGO_ENABLED=0 build its package registers a stub that
+	// answers with a clear "not supported without cgo" error, exactly as an
+	// upstream step-ca built without cgo. The cgo build (stepfort-hsm)
+	// replaces it with internal/hsm (kms_pkcs11.go). yubikey is in
+	// kms_yubikey.go.
 	_ "go.step.sm/crypto/kms/awskms"
 	_ "go.step.sm/crypto/kms/azurekms"
 	_ "go.step.sm/crypto/kms/cloudkms"
@@ -34,6 +36,8 @@ import (
 	_ "github.com/smallstep/certificates/cas/softcas"
 	_ "github.com/smallstep/certificates/cas/stepcas"
 	_ "github.com/smallstep/certificates/cas/vaultcas"
+
+	"github.com/stepfort/stepfort/internal/fips"
 
 	// Plugins available to ca.json.
 	_ "github.com/stepfort/stepfort/plugins/builtin"
@@ -58,6 +62,10 @@ func main() {
 	app.Usage = "on-prem certificate authority for device identity, built on step-ca"
 	app.UsageText = "stepfort <ca.json> [step-ca flags]   (same as: stepfort serve <ca.json>)\n   stepfort <command> [arguments]"
 	app.Version = fmt.Sprintf("%s (built %s)", Version, BuildTime)
+	if st := fips.Current(); st != (fips.Status{Mode: fips.Off}) {
+		// A FIPS build, or FIPS mode asked for: say which (docs/fips.md).
+		app.Version = fmt.Sprintf("%s (built %s; %s)", Version, BuildTime, st)
+	}
 	app.Writer = os.Stdout
 	app.ErrWriter = os.Stderr
 	app.Flags = serveFlags()
@@ -84,7 +92,7 @@ func main() {
 		_ = set.Parse(os.Args)
 		return serveCommand().Run(cli.NewContext(app, set, nil))
 	}
-	if err := app.Run(os.Args); err != nil {
+	if err := run(app); err != nil {
 		var exit *exitError
 		if errors.As(err, &exit) {
 			fmt.Fprintln(os.Stderr, "stepfort: "+oneLine(exit.err.Error()))
@@ -93,6 +101,19 @@ func main() {
 		fmt.Fprintln(os.Stderr, "stepfort: "+oneLine(err.Error()))
 		os.Exit(1)
 	}
+}
+
+// run runs the command line. Under GODEBUG=fips140=only the Go module
+// panics on some non-approved algorithms (MD5, SHA-1, GCM with an IV from
+// outside the module): that ends the command with one line naming the
+// algorithm, like any other error (docs/fips.md).
+func run(app *cli.App) (err error) {
+	doing := "serve"
+	if len(os.Args) > 1 && !strings.HasPrefix(os.Args[1], "-") && !strings.HasSuffix(os.Args[1], ".json") {
+		doing = os.Args[1]
+	}
+	defer fips.Refuse(&err, doing)
+	return app.Run(os.Args)
 }
 
 // exitError carries an exit code other than 1.

@@ -21,6 +21,7 @@ import (
 
 	"github.com/stepfort/stepfort/authority"
 	"github.com/stepfort/stepfort/config"
+	"github.com/stepfort/stepfort/internal/fips"
 )
 
 // serveFlags are upstream step-ca's flags (commands.AppCommand), so scripts
@@ -123,7 +124,11 @@ func serve(configFile string, opts authority.Options, pidfile string) error {
 		log.SetOutput(discard{})
 	}
 
-	d, err := authority.New(file, opts)
+	// Which FIPS 140-3 mode is active, before anything uses a key.
+	st := fips.Current()
+	logger.Info(st.String(), st.LogAttrs()...)
+
+	d, err := newDaemon(file, opts)
 	if err != nil {
 		return err
 	}
@@ -141,6 +146,14 @@ func serve(configFile string, opts authority.Options, pidfile string) error {
 
 	go handleSignals(d, logger)
 	return d.Run()
+}
+
+// newDaemon is authority.New, where a non-approved algorithm refused by
+// the Go module under GODEBUG=fips140=only (a panic in crypto/sha1,
+// crypto/md5, ...) becomes a one-line error naming it, not a stack trace.
+func newDaemon(file *config.File, opts authority.Options) (d *authority.Daemon, err error) {
+	defer fips.Refuse(&err, "start the CA")
+	return authority.New(file, opts)
 }
 
 // handleSignals mirrors upstream's ca.StopReloaderHandler: SIGHUP reloads,

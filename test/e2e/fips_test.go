@@ -1,0 +1,229 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stepfort/stepfort/internal/testenv"
+)
+
+// fipsModule is the frozen Go Cryptographic Module `make build-fips`
+// links; the binary reports it with its unique suffix (v1.0.0-c2097c7c).
+const fipsModule = "v1.0.0"
+
+// buildFIPS builds stepfort as `make build-fips` does: GOFIPS140, static.
+func buildFIPS(t *testing.T) string {
+	t.Helper()
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "stepfort-fips")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/stepfort")
+	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFIPS140="+fipsModule)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("GOFIPS140=%s go build: %v\n%s", fipsModule, err, out)
+	}
+	return bin
+}
+
+// fipsOnly is the environment of a run under Go's strict mode; a run
+// without it uses the FIPS build's default, fips140=on.
+var fipsOnly = []string{"GODEBUG=fips140=only"}
+
+// runFIPS runs the FIPS binary to completion (bounded) with env added.
+func runFIPS(t *testing.T, bin string, env []string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("stepfort %v did not finish within 30s:\n%s", args, out)
+	}
+	return string(out), err
+}
+
+// mustRefuseAlgorithm checks a documented refusal (docs/fips.md): the
+// command failed with one line that names the non-approved algorithm, not
+// a Go stack trace.
+func mustRefuseAlgorithm(t *testing.T, what, out string, err error, alg *regexp.Regexp) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("%s under fips140=only succeeded, want a refusal naming %s:\n%s", what, alg, out)
+	}
+	if !strings.Contains(out, "FIPS 140-3: non-approved algorithm refused:") || !alg.MatchString(out) {
+		t.Fatalf("%s under fips140=only: want a refusal naming %s:\n%s", what, alg, out)
+	}
+	if strings.Contains(out, "goroutine ") {
+		t.Fatalf("%s under fips140=only: a stack trace, not a one-line refusal:\n%s", what, out)
+	}
+}
+
+// TestFIPS builds the FIPS variant once, checks that it reports its mode
+// and module, asserts the documented refusals under GODEBUG=fips140=only,
+// and runs the main flows in FIPS 140-3 mode (fips140=on, the variant's
+// default): step CLI issue/renew/revoke, OCSP (SHA-256 and SHA-1
+// CertIDs), the CRL with openssl verify -crl_check, ACME with lego and
+// device-attest-01 with swtpm. docs/fips.md has the table this follows.
+func TestFIPS(t *testing.T) {
+	bin := buildFIPS(t)
+	// The shared helpers (initCA, serve, stepfortCLI) run stepfortBin.
+	saved := stepfortBin
+	stepfortBin = bin
+	t.Cleanup(func() { stepfortBin = saved })
+
+	out, err := runFIPS(t, bin, nil, "--version")
+	if err != nil || !strings.Contains(out, "FIPS 140-3 mode on, Go Cryptographic Module "+fipsModule+"-") {
+		t.Fatalf("--version of the FIPS build: %v\n%s", err, out)
+	}
+	if out, _ := runFIPS(t, bin, fipsOnly, "--version"); !strings.Contains(out, "FIPS 140-3 mode only") {
+		t.Fatalf("--version under fips140=only:\n%s", out)
+	}
+
+	t.Run("only refusals", func(t *testing.T) { fipsOnlyRefusals(t, bin) })
+	t.Run("on flows", fipsOnFlows)
+}
+
+// fipsOnlyRefusals: under fips140=only, init and serve stop at the first
+// non-approved algorithm with its name (docs/fips.md, "fips140=only").
+func fipsOnlyRefusals(t *testing.T, bin string) {
+	dir := t.TempDir()
+	out, err := runFIPS(t, bin, fipsOnly, "init", "--dir", filepath.Join(dir, "only"),
+		"--address", "127.0.0.1:0", "--insecure-address", "127.0.0.1:0")
+	// MD5: the CA keys' legacy PEM encryption (EVP_BytesToKey); once the
+	// keys are written as PKCS#8 (PBES2), GCM with an IV chosen outside the
+	// module: the JWE of the JWK provisioner's key, which the step CLI reads.
+	mustRefuseAlgorithm(t, "stepfort init", out, err,
+		regexp.MustCompile(`init: .*use of (MD5|GCM with arbitrary IVs) is not allowed`))
+
+	// A CA made in FIPS mode (on) does not start under only: step-ca
+	// v0.30.2 hashes provisioner IDs with SHA-1 for its ordering (not a
+	// security use, refused all the same), and keys in the legacy PEM
+	// encryption need MD5.
+	c := initCA(t)
+	out, err = runFIPS(t, bin, fipsOnly, "serve", c.Config, "--password-file", c.Password)
+	mustRefuseAlgorithm(t, "stepfort serve", out, err,
+		regexp.MustCompile(`start the CA: .*use of (SHA-1|MD5) is not allowed`))
+}
+
+// fipsOnFlows runs the main flows against the FIPS build in its default
+// mode, fips140=on.
+func fipsOnFlows(t *testing.T) {
+	c := initCA(t)
+	acmePort := freePort(t)
+	proc := serve(t, c.Config, c.Password, c.Port, "--insecure", "--acme-http-port", fmt.Sprint(acmePort))
+
+	// /health and the start-up log say which mode and module.
+	resp, err := apiClient(t, c).Get(c.URL + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	resp.Body.Close()
+	var health struct {
+		Status string `json:"status"`
+		FIPS   struct{ Mode, Module string }
+	}
+	if err := json.Unmarshal(body, &health); err != nil || health.Status != "ok" || health.FIPS.Mode != "on" ||
+		!strings.HasPrefix(health.FIPS.Module, fipsModule+"-") {
+		t.Fatalf("/health of the FIPS build: %v %s", err, body)
+	}
+	if log := proc.Log(); !strings.Contains(log, "FIPS 140-3 mode on, Go Cryptographic Module "+health.FIPS.Module) {
+		t.Fatalf("no FIPS line in the start-up log:\n%s", log)
+	}
+
+	// step CLI: JWK certificate, renew over mTLS (TLS with the approved
+	// suites only), revoke.
+	stepCLIFlows(t, c, c.URL, "admin", c.Password)
+
+	// OCSP with both CertID hashes, and the CRL, on a good and a revoked
+	// certificate.
+	step := newStepCLI(t)
+	step.bootstrap(c, c.URL)
+	dir := t.TempDir()
+	good, bad := filepath.Join(dir, "good.crt"), filepath.Join(dir, "bad.crt")
+	for _, crt := range []string{good, bad} {
+		step.must("ca", "certificate", strings.TrimSuffix(filepath.Base(crt), ".crt")+".example", crt, crt+".key",
+			"--provisioner", "admin", "--provisioner-password-file", c.Password)
+	}
+	step.must("ca", "revoke", "--cert", bad, "--key", bad+".key", "--reason", "fips test")
+	ocspURL := fmt.Sprintf("http://localhost:%d/ocsp", c.HTTPPort)
+	for _, digest := range []string{"-sha256", "-sha1"} {
+		if out := ocspStatus(t, c, ocspURL, digest, "-cert", good); !strings.Contains(out, good+": good") {
+			t.Fatalf("OCSP %s for a good certificate:\n%s", digest, out)
+		}
+		if out := ocspStatus(t, c, ocspURL, digest, "-cert", bad); !strings.Contains(out, bad+": revoked") {
+			t.Fatalf("OCSP %s for a revoked certificate:\n%s", digest, out)
+		}
+	}
+	waitRevoked(t, c, c.HTTPPort, bad)
+	if revoked, out := crlRevoked(t, c, c.HTTPPort, good); revoked {
+		t.Fatalf("good certificate in the CRL:\n%s", out)
+	}
+
+	legoFlow(t, c, acmePort)
+	fipsDeviceAttest(t, c)
+}
+
+// legoFlow gets an ACME certificate (http-01) with lego, then revokes it.
+func legoFlow(t *testing.T, c *ca, acmePort int) {
+	t.Helper()
+	dir := t.TempDir()
+	lego := func(args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, testenv.MustTool(t, "lego"), append([]string{
+			"--server", c.URL + "/acme/acme/directory", "--email", "fips@example.com", "--accept-tos",
+			"--domains", "localhost", "--path", dir}, args...)...)
+		cmd.Env = append(os.Environ(), "LEGO_CA_CERTIFICATES="+c.Root)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("lego %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	lego("--http", "--http.port", fmt.Sprintf("127.0.0.1:%d", acmePort), "--key-type", "ec256", "run")
+	crt := filepath.Join(dir, "certificates", "localhost.crt")
+	if cert := readCert(t, crt); len(cert.DNSNames) != 1 || cert.DNSNames[0] != "localhost" {
+		t.Fatalf("lego certificate SANs %v", cert.DNSNames)
+	}
+	checkIssued(t, c, crt, "localhost")
+	if out := lego("revoke"); !strings.Contains(out, "Certificate was revoked") {
+		t.Fatalf("lego revoke:\n%s", out)
+	}
+}
+
+// fipsDeviceAttest: a registered swtpm gets a device certificate through
+// the Attestation CA and device-attest-01 (the step CLI, not in FIPS mode,
+// is the client).
+func fipsDeviceAttest(t *testing.T, c *ca) {
+	t.Helper()
+	withKMSPlugin(t)
+	sw := startSWTPM(t)
+	ek := preferredEK(t, sw.open(t))
+	urn := ekURN(t, ek)
+	if out, err := stepfortCLI(t, c, "devices", "add", "--ek-pub", writeEKPub(t, ek, true), "--name", "fips-laptop"); err != nil {
+		t.Fatalf("devices add: %v\n%s", err, out)
+	}
+	agent := newDeviceAgent(t, sw, c, c.URL)
+	crt := filepath.Join(agent.dir, "device.crt")
+	if out, err := agent.deviceCert(urn, "devkey1", crt); err != nil {
+		t.Fatalf("device-attest-01: %v\n%s", err, out)
+	}
+	if leaf := readCert(t, crt); len(leaf.URIs) != 1 || leaf.URIs[0].String() != urn {
+		t.Fatalf("device certificate URI SANs %v, want %s", leaf.URIs, urn)
+	}
+}
