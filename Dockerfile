@@ -4,6 +4,7 @@
 #
 #   docker build -t stepfort --build-arg VERSION=$(git describe --always --dirty) .
 #   docker build -t stepfort:fips --build-arg GOFIPS140=v1.0.0 .   (FIPS 140-3 variant)
+#   docker build -t stepfort:hsm --target hsm .                    (PKCS#11 HSM variant, Debian)
 #   docker run -d -p 9000:9000 -p 9080:9080 -v stepfort-data:/data stepfort
 #
 # See docs/install.md for init/serve and the notes on volumes.
@@ -24,10 +25,42 @@ ARG BUILD_TIME=unknown
 # "off" is the standard build. See docs/fips.md.
 ARG GOFIPS140=off
 # CGO_ENABLED=0: a static binary that runs on any base image. The pkcs11 and
-# yubikey KMS drivers need cgo and are not compiled in (cmd/stepfort/main.go).
+# yubikey KMS drivers need cgo and are stubs here; the "hsm" target below
+# builds the PKCS#11 variant (docs/hsm.md).
 RUN CGO_ENABLED=0 GOFIPS140=${GOFIPS140} go build -trimpath \
       -ldflags "-s -w -X main.Version=${VERSION} -X main.BuildTime=${BUILD_TIME}" \
       -o /out/stepfort ./cmd/stepfort
+
+# --- HSM variant (docker build --target hsm -t stepfort:hsm .) ---------------
+# The cgo build with PKCS#11 support (docs/hsm.md): it links glibc only and
+# dlopens the module named in ca.json, so it runs on Debian, not Alpine. Mount
+# or install the vendor's PKCS#11 module into the image; softhsm2 is here for
+# trying it out. Not built by default: the final stage below is the default.
+FROM build AS build-hsm
+ARG VERSION=dev
+ARG BUILD_TIME=unknown
+RUN CGO_ENABLED=1 go build -trimpath \
+      -ldflags "-s -w -X main.Version=${VERSION} -X main.BuildTime=${BUILD_TIME}" \
+      -o /out/stepfort-hsm ./cmd/stepfort
+
+FROM debian:trixie-slim AS hsm
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates wget softhsm2 opensc \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd -g 10001 stepfort \
+ && useradd -r -u 10001 -g stepfort -d /data -s /usr/sbin/nologin stepfort \
+ && mkdir -p /data && chown 10001:10001 /data && chmod 0700 /data
+COPY --from=build-hsm /out/stepfort-hsm /usr/local/bin/stepfort
+USER 10001:10001
+WORKDIR /data
+ENV STEPFORT_DIR=/data
+VOLUME ["/data"]
+EXPOSE 9000 9080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["wget", "--no-check-certificate", "-q", "-O", "/dev/null", "https://127.0.0.1:9000/health"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/stepfort"]
+CMD ["serve", "/data/config/ca.json", "--password-file", "/data/secrets/password"]
 
 # --- runtime -----------------------------------------------------------------
 # Alpine rather than distroless: the HEALTHCHECK needs an HTTPS client, and

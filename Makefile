@@ -2,6 +2,7 @@
 #   make run    start a working CA (quickstart on loopback, embedded bbolt, ./.stepfort)
 #   make test   install what the tests need, then run every test
 #   make build-fips  bin/stepfort-fips, built with Go's FIPS 140-3 module (docs/fips.md)
+#   make build-hsm   bin/stepfort-hsm, the cgo build with PKCS#11 HSM support (docs/hsm.md)
 
 GO       ?= go
 export CGO_ENABLED := 0
@@ -14,10 +15,13 @@ BIN      := bin/stepfort
 # FIPS 140-3 mode by default. See docs/fips.md.
 FIPS_MODULE ?= v1.0.0
 BIN_FIPS    := bin/stepfort-fips
+# The HSM variant is built with cgo (needs gcc): it links glibc only and
+# dlopens the PKCS#11 module named in ca.json. See docs/hsm.md.
+BIN_HSM     := bin/stepfort-hsm
 # Go's test timeout; the whole suite normally takes a few minutes on 2 cores.
 TEST_TIMEOUT ?= 30m
 
-.PHONY: run test vet unit e2e build build-fips bench lint fuzz tools clean
+.PHONY: run test vet unit e2e build build-fips build-hsm bench lint fuzz tools clean
 
 run: build
 	$(BIN) quickstart --dir $(CURDIR)/.stepfort
@@ -43,6 +47,9 @@ build:
 
 build-fips:
 	GOFIPS140=$(FIPS_MODULE) $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN_FIPS) ./cmd/stepfort
+
+build-hsm:
+	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN_HSM) ./cmd/stepfort
 
 tools:
 	bash scripts/install-tools.sh

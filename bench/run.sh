@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # run.sh runs the benchmarks under bench/ (sign, billing, attestation, ha,
-# deviceattest, scep). The sign benchmark runs upstream step-ca v0.30.2 and
+# deviceattest, scep, adcsimport). The sign benchmark runs upstream step-ca v0.30.2 and
 # stepfort, alternately, on the same ca.json with bbolt and then PostgreSQL,
 # under the same /1.0/sign load. `make bench` calls it.
 #
@@ -43,13 +43,15 @@ mkdir -p .cache/bench
 # Each benchmark is a program under bench/; they run one after the other so
 # every comparison is made within one run. BENCH_ONLY=sign,ha limits the set;
 # BENCH_HA=0 skips the HA benchmark. Arguments go to the sign benchmark.
-only="${BENCH_ONLY:-sign,billing,attestation,ha,deviceattest,scep}"
+only="${BENCH_ONLY:-sign,billing,attestation,ha,deviceattest,scep,adcsimport,hsm}"
 [[ "${BENCH_HA:-1}" == 0 ]] && only="${only//ha/}"
 status=0
-for b in sign billing attestation ha deviceattest scep; do
+for b in sign billing attestation ha deviceattest scep adcsimport hsm; do
 	[[ ",$only," == *",$b,"* ]] || continue
 	echo "=== bench/$b ==="
-	go build -o ".cache/bench/$b" "./bench/$b" || { status=1; continue; }
+	cgo=0
+	[[ $b == hsm ]] && cgo=1 # PKCS#11 (SoftHSM2) needs cgo
+	CGO_ENABLED=$cgo go build -o ".cache/bench/$b" "./bench/$b" || { status=1; continue; }
 	if [[ $b == sign ]]; then
 		# The sign benchmark builds ./cmd/stepfort itself (same flags as step-ca).
 		".cache/bench/$b" "$@" || status=1

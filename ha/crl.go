@@ -1,22 +1,19 @@
 package ha
 
 import (
-	"bytes"
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"net/http"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,6 +22,7 @@ import (
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
 
+	"github.com/stepfort/stepfort/internal/crlchanges"
 	"github.com/stepfort/stepfort/internal/storage"
 	"github.com/stepfort/stepfort/plugins"
 )
@@ -50,44 +48,6 @@ const crlLeaseName = "crl-publisher"
 // expiredGrace matches upstream: revoked certificates expired longer ago
 // than this leave the CRL.
 const expiredGrace = time.Hour
-
-// CRLScope is what one configuration generation says about the CRL: the
-// URL that is both the certificates' distribution point and the CRL's
-// Issuing Distribution Point, and how long a CRL is valid. It is immutable,
-// so a publication uses one scope from start to end.
-type CRLScope struct {
-	url      string
-	validity time.Duration
-	idp      pkix.Extension
-}
-
-// NewCRLScope returns the scope of CRLs published at url and valid for
-// validity.
-func NewCRLScope(url string, validity time.Duration) (*CRLScope, error) {
-	idp, err := issuingDistributionPoint(url)
-	if err != nil {
-		return nil, fmt.Errorf("CRL issuing distribution point %q: %w", url, err)
-	}
-	return &CRLScope{url: url, validity: validity, idp: idp}, nil
-}
-
-// URL is the CRL distribution point and Issuing Distribution Point.
-func (s *CRLScope) URL() string { return s.url }
-
-// Validity is how long a published CRL is valid (thisUpdate to nextUpdate).
-func (s *CRLScope) Validity() time.Duration { return s.validity }
-
-// names reports whether crl carries this scope's Issuing Distribution
-// Point, the one relying parties compare with the certificate's
-// distribution point.
-func (s *CRLScope) names(crl *x509.RevocationList) bool {
-	for _, e := range crl.Extensions {
-		if e.Id.Equal(s.idp.Id) {
-			return bytes.Equal(e.Value, s.idp.Value)
-		}
-	}
-	return false
-}
 
 // Publisher generates the CRL on exactly one replica at a time (the holder
 // of the crl-publisher lease): at start, within PublishDelay of a
@@ -116,9 +76,13 @@ type Publisher struct {
 	lastChanges  int64 // only the Run goroutine touches it
 	holding      bool  // ditto: whether the last step held the lease
 
-	mu      sync.Mutex // guards cache
-	cache   *crlCache
-	loading sync.Mutex // held by the one caller refreshing the cache
+	// own is stepfort's own issuer's series; legacy are added before Run
+	// and never change.
+	own    *series
+	legacy []*legacySeries
+	// routes maps decoded request paths to the CRLs served there (the own
+	// delta, legacy bases and deltas), rebuilt when a scope is activated.
+	routes atomic.Pointer[map[string]http.Handler]
 }
 
 // NewPublisher prepares the tables and metrics. It publishes nothing until
@@ -130,8 +94,12 @@ func NewPublisher(h plugins.Host, delay, ttl time.Duration) (*Publisher, error) 
 			return nil, fmt.Errorf("create table %s: %w", t, err)
 		}
 	}
+	if err := crlchanges.Init(store); err != nil {
+		return nil, fmt.Errorf("create table %s: %w", crlchanges.Table, err)
+	}
 	p := &Publisher{host: h, store: store, locker: h.Locker(), replica: h.Replica(),
 		delay: delay, ttl: ttl, log: h.Logger(), wake: make(chan struct{}, 1)}
+	p.own = p.ownSeries()
 	p.number = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "stepfort", Subsystem: "crl", Name: "number", Help: "Number of the CRL this replica last saw published"})
 	p.held = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "stepfort", Subsystem: "crl", Name: "lease_held", Help: "1 if this replica holds the CRL publisher lease"})
 	p.changes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "stepfort", Subsystem: "crl", Name: "lease_changes_total", Help: "Changes of the CRL publisher lease holder seen by this replica"})
@@ -141,6 +109,8 @@ func NewPublisher(h plugins.Host, delay, ttl time.Duration) (*Publisher, error) 
 		}
 		return -1
 	})
+	p.own.base.onSet = func(c *crlCache) { p.number.Set(float64(c.info.Number)) }
+	p.routes.Store(&map[string]http.Handler{})
 	for _, c := range []prometheus.Collector{p.number, p.held, p.changes, age} {
 		if err := h.Metrics().Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
@@ -159,15 +129,17 @@ func NewPublisher(h plugins.Host, delay, ttl time.Duration) (*Publisher, error) 
 func (p *Publisher) Activate(s *CRLScope) {
 	old := p.scope.Swap(s)
 	if s == nil {
+		p.rebuildRoutes()
 		if old != nil {
 			p.log.Info("CRL switched off: upstream's crl.enabled is false")
 		}
 		return
 	}
-	if old != nil && old.url == s.url {
+	p.rebuildRoutes()
+	if old.equal(s) {
 		return
 	}
-	p.log.Info("CRL scope activated", "url", s.url, "validity", s.validity)
+	p.log.Info("CRL scope activated", "url", s.url, "validity", s.Validity(), "idp", s.idp != nil, "delta", s.delta != nil)
 	select {
 	case p.wake <- struct{}{}:
 	default: // a wake-up is pending already
@@ -197,7 +169,7 @@ func (p *Publisher) Run(ctx context.Context) {
 // step renews or takes the lease and publishes if a CRL is due.
 func (p *Publisher) step(ctx context.Context) {
 	s := p.scope.Load()
-	if s == nil {
+	if s == nil && len(p.legacy) == 0 {
 		p.standDown(ctx)
 		return
 	}
@@ -213,14 +185,33 @@ func (p *Publisher) step(ctx context.Context) {
 		return
 	}
 	p.held.Set(1)
-	due, err := p.due(s)
+	if s != nil {
+		p.publishSeries(p.own, s)
+	}
+	// Legacy series do not depend on upstream's crl block: they publish
+	// even when stepfort's own CRL is off.
+	for _, l := range p.legacy {
+		p.publishSeries(l.series, l.series.scope())
+	}
+}
+
+// publishSeries publishes what of s is due: a base first, then (with
+// deltas) a delta over it.
+func (p *Publisher) publishSeries(s *series, sc *CRLScope) {
+	base, delta, err := p.dueSeries(s, sc)
 	if err != nil {
-		p.log.Error("CRL state", "error", err)
+		p.log.Error("CRL state", "series", s.name, "error", err)
 		return
 	}
-	if due {
-		if err := p.publish(s); err != nil {
-			p.log.Error("publish CRL", "error", err)
+	if base {
+		if err := p.publishBase(s, sc); err != nil {
+			p.log.Error("publish CRL", "series", s.name, "error", err)
+			return
+		}
+	}
+	if delta && sc.delta != nil {
+		if err := p.publishDelta(s, sc); err != nil {
+			p.log.Error("publish delta CRL", "series", s.name, "error", err)
 		}
 	}
 }
@@ -252,52 +243,13 @@ func (p *Publisher) noteHolder(ctx context.Context) {
 	p.log.Info("CRL publisher lease", "holder", l.Holder, "self", l.Holder == p.replica)
 }
 
-// due reports whether a new CRL is needed: none yet, one of another scope
-// (crl.url changed), a revocation newer than the current CRL, two thirds
-// of its validity gone, or the fingerprint row not naming it.
+// due reports whether a new base CRL of the own series is needed: none
+// yet, one of another scope (crl.url, crl.idp or deltas changed), a
+// revocation newer than the current CRL (without deltas), its period or
+// two thirds of its validity gone, or the fingerprint row not naming it.
 func (p *Publisher) due(s *CRLScope) (bool, error) {
-	c, err := p.cached()
-	if err != nil || c == nil {
-		return true, err
-	}
-	if !c.confirmed || !s.names(c.crl) {
-		return true, nil
-	}
-	crl := c.crl
-	now := p.host.Now()
-	if now.After(crl.ThisUpdate.Add(crl.NextUpdate.Sub(crl.ThisUpdate) * 2 / 3)) {
-		return true, nil
-	}
-	b, err := p.store.Get(crlStateTable, crlDirtyKey)
-	if database.IsErrNotFound(err) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	var dirty time.Time
-	if err := dirty.UnmarshalText(b); err != nil {
-		return true, nil
-	}
-	return !dirty.Before(crl.ThisUpdate), nil
-}
-
-// crlCache is the current CRL as this replica last read or wrote it, so
-// that ServeCRL, due and the age metric do not fetch and decode the whole
-// row (tens of megabytes at a million entries) on every call. It is
-// immutable once built.
-type crlCache struct {
-	info    *db.CertificateRevocationListInfo
-	crl     *x509.RevocationList // header only: no entries
-	etag    string               // also the published fingerprint
-	rowSum  uint64               // maphash of the stored row
-	checked time.Time            // last comparison with the fingerprint
-	loaded  time.Time            // last comparison with the row itself
-	// confirmed: the fingerprint row names this CRL. When it does not (a
-	// CRL from a stepfort without fingerprints, or a publisher that died
-	// between the two writes) every refresh reads the row, and due asks
-	// for a new CRL, which writes both.
-	confirmed bool
+	base, _, err := p.dueSeries(p.own, s)
+	return base, err
 }
 
 // How long a cached CRL is used without looking at the database: the
@@ -316,104 +268,20 @@ const (
 // (RevokedCertificateEntries is empty; parse info.DER for them). Both are
 // shared: callers must not modify them.
 func (p *Publisher) current() (*db.CertificateRevocationListInfo, *x509.RevocationList, error) {
-	c, err := p.cached()
+	c, err := p.own.base.get()
 	if c == nil || err != nil {
 		return nil, nil, err
 	}
 	return c.info, c.crl, nil
 }
 
-func (p *Publisher) cached() (*crlCache, error) {
-	p.mu.Lock()
-	c := p.cache
-	p.mu.Unlock()
-	if c != nil && time.Since(c.checked) < crlRecheck {
-		return c, nil
+// currentDelta is current for the own series' delta CRL.
+func (p *Publisher) currentDelta() (*db.CertificateRevocationListInfo, *x509.RevocationList, error) {
+	c, err := p.own.delta.get()
+	if c == nil || err != nil {
+		return nil, nil, err
 	}
-	// One caller refreshes; the others keep serving what is cached.
-	if !p.loading.TryLock() {
-		if c != nil {
-			return c, nil
-		}
-		p.loading.Lock()
-	}
-	defer p.loading.Unlock()
-	p.mu.Lock()
-	c = p.cache
-	p.mu.Unlock()
-	if c != nil && time.Since(c.checked) < crlRecheck {
-		return c, nil
-	}
-	n, err := p.refresh(c)
-	if err != nil {
-		if c != nil {
-			// Still valid for clients; the next call tries again.
-			return c, nil
-		}
-		return nil, err
-	}
-	p.setCache(n)
-	return n, nil
-}
-
-// refresh compares c with the database and returns what is current.
-func (p *Publisher) refresh(c *crlCache) (*crlCache, error) {
-	now := time.Now()
-	fp, err := p.store.Get(crlStateTable, crlPublishedKey)
-	if err != nil && !database.IsErrNotFound(err) {
-		return nil, err
-	}
-	if c != nil && c.confirmed && string(fp) == c.etag && now.Sub(c.loaded) < crlReload {
-		return c.touched(now, c.loaded, true), nil
-	}
-	row, err := p.store.Get(crlTable, crlKey)
-	if database.IsErrNotFound(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	sum := maphash.Bytes(crlSeed, row)
-	if c != nil && sum == c.rowSum {
-		return c.touched(now, now, string(fp) == c.etag), nil
-	}
-	var info db.CertificateRevocationListInfo
-	if err := json.Unmarshal(row, &info); err != nil {
-		return nil, fmt.Errorf("decode stored CRL: %w", err)
-	}
-	n, err := newCRLCache(&info, sum, now)
-	if err != nil {
-		return nil, err
-	}
-	n.confirmed = string(fp) == n.etag
-	return n, nil
-}
-
-// touched is c compared with the database at checked (fingerprint) and
-// loaded (row).
-func (c *crlCache) touched(checked, loaded time.Time, confirmed bool) *crlCache {
-	n := *c
-	n.checked, n.loaded, n.confirmed = checked, loaded, confirmed
-	return &n
-}
-
-var crlSeed = maphash.MakeSeed()
-
-func newCRLCache(info *db.CertificateRevocationListInfo, rowSum uint64, now time.Time) (*crlCache, error) {
-	crl, err := parseCRLHeader(info.DER)
-	if err != nil {
-		return nil, fmt.Errorf("parse stored CRL: %w", err)
-	}
-	return &crlCache{info: info, crl: crl, etag: crlETag(info.Number, info.DER), rowSum: rowSum, checked: now, loaded: now}, nil
-}
-
-func (p *Publisher) setCache(c *crlCache) {
-	p.mu.Lock()
-	p.cache = c
-	p.mu.Unlock()
-	if c != nil {
-		p.number.Set(float64(c.info.Number))
-	}
+	return c.info, c.crl, nil
 }
 
 // crlETag names a CRL for HTTP caches; the publisher also stores it as the
@@ -423,8 +291,9 @@ func crlETag(number int64, der []byte) string {
 	return `"` + strconv.FormatInt(number, 10) + "-" + hex.EncodeToString(sum[:8]) + `"`
 }
 
-// Publish generates and stores the next CRL. The number is the stored one
-// plus one, written with a compare-and-swap on the row it was read from.
+// Publish generates and stores the next base CRL of the own series. The
+// number is the series' next one, reserved with a compare-and-swap, and
+// the CRL is written with a compare-and-swap on the row it was read from.
 //
 // The revocation table is streamed (storescan) and every entry encoded
 // straight into the CRL's buffer (crlEncoder), so memory is a small
@@ -434,114 +303,78 @@ func (p *Publisher) Publish() error {
 	if s == nil {
 		return errors.New("no CRL scope is active: upstream's crl.enabled is false")
 	}
-	return p.publish(s)
+	return p.publishBase(p.own, s)
 }
 
-// publish publishes one CRL of scope s.
-func (p *Publisher) publish(s *CRLScope) error {
-	t0 := time.Now()
-	old, err := p.store.Get(crlTable, crlKey)
-	if err != nil && !database.IsErrNotFound(err) {
-		return err
+// PublishDelta generates and stores the next delta CRL of the own series.
+func (p *Publisher) PublishDelta() error {
+	s := p.scope.Load()
+	if s == nil || s.delta == nil {
+		return errors.New("delta CRLs are not enabled")
 	}
-	oldFP, err := p.store.Get(crlStateTable, crlPublishedKey)
-	if err != nil && !database.IsErrNotFound(err) {
-		return err
+	return p.publishDelta(p.own, s)
+}
+
+// ownSeries is stepfort's own issuer's series: the base in upstream's
+// row, revocations from upstream's table, signed by the intermediate.
+func (p *Publisher) ownSeries() *series {
+	delta, counter := seriesSlots(p, ownSeriesName)
+	return &series{
+		name:       ownSeriesName,
+		base:       newCRLSlot(p.store, crlTable, crlKey, crlPublishedKey),
+		delta:      delta,
+		counterKey: counter,
+		scope:      p.scope.Load,
+		issuer: func() (*x509.Certificate, crypto.Signer, error) {
+			auth := p.host.Authority()
+			inters := auth.GetIntermediateCertificates()
+			if len(inters) == 0 {
+				return nil, nil, errors.New("no intermediate to sign the CRL")
+			}
+			signer, err := auth.GetX509Signer()
+			if err != nil {
+				return nil, nil, fmt.Errorf("CRL signer: %w", err)
+			}
+			return inters[0], signer, nil
+		},
+		source:     ownSource{p.store},
+		dirtySince: func(t time.Time) (bool, error) { return dirtySince(p.store, crlDirtyKey, t) },
 	}
-	prevNumber, err := p.storedNumber(old)
-	if err != nil {
-		return err
-	}
-	auth := p.host.Authority()
-	inters := auth.GetIntermediateCertificates()
-	if len(inters) == 0 {
-		return errors.New("no intermediate to sign the CRL")
-	}
-	signer, err := auth.GetX509Signer()
-	if err != nil {
-		return fmt.Errorf("CRL signer: %w", err)
-	}
-	sig, err := newCRLSigner(signer)
-	if err != nil {
-		return err
-	}
-	now := p.host.Now().UTC().Truncate(time.Second)
-	nextUpdate := now.Add(s.validity)
-	// The previous CRL's size (three quarters of its base64 row) is the
-	// best guess of this one's.
-	enc, err := newCRLEncoder(inters[0], sig, now, nextUpdate, len(old)*3/4+len(old)/64)
-	if err != nil {
-		return err
-	}
-	cutoff := now.Add(-expiredGrace)
-	err = storage.ForEach(p.store, storage.RevokedCertsTable, func(key, value []byte) error {
+}
+
+// ownSeriesName is the own series' name in internal/crlchanges.
+const ownSeriesName = "own"
+
+// ownSource reads upstream's revoked_x509_certs.
+type ownSource struct{ store nosql.DB }
+
+func (o ownSource) forEachRevoked(fn func([]byte, time.Time, int, time.Time) error) error {
+	return storage.ForEach(o.store, storage.RevokedCertsTable, func(key, value []byte) error {
 		r, err := decodeCRLRow(value)
 		if err != nil {
 			return fmt.Errorf("decode revocation %s: %w", key, err)
 		}
-		if !r.expiresAt.IsZero() && r.expiresAt.Before(cutoff) {
-			return nil
-		}
-		return enc.add(r.serial, r.revokedAt, r.reason)
+		return fn(r.serial, r.revokedAt, r.reason, r.expiresAt)
 	})
-	if err != nil {
-		return fmt.Errorf("read revocations: %w", err)
-	}
-	tScan := time.Since(t0)
-	number := prevNumber + 1
-	der, err := enc.finish(number, s.idp)
-	if err != nil {
-		return err
-	}
-	tSign := time.Since(t0)
-	row, err := encodeCRLInfo(number, nextUpdate, s.validity, der)
-	if err != nil {
-		return err
-	}
-	_, swapped, err := storage.CmpAndSwap(p.store, crlTable, crlKey, old, row)
-	if err != nil {
-		return fmt.Errorf("store CRL: %w", err)
-	}
-	if !swapped {
-		return errors.New("another replica published a CRL meanwhile; will retry")
-	}
-	info := &db.CertificateRevocationListInfo{Number: number, ExpiresAt: nextUpdate, Duration: s.validity, DER: der}
-	c, err := newCRLCache(info, maphash.Bytes(crlSeed, row), time.Now())
-	if err != nil {
-		return err
-	}
-	// Only from the fingerprint this publisher read: a late write of an
-	// older publisher must not replace a newer one's.
-	_, c.confirmed, err = storage.CmpAndSwap(p.store, crlStateTable, crlPublishedKey, oldFP, []byte(c.etag))
-	if err != nil || !c.confirmed {
-		p.log.Warn("CRL fingerprint not updated; replicas read the whole CRL until the next one", "error", err)
-	}
-	// After any refresh under way, which may have read the previous row.
-	p.loading.Lock()
-	p.setCache(c)
-	p.loading.Unlock()
-	p.log.Info("CRL published", "number", number, "entries", enc.entries, "bytes", len(der), "nextUpdate", nextUpdate,
-		"scanSeconds", tScan.Seconds(), "signSeconds", (tSign - tScan).Seconds(), "storeSeconds", (time.Since(t0) - tSign).Seconds())
-	return nil
 }
 
-// storedNumber is the Number of the stored row old (0 when there is none),
-// from the cache when it holds that row.
-func (p *Publisher) storedNumber(old []byte) (int64, error) {
-	if old == nil {
-		return 0, nil
+func (ownSource) state() (int64, int64, error) { return 0, 0, nil }
+
+// dirtySince reports whether the revocation time stored at key is at or
+// after t (an unreadable one counts as dirty).
+func dirtySince(store nosql.DB, key []byte, t time.Time) (bool, error) {
+	b, err := store.Get(crlStateTable, key)
+	if database.IsErrNotFound(err) {
+		return false, nil
 	}
-	p.mu.Lock()
-	c := p.cache
-	p.mu.Unlock()
-	if c != nil && c.rowSum == maphash.Bytes(crlSeed, old) {
-		return c.info.Number, nil
+	if err != nil {
+		return false, err
 	}
-	var prev struct{ Number int64 } // not the DER: only the number is needed
-	if err := json.Unmarshal(old, &prev); err != nil {
-		return 0, fmt.Errorf("decode stored CRL: %w", err)
+	var dirty time.Time
+	if err := dirty.UnmarshalText(b); err != nil {
+		return true, nil
 	}
-	return prev.Number, nil
+	return !dirty.Before(t), nil
 }
 
 // MarkDirty records that a revocation happened, for the lease holder.
@@ -568,15 +401,21 @@ func issuingDistributionPoint(uri string) (pkix.Extension, error) {
 	return pkix.Extension{Id: asn1.ObjectIdentifier{2, 5, 29, 28}, Critical: true, Value: b}, nil
 }
 
-// ServeCRL answers /crl and /1.0/crl like upstream's api.CRL (DER, or PEM
-// with ?pem), plus ETag and Last-Modified. Without an active scope it
-// answers as upstream does with the CRL disabled.
+// ServeCRL answers /crl and /1.0/crl with the own series' base CRL, like
+// upstream's api.CRL (DER, or PEM with ?pem), plus ETag and
+// Last-Modified. Without an active scope it answers as upstream does with
+// the CRL disabled.
 func (p *Publisher) ServeCRL(w http.ResponseWriter, r *http.Request) {
 	if p.scope.Load() == nil {
 		http.Error(w, "Certificate Revocation Lists are not enabled", http.StatusNotFound)
 		return
 	}
-	c, err := p.cached()
+	p.serveSlot(w, r, p.own.base, "crl")
+}
+
+// serveSlot writes the CRL of slot, named file in Content-Disposition.
+func (p *Publisher) serveSlot(w http.ResponseWriter, r *http.Request, slot *crlSlot, file string) {
+	c, err := slot.get()
 	if err != nil {
 		http.Error(w, "CRL unavailable", http.StatusServiceUnavailable)
 		return
@@ -597,11 +436,14 @@ func (p *Publisher) ServeCRL(w http.ResponseWriter, r *http.Request) {
 	}
 	if _, ok := r.URL.Query()["pem"]; ok {
 		h.Set("Content-Type", "application/x-pem-file")
-		h.Set("Content-Disposition", `attachment; filename="crl.pem"`)
+		h.Set("Content-Disposition", `attachment; filename="`+file+`.pem"`)
 		_ = pem.Encode(w, &pem.Block{Type: "X509 CRL", Bytes: info.DER})
 		return
 	}
 	h.Set("Content-Type", "application/pkix-crl")
-	h.Set("Content-Disposition", `attachment; filename="crl.crl"`)
+	h.Set("Content-Disposition", `attachment; filename="`+file+`.crl"`)
+	if r.Method == http.MethodHead {
+		return
+	}
 	_, _ = w.Write(info.DER)
 }

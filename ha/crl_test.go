@@ -54,7 +54,7 @@ type crlHost struct {
 	store *countingStore
 }
 
-func newCRLHost(t *testing.T) *crlHost {
+func newCRLHost(t testing.TB) *crlHost {
 	t.Helper()
 	auth, _ := newTestAuthority(t)
 	store, err := nosql.New("bbolt", filepath.Join(t.TempDir(), "crl.db"))
@@ -78,7 +78,7 @@ func newTestPublisher(t *testing.T, h plugins.Host) *Publisher {
 	if err != nil {
 		t.Fatal(err)
 	}
-	scope, err := NewCRLScope(testIDP, 24*time.Hour)
+	scope, err := NewCRLScope(testIDP, 24*time.Hour, WithIDP())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func revoke(t *testing.T, store nosql.DB, rci db.RevokedCertificateInfo) {
 }
 
 // storedCRL reads the x509_crl row.
-func storedCRL(t *testing.T, store nosql.DB) (db.CertificateRevocationListInfo, *x509.RevocationList, []byte) {
+func storedCRL(t testing.TB, store nosql.DB) (db.CertificateRevocationListInfo, *x509.RevocationList, []byte) {
 	t.Helper()
 	row, err := store.Get(crlTable, crlKey)
 	if err != nil {

@@ -460,12 +460,15 @@ func reasonExtensions(reason int) ([]byte, error) {
 // encodeCRLInfo is json.Marshal of upstream's db.CertificateRevocationListInfo
 // (the x509_crl row), base64-encoding the DER straight into a buffer of the
 // final size instead of through encoding/json's growing one.
-func encodeCRLInfo(number int64, expiresAt time.Time, validity time.Duration, der []byte) ([]byte, error) {
+// A legacy base also carries the legacy store's version it was built
+// from (omitted when 0, so the own series' row is upstream's exactly).
+func encodeCRLInfo(number int64, expiresAt time.Time, validity time.Duration, der []byte, version int64) ([]byte, error) {
 	head, err := json.Marshal(struct {
 		Number    int64
 		ExpiresAt time.Time
 		Duration  time.Duration
-	}{number, expiresAt, validity})
+		Version   int64 `json:",omitempty"`
+	}{number, expiresAt, validity, version})
 	if err != nil {
 		return nil, err
 	}

@@ -307,7 +307,7 @@ func (w wrongKey) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, erro
 func TestEncodeCRLInfoIsJSONMarshal(t *testing.T) {
 	for _, der := range [][]byte{{}, {1}, {1, 2}, {1, 2, 3}, bytes.Repeat([]byte{0xfb, 0xff}, 1000)} {
 		exp := time.Date(2031, 1, 2, 3, 4, 5, 6, time.UTC)
-		got, err := encodeCRLInfo(77, exp, 36*time.Hour, der)
+		got, err := encodeCRLInfo(77, exp, 36*time.Hour, der, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,8 +52,10 @@ const (
 	maxCachedRequest = 512
 )
 
-// Responder answers OCSP requests (RFC 6960, RFC 5019 profile). The status
-// of a serial comes from a statusIndex: in memory while the index is live
+// Responder answers OCSP requests (RFC 6960, RFC 5019 profile) for
+// stepfort's own issuing CA and for legacy issuers (AddLegacyIssuer), each
+// request routed to its issuer by its CertID (route). For stepfort's own
+// issuer the status of a serial comes from a statusIndex: in memory while the index is live
 // (kept current by this replica's writes and, on PostgreSQL, by
 // notifications from every replica), otherwise from the shared database on
 // every request. Signed responses are cached per replica, pre-signed when a
@@ -76,15 +79,22 @@ type Responder struct {
 	parsed      map[string]*parsedRequest // by request DER, only for our issuer
 	parsedBound byteBound[string, *parsedRequest]
 
-	mu           sync.RWMutex
-	signer       *responderKey
-	cache        map[cacheKey]*cachedResponse // serials this CA issued
+	// own is stepfort's issuing CA; legacy holds the legacy issuers,
+	// replaced whole (copy on write) so routing takes no lock.
+	own    *ocspIssuer
+	legacy atomic.Pointer[legacyRoutes]
+
+	mu           sync.RWMutex                 // guards the caches and every ocspIssuer.key
+	cache        map[cacheKey]*cachedResponse // serials the issuer issued
 	cacheBound   byteBound[cacheKey, *cachedResponse]
 	unknown      map[cacheKey]*cachedResponse // serials it did not
 	unknownBound byteBound[cacheKey, *cachedResponse]
 }
 
+// cacheKey names a signed response: issuer (ocspIssuer.id), serial and
+// CertID hash algorithm (the response repeats the request's CertID).
 type cacheKey struct {
+	issuer uint32
 	serial string
 	hash   crypto.Hash
 }
@@ -98,6 +108,9 @@ type cachedResponse struct {
 	status       certStatus
 	thisUpdate   time.Time
 	nextUpdate   time.Time
+	// checked is when the status was last read (UnixNano), for issuers
+	// whose statuses are re-read rather than fed (legacy issuers).
+	checked atomic.Int64
 }
 
 // NewResponder builds a responder for the host's issuing CA. It reads
@@ -106,6 +119,7 @@ type cachedResponse struct {
 // are built.
 func NewResponder(h plugins.Host, cfg OCSPConfig) (*Responder, error) {
 	r := &Responder{host: h, store: h.DB(), cfg: cfg, log: h.Logger(), idx: newStatusIndex(),
+		own:   &ocspIssuer{name: ownIssuerName},
 		cache: map[cacheKey]*cachedResponse{}, unknown: map[cacheKey]*cachedResponse{}, presign: make(chan *big.Int, 4096),
 		parsed: map[string]*parsedRequest{}}
 	def := DefaultConfig().OCSP
@@ -204,7 +218,7 @@ func (r *Responder) presignLoop(ctx context.Context) {
 			if err != nil {
 				continue
 			}
-			if _, err := r.lookupAndSign(key, sn, sn.String(), crypto.SHA1, false); err != nil {
+			if _, err := r.lookupAndSign(r.own, key, sn, sn.String(), crypto.SHA1, false); err != nil {
 				r.log.Debug("OCSP pre-sign", "serial", sn.String(), "error", err)
 			}
 		}
@@ -347,7 +361,7 @@ func (r *Responder) parse(raw []byte) (*parsedRequest, error) {
 	if len(raw) > maxCachedRequest {
 		return q, nil
 	}
-	if key, err := r.currentSigner(); err != nil || !key.issuedBy(q.hash, q.issuerName, q.issuerKey) {
+	if !r.routable(q) {
 		return q, nil // respondTo answers it; nothing is kept
 	}
 	r.parsedMu.Lock()
@@ -364,14 +378,11 @@ func requestOf(req *ocsp.Request) *parsedRequest {
 
 // respondTo returns a signed response for the request, from cache if valid.
 func (r *Responder) respondTo(q *parsedRequest) (*cachedResponse, error) {
-	key, err := r.currentSigner()
+	iss, key, err := r.route(q)
 	if err != nil {
 		return nil, err
 	}
-	if !key.issuedBy(q.hash, q.issuerName, q.issuerKey) {
-		return nil, errNotOurIssuer
-	}
-	resp, err := r.lookupAndSign(key, q.serialNumber, q.serial, q.hash, true)
+	resp, err := r.lookupAndSign(iss, key, q.serialNumber, q.serial, q.hash, true)
 	if err != nil {
 		return nil, err
 	}
@@ -380,26 +391,52 @@ func (r *Responder) respondTo(q *parsedRequest) (*cachedResponse, error) {
 }
 
 // lookupAndSign finds the serial's status and returns the cached response
-// for it if it is current, or signs (and caches) a new one.
-func (r *Responder) lookupAndSign(key *responderKey, serialNumber *big.Int, serial string, hash crypto.Hash, countHit bool) (*cachedResponse, error) {
-	st, err := r.status(serial)
-	if err != nil {
-		return nil, err
-	}
-	ck := cacheKey{serial, hash}
+// for it if it is current, or signs (and caches) a new one. For stepfort's
+// own issuer the status is read on every request (from the index, which
+// is in memory); a legacy issuer's cached response is served without a
+// read while its status is younger than legacyStatusMaxAge.
+func (r *Responder) lookupAndSign(iss *ocspIssuer, key *responderKey, serialNumber *big.Int, serial string, hash crypto.Hash, countHit bool) (*cachedResponse, error) {
+	ck := cacheKey{iss.id, serial, hash}
 	r.mu.RLock()
 	cached := r.cache[ck]
 	if cached == nil {
 		cached = r.unknown[ck]
 	}
 	r.mu.RUnlock()
-	if cached != nil && cached.status == st && r.host.Now().Before(cached.thisUpdate.Add(r.cfg.Validity.Duration/2)) {
-		if countHit {
-			r.cacheHit.Inc()
-		}
-		return cached, nil
+	now := r.host.Now()
+	if cached != nil && !now.Before(cached.thisUpdate.Add(r.cfg.Validity.Duration/2)) {
+		cached = nil // re-signed below
 	}
-	return r.sign(key, serialNumber, serial, hash, st)
+	if cached != nil && iss.status != nil && now.UnixNano()-cached.checked.Load() < int64(legacyStatusMaxAge) {
+		return r.hit(cached, countHit), nil
+	}
+	st, err := r.statusOf(iss, serialNumber, serial)
+	if err != nil {
+		return nil, err
+	}
+	if cached != nil && cached.status == st {
+		if iss.status != nil {
+			cached.checked.Store(now.UnixNano())
+		}
+		return r.hit(cached, countHit), nil
+	}
+	return r.sign(iss, key, serialNumber, serial, hash, st)
+}
+
+func (r *Responder) hit(c *cachedResponse, count bool) *cachedResponse {
+	if count {
+		r.cacheHit.Inc()
+	}
+	return c
+}
+
+// statusOf reads the serial's status from its issuer: the status index for
+// stepfort's own, the legacy store for a legacy issuer.
+func (r *Responder) statusOf(iss *ocspIssuer, serialNumber *big.Int, serial string) (certStatus, error) {
+	if iss.status != nil {
+		return iss.status(serialNumber)
+	}
+	return r.status(serial)
 }
 
 // status returns the serial's status from the index, or from the database
@@ -432,12 +469,16 @@ func (r *Responder) status(serial string) (certStatus, error) {
 
 // sign makes a response and caches it (unknown serials in their own
 // cache), within the caches' bounds in entries and bytes.
-func (r *Responder) sign(key *responderKey, serialNumber *big.Int, serial string, hash crypto.Hash, st certStatus) (*cachedResponse, error) {
+func (r *Responder) sign(iss *ocspIssuer, key *responderKey, serialNumber *big.Int, serial string, hash crypto.Hash, st certStatus) (*cachedResponse, error) {
 	now := r.host.Now()
+	next := now.Add(r.cfg.Validity.Duration)
+	if key.cert != nil && next.After(key.cert.NotAfter) {
+		next = key.cert.NotAfter // a responder certificate cut short by its issuer's end
+	}
 	tmpl := ocsp.Response{
 		SerialNumber: serialNumber,
 		ThisUpdate:   now.Add(-time.Minute).Truncate(time.Second), // clock skew
-		NextUpdate:   now.Add(r.cfg.Validity.Duration).Truncate(time.Second),
+		NextUpdate:   next.Truncate(time.Second),
 		IssuerHash:   hash,
 		Status:       st.code,  // never "good" for a serial this CA did not issue
 		Certificate:  key.cert, // nil when the CA key signs
@@ -457,9 +498,10 @@ func (r *Responder) sign(key *responderKey, serialNumber *big.Int, serial string
 		lastModified: []string{tmpl.ThisUpdate.UTC().Format(http.TimeFormat)},
 		expires:      []string{tmpl.NextUpdate.UTC().Format(http.TimeFormat)},
 	}
-	ck := cacheKey{serial, hash}
+	resp.checked.Store(now.UnixNano())
+	ck := cacheKey{iss.id, serial, hash}
 	r.mu.Lock()
-	if r.signer == key { // not replaced by a rotation meanwhile
+	if iss.key == key { // not replaced by a rotation meanwhile
 		if st.code == statusUnknown {
 			r.unknownBound.put(r.unknown, ck, resp)
 		} else {
@@ -491,11 +533,6 @@ func (r *Responder) RefreshLoop(ctx context.Context) {
 // 40% of its validity (unknown ones are signed again when asked). It
 // returns how many it re-signed.
 func (r *Responder) Refresh() int {
-	key, err := r.currentSigner()
-	if err != nil {
-		r.log.Error("OCSP refresh", "error", err)
-		return 0
-	}
 	due := r.host.Now().Add(-r.cfg.Validity.Duration * 2 / 5)
 	r.mu.RLock()
 	var stale []cacheKey
@@ -508,15 +545,21 @@ func (r *Responder) Refresh() int {
 	n := 0
 	for _, k := range stale {
 		serial, ok := new(big.Int).SetString(k.serial, 10)
-		if !ok {
+		iss := r.issuerByID(k.issuer)
+		if !ok || iss == nil {
 			continue
 		}
-		st, err := r.status(k.serial)
+		key, err := r.keyFor(iss)
 		if err != nil {
-			r.log.Warn("OCSP refresh", "serial", k.serial, "error", err)
+			r.log.Error("OCSP refresh", "issuer", iss.name, "error", err)
 			continue
 		}
-		if _, err := r.sign(key, serial, k.serial, k.hash, st); err == nil {
+		st, err := r.statusOf(iss, serial, k.serial)
+		if err != nil {
+			r.log.Warn("OCSP refresh", "issuer", iss.name, "serial", k.serial, "error", err)
+			continue
+		}
+		if _, err := r.sign(iss, key, serial, k.serial, k.hash, st); err == nil {
 			n++
 		}
 	}
@@ -566,51 +609,87 @@ func (k *responderKey) issuedBy(hash crypto.Hash, nameHash, keyHash []byte) bool
 	return bytes.Equal(nh, nameHash) && bytes.Equal(k.keyHash[hash], keyHash)
 }
 
-// currentSigner returns the signing key, issuing a new delegated responder
-// certificate when there is none or the current one is past half its life.
-// A response is never valid longer than its responder certificate.
-func (r *Responder) currentSigner() (*responderKey, error) {
+// currentSigner returns the signing key of stepfort's own issuer.
+func (r *Responder) currentSigner() (*responderKey, error) { return r.keyFor(r.own) }
+
+// keyFor returns the issuer's signing key, issuing a new delegated
+// responder certificate when there is none or the current one is past half
+// its life (and dropping the issuer's cached responses, which name the
+// old responder). A response is never valid longer than its responder
+// certificate.
+func (r *Responder) keyFor(iss *ocspIssuer) (*responderKey, error) {
 	now := r.host.Now()
 	r.mu.RLock()
-	k := r.signer
+	k := iss.key
 	r.mu.RUnlock()
 	if k.fresh(now) {
 		return k, nil
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if k := r.signer; k.fresh(now) {
+	if k := iss.key; k.fresh(now) {
 		return k, nil
 	}
-	auth := r.host.Authority()
-	if auth == nil {
-		return nil, errors.New("no authority yet to answer OCSP for")
-	}
-	inters := auth.GetIntermediateCertificates()
-	if len(inters) == 0 {
-		return nil, errors.New("no intermediate certificate to answer OCSP for")
-	}
-	caSigner, err := auth.GetX509Signer()
+	caCert, caSigner, err := r.issuerCA(iss)
 	if err != nil {
-		return nil, fmt.Errorf("OCSP signer: %w", err)
+		return nil, err
 	}
-	k = &responderKey{issuer: inters[0], signer: caSigner}
+	k = &responderKey{issuer: caCert, signer: caSigner}
 	if err := k.hashIssuer(); err != nil {
 		return nil, err
 	}
 	if r.cfg.Signer == "delegated" {
 		if err := k.delegate(now, r.cfg.ResponderLifetime.Duration); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("OCSP signer of issuer %s: %w", iss.name, err)
 		}
-		r.log.Info("OCSP responder certificate issued", "serial", k.cert.SerialNumber.String(), "notAfter", k.cert.NotAfter)
+		r.log.Info("OCSP responder certificate issued", "issuer", iss.name, "serial", k.cert.SerialNumber.String(), "notAfter", k.cert.NotAfter)
 	}
-	r.signer = k
-	// Responses name the responder.
-	r.cache = map[cacheKey]*cachedResponse{}
-	r.cacheBound.reset()
-	r.unknown = map[cacheKey]*cachedResponse{}
-	r.unknownBound.reset()
+	iss.key = k
+	r.dropCachedLocked(iss.id)
 	return k, nil
+}
+
+// issuerCA returns the CA certificate and key of iss: the authority's
+// intermediate for stepfort's own issuer (it may not exist yet while
+// plugins are built), the loaded ones for a legacy issuer.
+func (r *Responder) issuerCA(iss *ocspIssuer) (*x509.Certificate, crypto.Signer, error) {
+	if iss.cert != nil {
+		return iss.cert, iss.caSigner, nil
+	}
+	auth := r.host.Authority()
+	if auth == nil {
+		return nil, nil, errors.New("no authority yet to answer OCSP for")
+	}
+	inters := auth.GetIntermediateCertificates()
+	if len(inters) == 0 {
+		return nil, nil, errors.New("no intermediate certificate to answer OCSP for")
+	}
+	caSigner, err := auth.GetX509Signer()
+	if err != nil {
+		return nil, nil, fmt.Errorf("OCSP signer: %w", err)
+	}
+	return inters[0], caSigner, nil
+}
+
+// dropCachedLocked forgets the issuer's signed responses (r.mu held).
+func (r *Responder) dropCachedLocked(id uint32) {
+	if r.legacy.Load() == nil { // only stepfort's own issuer: start afresh
+		r.cache = map[cacheKey]*cachedResponse{}
+		r.cacheBound.reset()
+		r.unknown = map[cacheKey]*cachedResponse{}
+		r.unknownBound.reset()
+		return
+	}
+	for _, c := range []struct {
+		m map[cacheKey]*cachedResponse
+		b *byteBound[cacheKey, *cachedResponse]
+	}{{r.cache, &r.cacheBound}, {r.unknown, &r.unknownBound}} {
+		for k := range c.m {
+			if k.issuer == id {
+				c.b.remove(c.m, k)
+			}
+		}
+	}
 }
 
 // fresh reports whether k can keep signing: the CA key always, a delegated
@@ -632,11 +711,19 @@ func (k *responderKey) delegate(now time.Time, lifetime time.Duration) error {
 	if err != nil {
 		return err
 	}
+	// Never past the issuer's own end: a legacy CA may be near its end.
+	notAfter := now.Add(lifetime)
+	if notAfter.After(k.issuer.NotAfter) {
+		notAfter = k.issuer.NotAfter
+	}
+	if !notAfter.After(now) {
+		return fmt.Errorf("issuer certificate %q expired at %s", k.issuer.Subject.CommonName, k.issuer.NotAfter.UTC().Format(time.RFC3339))
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber:    serial,
 		Subject:         k.issuer.Subject,
 		NotBefore:       now.Add(-time.Minute),
-		NotAfter:        now.Add(lifetime),
+		NotAfter:        notAfter,
 		KeyUsage:        x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:     []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning},
 		ExtraExtensions: []pkixExtension{{Id: oidOCSPNoCheck, Value: []byte{0x05, 0x00}}},

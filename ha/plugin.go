@@ -21,6 +21,7 @@ import (
 	upconfig "github.com/smallstep/certificates/authority/config"
 
 	"github.com/stepfort/stepfort/config"
+	"github.com/stepfort/stepfort/internal/crlchanges"
 	"github.com/stepfort/stepfort/internal/legacy"
 	"github.com/stepfort/stepfort/plugins"
 )
@@ -87,6 +88,29 @@ type DeltaConfig struct {
 	URL         string          `json:"url,omitempty"`
 	BasePeriod  config.Duration `json:"basePeriod,omitzero"`
 	DeltaPeriod config.Duration `json:"deltaPeriod,omitzero"`
+}
+
+// periods returns the base and delta periods with defaults.
+func (d *DeltaConfig) periods() (base, delta time.Duration) {
+	base, delta = d.BasePeriod.Duration, d.DeltaPeriod.Duration
+	if base == 0 {
+		base = DefaultBasePeriod
+	}
+	if delta == 0 {
+		delta = DefaultDeltaPeriod
+	}
+	return base, delta
+}
+
+func (d *DeltaConfig) validate() error {
+	base, delta := d.periods()
+	switch {
+	case base < 2*time.Second || base > 366*24*time.Hour:
+		return config.Errorf("crl.delta.basePeriod", "must be between 2s and 8784h (366 days), got %s", base)
+	case delta < time.Second || delta >= base:
+		return config.Errorf("crl.delta.deltaPeriod", "must be at least 1s and shorter than crl.delta.basePeriod (%s), got %s", base, delta)
+	}
+	return nil
 }
 
 // OCSPConfig configures the OCSP responder.
@@ -175,7 +199,31 @@ func (c *Config) Validate() error {
 	if d := c.CRL.LeaseTTL.Duration; d < 3*time.Second || d > 10*time.Minute {
 		return config.Errorf("crl.leaseTTL", "must be between 3s and 10m, got %s", d)
 	}
-	for path, u := range map[string]string{"ocsp.url": c.OCSP.URL, "crl.url": c.CRL.URL} {
+	if err := c.CRL.Delta.validate(); err != nil {
+		return err
+	}
+	names, paths := map[string]bool{}, map[string]string{}
+	for i, l := range c.LegacyIssuers {
+		path := fmt.Sprintf("legacyIssuers[%d]", i)
+		if err := l.Validate(path); err != nil {
+			return err
+		}
+		if names[l.Name] {
+			return config.Errorf(path+".name", "%q is used twice", l.Name)
+		}
+		names[l.Name] = true
+		for _, u := range []string{l.CRLURL, l.DeltaCRLURL} {
+			if u == "" {
+				continue
+			}
+			up, _ := urlPath(u)
+			if other, ok := paths[up]; ok {
+				return config.Errorf(path, "CRL path %q is also %s's", up, other)
+			}
+			paths[up] = l.Name
+		}
+	}
+	for path, u := range map[string]string{"ocsp.url": c.OCSP.URL, "crl.url": c.CRL.URL, "crl.delta.url": c.CRL.Delta.URL} {
 		if u == "" {
 			continue
 		}
@@ -195,6 +243,9 @@ type Plugin struct {
 	host      plugins.Host
 	responder *Responder
 	publisher *Publisher
+	// legacyStore holds the legacy issuers' imported certificates; nil
+	// when none is configured.
+	legacyStore *legacy.Store
 }
 
 // New builds the plugin ready to serve: the OCSP responder with its status
@@ -216,11 +267,75 @@ func New(cfg *Config, h plugins.Host) (*Plugin, error) {
 	if err != nil {
 		return nil, err
 	}
+	legacyStore, err := addLegacyIssuers(cfg.LegacyIssuers, h, r, pub)
+	if err != nil {
+		return nil, err
+	}
 	h.Go("ocsp-refresh", r.RefreshLoop)
 	// Every replica runs the publisher loop; the lease picks the one that
 	// acts.
 	h.Go("crl-publisher", pub.Run)
-	return &Plugin{cfg: cfg, host: h, responder: r, publisher: pub}, nil
+	return &Plugin{cfg: cfg, host: h, responder: r, publisher: pub, legacyStore: legacyStore}, nil
+}
+
+// addLegacyIssuers loads every legacy issuer and makes the responder
+// answer for it and the publisher publish its CRL series.
+func addLegacyIssuers(list []legacy.IssuerConfig, h plugins.Host, r *Responder, pub *Publisher) (*legacy.Store, error) {
+	if len(list) == 0 {
+		return nil, nil
+	}
+	store, err := legacy.OpenStore(h.DB())
+	if err != nil {
+		return nil, fmt.Errorf("legacy issuers: %w", err)
+	}
+	for i, c := range list {
+		path := fmt.Sprintf("stepfort.plugins.%s.legacyIssuers[%d]", Name, i)
+		iss, err := legacy.Load(c)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if err := r.AddLegacyIssuer(iss, store); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		scope, err := legacyScope(c)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if err := pub.AddLegacySeries(c.Name, iss.Cert, iss.Signer, scope, legacyStoreSource{store, c.Name}); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	return store, nil
+}
+
+// legacyScope is a legacy issuer's CRL scope: its old CDP URL, an IDP
+// only if it had one, deltas at its old Freshest CRL URL. Without deltas
+// a base is valid for its period plus the overlap.
+func legacyScope(c legacy.IssuerConfig) (*CRLScope, error) {
+	base, delta := c.BasePeriodOrDefault(), c.DeltaPeriodOrDefault()
+	var opts []ScopeOption
+	if c.IDP {
+		opts = append(opts, WithIDP())
+	}
+	if c.DeltaCRLURL != "" {
+		opts = append(opts, WithDelta(DeltaScope{URL: c.DeltaCRLURL, BasePeriod: base, DeltaPeriod: delta}))
+	}
+	return NewCRLScope(c.CRLURL, base+overlap(base), opts...)
+}
+
+// legacyStoreSource is one legacy issuer's revocations in legacy.Store.
+type legacyStoreSource struct {
+	store *legacy.Store
+	name  string
+}
+
+func (l legacyStoreSource) ForEachRevoked(fn func([]byte, time.Time, int, time.Time) error) error {
+	return l.store.ForEachRevoked(l.name, fn)
+}
+
+func (l legacyStoreSource) State() (int64, int64, error) {
+	st, err := l.store.State(l.name)
+	return st.Version, st.CRLNumberFloor, err
 }
 
 // Name implements plugins.Plugin.
@@ -279,7 +394,15 @@ func (p *Plugin) crlScope(cfg *upconfig.Config) (*CRLScope, error) {
 	if validity > 10*24*time.Hour {
 		return nil, fmt.Errorf("crl.cacheDuration: at most 240h (10 days), got %s", validity)
 	}
-	return NewCRLScope(url, validity)
+	var opts []ScopeOption
+	if p.cfg.CRL.IDP {
+		opts = append(opts, WithIDP())
+	}
+	if d := p.cfg.CRL.Delta; d.Enabled {
+		base, delta := d.periods()
+		opts = append(opts, WithDelta(DeltaScope{URL: d.URL, BasePeriod: base, DeltaPeriod: delta}))
+	}
+	return NewCRLScope(url, validity, opts...)
 }
 
 // EnforceCertificate adds this generation's CRL distribution point and the
@@ -288,6 +411,13 @@ func (p *Plugin) crlScope(cfg *upconfig.Config) (*CRLScope, error) {
 func (g *generation) EnforceCertificate(cert *x509.Certificate) error {
 	if g.crl != nil && !slices.Contains(cert.CRLDistributionPoints, g.crl.URL()) {
 		cert.CRLDistributionPoints = append(cert.CRLDistributionPoints, g.crl.URL())
+	}
+	// With deltas, certificates name the delta CRL too (Freshest CRL):
+	// OpenSSL looks for deltas only when the certificate or the base
+	// carries it.
+	if g.crl != nil && g.crl.freshest != nil &&
+		findExtension(cert.ExtraExtensions, oidFreshestCRL) == nil && findExtension(cert.Extensions, oidFreshestCRL) == nil {
+		cert.ExtraExtensions = append(cert.ExtraExtensions, *g.crl.freshest)
 	}
 	if u := g.ocspURL; u != "" && !slices.Contains(cert.OCSPServer, u) {
 		cert.OCSPServer = append(cert.OCSPServer, u)
@@ -332,13 +462,27 @@ func (p *Plugin) Health(ctx context.Context) (map[string]any, error) {
 	if info, _, err := p.publisher.current(); err == nil && info != nil {
 		out["crlNumber"] = info.Number
 	}
+	if p.publisher.Scope().Delta() != nil {
+		if info, _, err := p.publisher.currentDelta(); err == nil && info != nil {
+			out["crlDeltaNumber"] = info.Number
+		}
+	}
 	return out, nil
 }
 
 // DirectRoute answers OCSP requests ahead of upstream's middleware and
 // router unless ocsp.accessLog asks for them in the access log. The
 // responder recovers its own panics and counts responses by status.
+//
+// It also serves the CRLs published at other paths than /crl and
+// /1.0/crl (the own delta, legacy issuers' CRLs at their old CDP paths),
+// matching the decoded path so that "%20", "+" and "%2B" all work.
 func (p *Plugin) DirectRoute(r *http.Request) http.Handler {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		if h := p.publisher.Route(r.URL.Path); h != nil {
+			return h
+		}
+	}
 	if p.cfg.OCSP.AccessLog {
 		return nil
 	}
@@ -361,6 +505,20 @@ func (p *Plugin) CertificateCommitted(ev plugins.CertificateEvent) { p.responder
 func (p *Plugin) ObserveCertificate(_ context.Context, ev plugins.CertificateEvent) error {
 	if ev.Kind != plugins.EventRevoked {
 		return nil
+	}
+	if p.cfg.CRL.Delta.Enabled && ev.Revocation != nil {
+		// The change log the deltas list (the event is written with the
+		// revocation, so the row is committed by now).
+		c := crlchanges.Change{Serial: ev.Serial, RevokedAt: ev.Revocation.RevokedAt, Reason: ev.Revocation.ReasonCode}
+		if cert, err := ev.Certificate(); err == nil {
+			c.NotAfter = cert.NotAfter
+		}
+		if c.RevokedAt.IsZero() {
+			c.RevokedAt = ev.OccurredAt
+		}
+		if err := crlchanges.Record(p.host.DB(), ownSeriesName, c, p.host.Now()); err != nil {
+			return fmt.Errorf("record CRL change: %w", err)
+		}
 	}
 	return MarkDirty(p.host.DB(), ev.OccurredAt)
 }
@@ -395,4 +553,17 @@ func replicaTag(id string) string {
 	}
 	sum := sha256.Sum256([]byte(id))
 	return hex.EncodeToString(sum[:6])
+}
+
+// AdminRoutes serves the revocation of legacy issuers' certificates
+// (`stepfort migrate adcs revoke`); none without legacy issuers.
+func (p *Plugin) AdminRoutes() []plugins.AdminRoute {
+	if p.legacyStore == nil {
+		return nil
+	}
+	known := map[string]bool{}
+	for _, c := range p.cfg.LegacyIssuers {
+		known[c.Name] = true
+	}
+	return []plugins.AdminRoute{legacyRevokeRoute(p.legacyStore, func(name string) bool { return known[name] }, p.host.Now)}
 }

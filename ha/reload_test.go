@@ -33,6 +33,7 @@ func newTestPlugin(t *testing.T, h plugins.Host) *Plugin {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.OCSP.URL = "http://ca.example/ocsp"
+	cfg.CRL.IDP = true // these tests follow the IDP as the scope changes
 	p, err := New(cfg, h)
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,9 @@
 //     pre-built SHA-1 CertID requests); the same load against
 //     `openssl ocsp -index` serving the same certificates (an index.txt built
 //     from the issued certificates, signing with the intermediate key).
+//     OCSP with two issuers vs one (part ocsp-issuers, bench/ha/issuers.go):
+//     one daemon with stepfort's issuer, one with a legacy issuer too, the
+//     same load (own requests, then a 50/50 own/legacy mix), ratios printed.
 //  2. Propagation: two stepfort replicas on one PostgreSQL; revoke on A
 //     through /1.0/revoke, poll OCSP on B until it answers revoked.
 //  3. CRL: 1,000,000 rows in revoked_x509_certs (bbolt, batched Update
@@ -26,7 +29,7 @@
 //
 // Usage (from the repository root; bench/run.sh runs it after bench/sign):
 //
-//	CGO_ENABLED=0 go run ./bench/ha [-parts ocsp,propagation,crl,issuance]
+//	CGO_ENABLED=0 go run ./bench/ha [-parts ocsp,ocsp-issuers,propagation,crl,issuance]
 package main
 
 import (
@@ -76,7 +79,7 @@ type options struct {
 
 func parseFlags() (*options, error) {
 	o := &options{}
-	parts := flag.String("parts", benchproc.EnvStr("BENCH_HA_PARTS", "ocsp,propagation,crl,issuance"), "comma-separated parts to run (env BENCH_HA_PARTS)")
+	parts := flag.String("parts", benchproc.EnvStr("BENCH_HA_PARTS", "ocsp,ocsp-issuers,propagation,crl,issuance"), "comma-separated parts to run: ocsp, ocsp-issuers, propagation, crl, issuance (env BENCH_HA_PARTS)")
 	flag.IntVar(&o.issueN, "n", benchproc.EnvInt("BENCH_HA_N", 1500), "timed /1.0/sign requests per issuance run (env BENCH_HA_N)")
 	flag.IntVar(&o.warmup, "warmup", benchproc.EnvInt("BENCH_HA_WARMUP", 100), "warm-up sign requests per issuance run (env BENCH_HA_WARMUP)")
 	flag.IntVar(&o.workers, "c", benchproc.EnvInt("BENCH_HA_CONCURRENCY", 16), "concurrent sign workers (env BENCH_HA_CONCURRENCY)")
@@ -104,7 +107,7 @@ func parseFlags() (*options, error) {
 	o.parts = map[string]bool{}
 	for _, p := range benchproc.SplitList(*parts) {
 		switch p {
-		case "ocsp", "propagation", "crl", "issuance":
+		case "ocsp", "ocsp-issuers", "propagation", "crl", "issuance":
 			o.parts[p] = true
 		default:
 			return nil, fmt.Errorf("-parts: unknown part %q", p)

@@ -78,6 +78,12 @@ func run(ctx context.Context, o *options) (err error) {
 			return err
 		}
 	}
+	if o.parts["ocsp-issuers"] {
+		fmt.Printf("\nOCSP with two issuers vs one (stepfort's own and a legacy issuer)\n")
+		if err := b.runOCSPIssuers(ctx); err != nil {
+			return err
+		}
+	}
 	if o.parts["ocsp"] && o.ocspBbolt {
 		if err := b.runOCSPBbolt(ctx); err != nil {
 			return err

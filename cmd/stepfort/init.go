@@ -38,6 +38,11 @@ func initFlags() []cli.Flag {
 		cli.StringFlag{Name: "issuer-key-password-file", Usage: "file holding the password of an encrypted --issuer-key"},
 		cli.StringFlag{Name: "issuer-pfx", Usage: "existing issuing CA as a PFX/PKCS#12 file (e.g. certutil -backupKey) stepfort signs with directly"},
 		cli.StringFlag{Name: "pfx-password-file", Usage: "file holding the password of --root-pfx or --issuer-pfx"},
+		cli.StringFlag{Name: "kms", Usage: "make the CA keys in this KMS instead of on disk, e.g. 'pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=stepfort?pin-source=/etc/stepfort/pin' (needs the HSM build, stepfort-hsm)"},
+		cli.StringFlag{Name: "kms-root-key", Usage: "key URI of the root key in --kms (created if missing, used if present)", Value: setup.DefaultKMSKeys.Root},
+		cli.StringFlag{Name: "kms-intermediate-key", Usage: "key URI of the intermediate (issuing) key in --kms", Value: setup.DefaultKMSKeys.Intermediate},
+		cli.StringFlag{Name: "kms-attestation-root-key", Usage: "key URI of the TPM Attestation root key in --kms", Value: setup.DefaultKMSKeys.AttestationRoot},
+		cli.StringFlag{Name: "kms-attestation-key", Usage: "key URI of the TPM Attestation CA key in --kms", Value: setup.DefaultKMSKeys.Attestation},
 	}
 }
 
@@ -54,6 +59,13 @@ func initOptions(c *cli.Context) (setup.Options, error) {
 		DBName:          c.String("db-name"),
 		Force:           c.Bool("force"),
 		DeltaCRL:        c.Bool("delta-crl"),
+		KMS:             c.String("kms"),
+		KMSKeys: setup.KMSKeys{
+			Root:            c.String("kms-root-key"),
+			Intermediate:    c.String("kms-intermediate-key"),
+			AttestationRoot: c.String("kms-attestation-root-key"),
+			Attestation:     c.String("kms-attestation-key"),
+		},
 	}
 	var err error
 	o.Root, o.Issuer, err = broughtCA(c)
@@ -64,7 +76,7 @@ func initCommand() cli.Command {
 	return cli.Command{
 		Name:  "init",
 		Usage: "write a complete, working CA configuration",
-		UsageText: "stepfort init --dir <dir> [--name <name>] [--dns <name>...] [--address <addr>] [--insecure-address <addr>] [--db bbolt|postgresql --db-dsn <dsn>] [--force] [--delta-crl]\n" +
+		UsageText: "stepfort init --dir <dir> [--name <name>] [--dns <name>...] [--address <addr>] [--insecure-address <addr>] [--db bbolt|postgresql --db-dsn <dsn>] [--force] [--delta-crl] [--kms <uri> [--kms-*-key <uri>]]\n" +
 			"   [--root-cert <file> --root-key <file> [--root-key-password-file <file>] | --root-pfx <file> --pfx-password-file <file>]\n" +
 			"   [--issuer-cert <file> --issuer-key <file> [--issuer-key-password-file <file>] [--root-cert <file>] | --issuer-pfx <file> --pfx-password-file <file> [--root-cert <file>]]",
 		Flags: initFlags(),

@@ -80,6 +80,7 @@ func main() {
 		endpointsCommand(),
 		billingCommand(),
 		scepCommand(),
+		migrateCommand(),
 	}
 	// `stepfort ca.json --password-file F` must behave like step-ca: urfave
 	// stops parsing app flags at the first argument, so run the serve

@@ -11,6 +11,7 @@ import (
 	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/certificates/db"
 	"go.step.sm/crypto/jose"
+	"go.step.sm/crypto/kms/apiv1"
 )
 
 // caFile is ca.json: upstream's configuration with stepfort's block next to
@@ -108,6 +109,10 @@ func newCAFile(o Options, r *Result, issuing, attestation *caPair, dbCfg *db.Con
 		CRL:              &config.CRLConfig{Enabled: true, GenerateOnRevoke: true, IDPurl: httpBase + "/1.0/crl"},
 		AuthorityConfig:  &config.AuthConfig{Provisioners: provs},
 	}}
+	if o.KMS != "" {
+		typ, _ := apiv1.TypeOf(o.KMS) // checked when the keys were made
+		f.KMS = &apiv1.Options{Type: typ, URI: o.KMS}
+	}
 	p := &f.Stepfort.Plugins
 	p.AuditLog.Path = filepath.Join(o.Dir, "logs", "certificates.jsonl")
 	p.Revocation.OCSP.URL = httpBase + "/ocsp"

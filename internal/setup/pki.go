@@ -2,8 +2,6 @@ package setup
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -32,7 +30,7 @@ type caPair struct {
 	root     *x509.Certificate
 	rootFile string // certs/<prefix>root_ca.crt
 	certFile string // certs/<prefix>intermediate_ca.crt
-	keyFile  string // secrets/<prefix>intermediate_ca_key
+	keyFile  string // secrets/<prefix>intermediate_ca_key, or its KMS URI
 	// The intermediate and its key, kept in memory while init runs so it
 	// can issue the SCEP RA certificate.
 	inter    *x509.Certificate
@@ -48,12 +46,20 @@ func (c *caPair) rootPEM() []byte {
 // writeCAPair makes "<name> Root CA" and "<name> Intermediate CA" and
 // writes them under dir with file names starting with prefix. Keys are
 // encrypted with password.
-func writeCAPair(dir, name, prefix, password string) (*caPair, error) {
-	root, rootKey, err := newCA(name+" Root CA", nil, nil, 1)
+func writeCAPair(dir, name, prefix, password string, ks keyStore) (*caPair, error) {
+	rootKey, err := ks.generate(prefix + "root")
 	if err != nil {
 		return nil, err
 	}
-	inter, interKey, err := newCA(name+" Intermediate CA", root, rootKey, 0)
+	root, err := newCA(name+" Root CA", nil, rootKey, rootKey, 1)
+	if err != nil {
+		return nil, err
+	}
+	interKey, err := ks.generate(prefix + "intermediate")
+	if err != nil {
+		return nil, err
+	}
+	inter, err := newCA(name+" Intermediate CA", root, rootKey, interKey, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -68,27 +74,24 @@ func writeCAPair(dir, name, prefix, password string) (*caPair, error) {
 	if err := writeCert(p.rootFile, root); err != nil {
 		return nil, err
 	}
-	if err := writeKey(filepath.Join(dir, "secrets", prefix+"root_ca_key"), rootKey, password); err != nil {
+	if _, err := ks.save(prefix+"root", filepath.Join(dir, "secrets", prefix+"root_ca_key"), rootKey, password); err != nil {
 		return nil, err
 	}
 	if err := writeCert(p.certFile, inter); err != nil {
 		return nil, err
 	}
-	if err := writeKey(p.keyFile, interKey, password); err != nil {
+	if p.keyFile, err = ks.save(prefix+"intermediate", p.keyFile, interKey, password); err != nil {
 		return nil, err
 	}
 	return p, nil
 }
 
-// newCA makes a CA certificate; with a nil parent it is self-signed.
-func newCA(cn string, parent *x509.Certificate, parentKey crypto.Signer, maxPathLen int) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
+// newCA makes a CA certificate for key, signed by parentKey; with a nil
+// parent it is self-signed.
+func newCA(cn string, parent *x509.Certificate, parentKey, key crypto.Signer, maxPathLen int) (*x509.Certificate, error) {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	now := time.Now().Add(-time.Minute)
 	notAfter := now.Add(caValidity)
@@ -106,18 +109,14 @@ func newCA(cn string, parent *x509.Certificate, parentKey crypto.Signer, maxPath
 		MaxPathLen:            maxPathLen,
 		MaxPathLenZero:        maxPathLen == 0,
 	}
-	signer := crypto.Signer(key)
 	if parent == nil {
 		parent = tmpl
-	} else {
-		signer = parentKey
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), parentKey)
 	if err != nil {
-		return nil, nil, fmt.Errorf("create %s: %w", cn, err)
+		return nil, fmt.Errorf("create %s: %w", cn, err)
 	}
-	c, err := x509.ParseCertificate(der)
-	return c, key, err
+	return x509.ParseCertificate(der)
 }
 
 // writeCert writes certificates as one PEM file: a CA certificate
@@ -156,6 +155,8 @@ func fingerprint(c *x509.Certificate) string {
 // is written, so bad input leaves no installation behind.
 func (o *Options) checkBroughtCA(now time.Time) error {
 	switch {
+	case o.KMS != "" && o.Issuer != nil:
+		return errors.New("--kms and --issuer-*: an issuing CA brought as a key file would keep its key on disk; import the key into the token and use the token's copy (docs/hsm.md)")
 	case o.Root != nil && o.Issuer != nil:
 		return errors.New("--root-* and --issuer-* flags exclude each other: bring a root (stepfort makes the intermediate) or an issuing CA, not both")
 	case o.Root != nil:
@@ -223,36 +224,40 @@ func pathLenHint(below int) string {
 
 // issuingCA writes the CA stepfort issues with: generated (with its own
 // root) by default, under a brought root, or a brought issuing CA.
-func issuingCA(o Options, password string) (*caPair, error) {
+func issuingCA(o Options, password string, ks keyStore) (*caPair, error) {
 	switch {
 	case o.Root != nil:
-		return writeUnderRoot(o.Dir, o.Name, o.Root, password)
+		return writeUnderRoot(o.Dir, o.Name, o.Root, password, ks)
 	case o.Issuer != nil:
-		return writeIssuer(o.Dir, o.Issuer, password)
+		return writeIssuer(o.Dir, o.Issuer, password, ks)
 	default:
-		return writeCAPair(o.Dir, o.Name, "", password)
+		return writeCAPair(o.Dir, o.Name, "", password, ks)
 	}
 }
 
 // writeUnderRoot makes "<name> Intermediate CA" signed by the brought CA.
-func writeUnderRoot(dir, name string, root *cakeys.Bundle, password string) (*caPair, error) {
-	inter, interKey, err := newCA(name+" Intermediate CA", root.Cert, root.Key, 0)
+func writeUnderRoot(dir, name string, root *cakeys.Bundle, password string, ks keyStore) (*caPair, error) {
+	interKey, err := ks.generate("intermediate")
 	if err != nil {
 		return nil, err
 	}
-	return writeBroughtPair(dir, root, inter, interKey, password)
+	inter, err := newCA(name+" Intermediate CA", root.Cert, root.Key, interKey, 0)
+	if err != nil {
+		return nil, err
+	}
+	return writeBroughtPair(dir, root, inter, interKey, password, ks)
 }
 
 // writeIssuer makes the brought issuing CA stepfort's intermediate.
-func writeIssuer(dir string, issuer *cakeys.Bundle, password string) (*caPair, error) {
-	return writeBroughtPair(dir, issuer, nil, issuer.Key, password)
+func writeIssuer(dir string, issuer *cakeys.Bundle, password string, ks keyStore) (*caPair, error) {
+	return writeBroughtPair(dir, issuer, nil, issuer.Key, password, ks)
 }
 
 // writeBroughtPair writes the root, the intermediate file (inter, if any,
 // then b's certificates below the root) and the intermediate key. A root
 // key left by an earlier init of this directory is removed: it belongs to
 // a root this installation no longer uses.
-func writeBroughtPair(dir string, b *cakeys.Bundle, inter *x509.Certificate, interKey crypto.Signer, password string) (*caPair, error) {
+func writeBroughtPair(dir string, b *cakeys.Bundle, inter *x509.Certificate, interKey crypto.Signer, password string, ks keyStore) (*caPair, error) {
 	root := b.Root()
 	var chain []*x509.Certificate
 	if inter != nil {
@@ -283,7 +288,8 @@ func writeBroughtPair(dir string, b *cakeys.Bundle, inter *x509.Certificate, int
 	if err := writeCert(p.certFile, chain...); err != nil {
 		return nil, err
 	}
-	if err := writeKey(p.keyFile, interKey, password); err != nil {
+	var err error
+	if p.keyFile, err = ks.save("intermediate", p.keyFile, interKey, password); err != nil {
 		return nil, err
 	}
 	return p, nil

@@ -43,6 +43,13 @@ type Options struct {
 	Issuer *cakeys.Bundle
 	// DeltaCRL turns delta CRLs on in the generated ca.json.
 	DeltaCRL bool
+	// KMS, when set, is the kms URI (e.g. "pkcs11:module-path=...;
+	// token=...?pin-source=...") of the device that holds the CA keys:
+	// init makes (or reuses) the keys named by KMSKeys there and writes
+	// ca.json's "kms" block; no CA key is written to disk.
+	KMS string
+	// KMSKeys names the keys in the KMS; empty fields take DefaultKMSKeys.
+	KMSKeys KMSKeys
 	// Now is the clock a brought CA's validity is checked against; nil
 	// means time.Now.
 	Now func() time.Time
@@ -151,7 +158,12 @@ func newResult(o Options) *Result {
 // writeCAFiles writes everything ca.json refers to (both CAs, the SCEP RA,
 // the device template, a fresh database) and returns ca.json's content.
 func writeCAFiles(o Options, r *Result, password string) (*caFile, error) {
-	issuing, err := issuingCA(o, password)
+	ks, err := o.keyStore()
+	if err != nil {
+		return nil, err
+	}
+	defer ks.close()
+	issuing, err := issuingCA(o, password, ks)
 	if err != nil {
 		return nil, err
 	}
@@ -159,10 +171,11 @@ func writeCAFiles(o Options, r *Result, password string) (*caFile, error) {
 	r.Notes = broughtCANotes(o, issuing)
 	// The TPM Attestation CA has its own root, trusted only where an ACME
 	// provisioner's attestationRoots names it.
-	attestation, err := writeCAPair(o.Dir, o.Name+" TPM Attestation", "attestation_", password)
+	attestation, err := writeCAPair(o.Dir, o.Name+" TPM Attestation", "attestation_", password, ks)
 	if err != nil {
 		return nil, err
 	}
+	r.Notes = append(r.Notes, kmsNotes(ks)...)
 	ra, err := writeSCEPRA(o.Dir, o.Name, issuing)
 	if err != nil {
 		return nil, err

@@ -17,7 +17,9 @@ type Config struct {
 	BasePath string `json:"basePath"`
 	// Certificate is the PEM file of the Attestation CA intermediate (it may
 	// also hold further intermediates, leaf first); Key is its encrypted
-	// private key, opened with the password in PasswordFile.
+	// private key, opened with the password in PasswordFile, or a KMS key
+	// URI ("pkcs11:...;id=...;object=...?pin-source=...") that also names
+	// the module and token (PasswordFile is then not used).
 	Certificate  string `json:"certificate"`
 	Key          string `json:"key"`
 	PasswordFile string `json:"passwordFile"`
@@ -86,7 +88,12 @@ func (c *Config) Validate() error {
 	if !strings.HasPrefix(c.BasePath, "/") || strings.HasSuffix(c.BasePath, "/") || strings.ContainsAny(c.BasePath, " {}*?#") {
 		return config.Errorf("basePath", "must start with / and not end with /, got %q", c.BasePath)
 	}
-	for _, f := range []struct{ name, v string }{{"certificate", c.Certificate}, {"key", c.Key}, {"passwordFile", c.PasswordFile}} {
+	fields := []struct{ name, v string }{{"certificate", c.Certificate}, {"key", c.Key}, {"passwordFile", c.PasswordFile}}
+	if kmsKey(c.Key) {
+		// A KMS key: the URI selects the device and gives its PIN.
+		fields = fields[:1]
+	}
+	for _, f := range fields {
 		if f.v == "" {
 			return config.Errorf(f.name, "required")
 		}

@@ -9,7 +9,6 @@ package attestationca
 
 import (
 	"context"
-	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -93,13 +92,9 @@ func loadIssuer(cfg *Config) (*issuer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("certificate: %w", err)
 	}
-	key, err := pemutil.Read(cfg.Key, pemutil.WithPasswordFile(cfg.PasswordFile))
+	signer, err := loadKey(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("key: %w", err)
-	}
-	signer, ok := key.(crypto.Signer)
-	if !ok {
-		return nil, fmt.Errorf("key: %s is not a signing key", cfg.Key)
+		return nil, err
 	}
 	if !publicKeyEqual(signer.Public(), chain[0].PublicKey) {
 		return nil, fmt.Errorf("key: %s does not match certificate %s", cfg.Key, cfg.Certificate)

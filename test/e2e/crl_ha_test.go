@@ -59,21 +59,7 @@ type replica struct {
 // after kill -9 of the lease holder another replica publishes the next CRL
 // within the lease TTL; OpenSSL verifies against the CRL of any replica.
 func TestCRLCoordinatedAcrossReplicas(t *testing.T) {
-	pg := testenv.StartPostgres(t)
-	c := initCA(t, "--db", "postgresql", "--db-dsn", pg.DSN(), "--db-name", "crlha")
-	editConfig(t, c.Config, func(m map[string]any) {
-		pl := m["stepfort"].(map[string]any)["plugins"].(map[string]any)
-		rev := pl["revocation"].(map[string]any)
-		rev["crl"] = map[string]any{"publishDelay": "2s", "leaseTTL": "4s"}
-	})
-	replicas := []*replica{{name: "a", httpPort: c.HTTPPort, url: c.URL}}
-	replicas[0].proc = serve(t, c.Config, c.Password, c.Port)
-	for _, name := range []string{"b", "c"} {
-		cfg, port, httpPort := replicaConfigPorts(t, c, "replica-"+name)
-		r := &replica{name: name, httpPort: httpPort, url: fmt.Sprintf("https://localhost:%d", port)}
-		r.proc = serve(t, cfg, c.Password, port)
-		replicas = append(replicas, r)
-	}
+	c, replicas := startCRLReplicas(t, map[string]any{"publishDelay": "2s", "leaseTTL": "4s"})
 
 	// Numbers only increase: on each replica, and across replicas once a
 	// replica has had the second docs/ha.md allows it to notice a new CRL
@@ -103,30 +89,7 @@ func TestCRLCoordinatedAcrossReplicas(t *testing.T) {
 		numbers = append(numbers, n)
 		return crl
 	}
-	holder := func() *replica {
-		var found *replica
-		eventually(t, 10*time.Second, func() error {
-			found = nil
-			for _, r := range replicas {
-				if r.proc.Exited() {
-					continue
-				}
-				logs := r.proc.Log()
-				i := strings.LastIndex(logs, `"msg":"CRL publisher lease"`)
-				if i >= 0 && strings.Contains(logs[i:], `"self":true`) {
-					if found != nil {
-						return fmt.Errorf("replicas %s and %s both claim the lease", found.name, r.name)
-					}
-					found = r
-				}
-			}
-			if found == nil {
-				return fmt.Errorf("no replica holds the CRL lease")
-			}
-			return nil
-		})
-		return found
-	}
+	holder := func() *replica { return crlHolder(t, replicas) }
 	eventually(t, 10*time.Second, func() error { _, _, err := fetchCRL(c.HTTPPort); return err })
 	first := holder()
 	start := fetch(replicas[0]).Number.Int64()
@@ -213,5 +176,161 @@ func TestCRLCoordinatedAcrossReplicas(t *testing.T) {
 	}
 	if numbers[len(numbers)-1] <= afterRevoke {
 		t.Fatalf("CRL number did not increase after failover: %v", numbers)
+	}
+}
+
+// startCRLReplicas runs three replicas (a, b, c) of one installation on a
+// fresh PostgreSQL database with crl as the revocation plugin's crl block.
+func startCRLReplicas(t *testing.T, crl map[string]any) (*ca, []*replica) {
+	t.Helper()
+	pg := testenv.StartPostgres(t)
+	c := initCA(t, "--db", "postgresql", "--db-dsn", pg.DSN(), "--db-name", "crlha")
+	editConfig(t, c.Config, func(m map[string]any) {
+		pl := m["stepfort"].(map[string]any)["plugins"].(map[string]any)
+		rev := pl["revocation"].(map[string]any)
+		rev["crl"] = crl
+	})
+	replicas := []*replica{{name: "a", httpPort: c.HTTPPort, url: c.URL}}
+	replicas[0].proc = serve(t, c.Config, c.Password, c.Port)
+	for _, name := range []string{"b", "c"} {
+		cfg, port, httpPort := replicaConfigPorts(t, c, "replica-"+name)
+		r := &replica{name: name, httpPort: httpPort, url: fmt.Sprintf("https://localhost:%d", port)}
+		r.proc = serve(t, cfg, c.Password, port)
+		replicas = append(replicas, r)
+	}
+	return c, replicas
+}
+
+// crlHolder is the replica whose log last says it holds the CRL lease
+// (exactly one of the live ones).
+func crlHolder(t *testing.T, replicas []*replica) *replica {
+	t.Helper()
+	var found *replica
+	eventually(t, 10*time.Second, func() error {
+		found = nil
+		for _, r := range replicas {
+			if r.proc.Exited() {
+				continue
+			}
+			logs := r.proc.Log()
+			i := strings.LastIndex(logs, `"msg":"CRL publisher lease"`)
+			if i >= 0 && strings.Contains(logs[i:], `"self":true`) {
+				if found != nil {
+					return fmt.Errorf("replicas %s and %s both claim the lease", found.name, r.name)
+				}
+				found = r
+			}
+		}
+		if found == nil {
+			return fmt.Errorf("no replica holds the CRL lease")
+		}
+		return nil
+	})
+	return found
+}
+
+// TestCRLDeltaCoordinatedAcrossReplicas: the same with delta CRLs on.
+// A revocation through a replica that does not hold the lease reaches
+// every replica's delta; after kill -9 of the holder another replica
+// publishes the next delta; base and delta numbers form one strictly
+// increasing sequence across the three replicas: each replica serves
+// increasing numbers of each kind, every published number is unique, and
+// the new holder's numbers are above every number the killed one used.
+func TestCRLDeltaCoordinatedAcrossReplicas(t *testing.T) {
+	c, replicas := startCRLReplicas(t, deltaCRLConfig("30s", "10s"))
+	lastBase, lastDelta := map[string]int64{}, map[string]int64{}
+	fetch := func(r *replica) crlPair {
+		t.Helper()
+		p, err := fetchPair(t, r.httpPort)
+		if err != nil {
+			t.Fatalf("replica %s: %v", r.name, err)
+		}
+		b, d := p.base.Number.Int64(), p.delta.Number.Int64()
+		if b < lastBase[r.name] || d < lastDelta[r.name] {
+			t.Fatalf("replica %s: numbers went down: base %d after %d, delta %d after %d", r.name, b, lastBase[r.name], d, lastDelta[r.name])
+		}
+		if bn := deltaBase(t, p.delta); bn >= d || b == d {
+			t.Fatalf("replica %s: delta %d on base %d, base %d", r.name, d, bn, b)
+		}
+		lastBase[r.name], lastDelta[r.name] = b, d
+		return p
+	}
+	eventually(t, 15*time.Second, func() error { _, err := fetchPair(t, c.HTTPPort); return err })
+	first := crlHolder(t, replicas)
+	var other, survivor *replica
+	for _, r := range replicas {
+		if r != first {
+			other = r
+			break
+		}
+	}
+	survivor = other
+
+	step := newStepCLI(t)
+	dir := t.TempDir()
+	revokeVia := func(via *replica, name string) *big.Int {
+		step.bootstrap(c, via.url)
+		crt, key := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+		step.must("ca", "certificate", name, crt, key, "--provisioner", "admin", "--provisioner-password-file", c.Password)
+		step.must("ca", "revoke", "--cert", crt, "--key", key)
+		return readCert(t, crt).SerialNumber
+	}
+	listed := func(p crlPair, serial *big.Int) bool { return crlLists(p.delta, serial) || crlLists(p.base, serial) }
+	bad := revokeVia(other, "bad.example")
+	for _, r := range replicas {
+		eventually(t, 6*time.Second, func() error {
+			if p := fetch(r); !listed(p, bad) {
+				return fmt.Errorf("replica %s: neither base %d nor delta %d lists the revocation", r.name, p.base.Number, p.delta.Number)
+			}
+			return nil
+		})
+	}
+
+	if err := first.proc.Kill9(); err != nil {
+		t.Fatal(err)
+	}
+	killedAt := time.Now()
+	bad2 := revokeVia(survivor, "bad2.example")
+	eventually(t, 4*time.Second+2*time.Second+4*time.Second, func() error { // lease TTL + publish delay + slack
+		if p := fetch(survivor); !listed(p, bad2) {
+			return fmt.Errorf("survivor: delta %d lacks the second revocation", p.delta.Number)
+		}
+		return nil
+	})
+	t.Logf("new holder published %v after kill -9 of %s", time.Since(killedAt), first.name)
+	if next := crlHolder(t, replicas); next == first {
+		t.Fatal("the killed replica still holds the lease")
+	}
+
+	// The logs: every replica's publications strictly increase, no number
+	// is used twice, and the killed holder's are below everyone's later.
+	seen := map[int64]string{}
+	var killedMax int64
+	for _, r := range replicas {
+		ns := publishedNumbers(t, r.proc.Log())
+		strictlyIncreasing(t, "replica "+r.name, ns)
+		for _, n := range ns {
+			if by, dup := seen[n]; dup {
+				t.Fatalf("CRL number %d published by %s and %s", n, by, r.name)
+			}
+			seen[n] = r.name
+			if r == first {
+				killedMax = max(killedMax, n)
+			}
+		}
+		t.Logf("replica %s published %v", r.name, ns)
+	}
+	for _, r := range replicas {
+		if r == first {
+			continue
+		}
+		for _, n := range publishedSince(t, r.proc.Log(), killedAt) {
+			if n <= killedMax {
+				t.Fatalf("replica %s published %d, not above %d of the killed holder", r.name, n, killedMax)
+			}
+		}
+	}
+	if killedMax == 0 {
+		t.Fatal("the first holder published nothing")
 	}
 }
