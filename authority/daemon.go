@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -81,9 +82,9 @@ type Daemon struct {
 	recorder plugins.EventRecorder
 	tokens   *admin.TokenStore
 	plugins  []plugins.Plugin
-	// audit is the audit trail; until one is configured, records go to
-	// the log (logAuditor).
-	audit plugins.Auditor
+	// audit is what Host.Audit hands out: the auditLog plugin's trail
+	// once built, the log (logAuditor) without one.
+	audit *daemonAuditor
 
 	gen atomic.Pointer[generation] // what serves requests now
 	bg  *group                     // background goroutines, joined at Stop
@@ -107,7 +108,7 @@ func New(file *config.File, opts Options) (*Daemon, error) {
 		now = time.Now
 	}
 	d := &Daemon{file: file, opts: opts, log: log, now: now, metrics: metrics.New(), bg: newGroup(log), stopped: make(chan struct{})}
-	d.audit = logAuditor{log}
+	d.audit = &daemonAuditor{fallback: logAuditor{log}}
 	if file.CA.AuthorityConfig != nil && file.CA.AuthorityConfig.DeploymentType == "linked" {
 		return nil, errors.New("linked CA deployments are not supported: Certificate Manager would bypass stepfort's certificate events")
 	}
@@ -139,6 +140,7 @@ func (d *Daemon) assemble(base *db.DB) (*generation, error) {
 	if err := d.buildPlugins(); err != nil {
 		return nil, err
 	}
+	d.useTrail()
 	if err := d.openEvents(base); err != nil {
 		return nil, err
 	}
@@ -168,10 +170,12 @@ func (d *Daemon) openStore() (*db.DB, error) {
 	if storage.TunePool(d.store, storage.PoolSettings{MaxIdleConns: pool.MaxIdleConns, MaxOpenConns: pool.MaxOpenConns, ConnMaxIdleTime: pool.ConnMaxIdleTime.Duration}) {
 		d.log.Debug("SQL connection pool sized", "maxIdleConns", pool.MaxIdleConns, "maxOpenConns", pool.MaxOpenConns)
 	}
-	if d.locker, err = storage.NewLocker(d.store, d.replica, d.now); err != nil {
+	lk, err := storage.NewLocker(d.store, d.replica, d.now)
+	if err != nil {
 		_ = base.Shutdown()
 		return nil, err
 	}
+	d.locker = &auditedLocker{Locker: lk, d: d, held: map[string]bool{}}
 	if d.file.Stepfort.Admin.IsEnabled() {
 		if d.tokens, err = admin.NewTokenStore(d.store, d.now); err != nil {
 			_ = base.Shutdown()
@@ -334,6 +338,7 @@ func (d *Daemon) Run() error {
 	}
 	d.bg.Start()
 	d.logStart()
+	d.systemRecord("daemon.start", plugins.AuditSuccess, "", map[string]string{"address": d.file.CA.Address, "pid": strconv.Itoa(os.Getpid())})
 
 	errc := make(chan error, 3)
 	serve := func(srv *http.Server, ln net.Listener) {
@@ -414,6 +419,8 @@ func (d *Daemon) Stop() error {
 			}()
 		}
 		wg.Wait()
+		// Recorded before the trail's goroutine drains and checkpoints.
+		d.systemRecord("daemon.stop", plugins.AuditSuccess, "", nil)
 		// Background jobs (event delivery, plugin loops) call plugins and
 		// the database: let them finish before the plugins stop.
 		d.bg.Stop()
@@ -438,6 +445,16 @@ func (d *Daemon) Stop() error {
 // not reloaded (plugins keep running with their start-up settings); a change
 // to it is logged and needs a restart.
 func (d *Daemon) Reload() error {
+	err := d.reload()
+	if err != nil {
+		d.systemRecord("config.reload", plugins.AuditFailure, err.Error(), nil)
+		return err
+	}
+	d.systemRecord("config.reload", plugins.AuditSuccess, "", nil)
+	return nil
+}
+
+func (d *Daemon) reload() error {
 	file, err := config.Load(d.file.Path)
 	if err != nil {
 		return fmt.Errorf("reload: %w", err)

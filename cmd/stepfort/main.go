@@ -81,6 +81,7 @@ func main() {
 		billingCommand(),
 		scepCommand(),
 		migrateCommand(),
+		auditCommand(),
 	}
 	// `stepfort ca.json --password-file F` must behave like step-ca: urfave
 	// stops parsing app flags at the first argument, so run the serve

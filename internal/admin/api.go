@@ -41,6 +41,7 @@ type Server struct {
 // admin routes, each behind authentication and its scope.
 func (s *Server) Mount(r chi.Router, extra []plugins.AdminRoute) {
 	r.Route(Prefix, func(r chi.Router) {
+		r.Use(s.audited)
 		r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 			WriteError(w, http.StatusNotFound, "no such admin endpoint")
 		})
@@ -104,6 +105,7 @@ func (s *Server) require(scope string) func(http.Handler) http.Handler {
 			bearer, ok := strings.CutPrefix(auth, "Bearer ")
 			if !ok {
 				s.count("unauthorized")
+				callOf(r).reason = "no bearer token"
 				w.Header().Set("WWW-Authenticate", `Bearer realm="stepfort"`)
 				WriteError(w, http.StatusUnauthorized, "an admin token is required: send Authorization: Bearer <token>")
 				return
@@ -112,17 +114,21 @@ func (s *Server) require(scope string) func(http.Handler) http.Handler {
 			switch {
 			case errors.Is(err, ErrUnauthenticated):
 				s.count("unauthorized")
+				callOf(r).reason = "invalid token: " + err.Error()
 				w.Header().Set("WWW-Authenticate", `Bearer realm="stepfort", error="invalid_token"`)
 				WriteError(w, http.StatusUnauthorized, "invalid admin token: %v", err)
 				return
 			case err != nil:
 				s.count("error")
+				callOf(r).reason = "token store unavailable"
 				s.log().Error("admin token lookup failed", "error", err)
 				WriteError(w, http.StatusServiceUnavailable, "token store unavailable")
 				return
 			}
+			callOf(r).tok = t
 			if scope != "" && !t.Allows(scope) {
 				s.count("forbidden")
+				callOf(r).reason = "token lacks scope " + scope
 				s.log().Warn("admin request denied", "token", t.ID, "name", t.Name, "scope", scope, "path", r.URL.Path)
 				WriteError(w, http.StatusForbidden, "token %q lacks scope %q", t.Name, scope)
 				return
@@ -197,6 +203,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
+	s.record(r, tokenRecord("admin.token.create", caller, t, r))
 	s.log().Info("admin token created", "id", t.ID, "name", t.Name, "scopes", t.Scopes, "expiresAt", t.ExpiresAt, "by", caller.ID)
 	WriteJSON(w, http.StatusCreated, CreateTokenResponse{Token: t, Secret: secret})
 }
@@ -227,7 +234,10 @@ func (s *Server) lifetime(ttlStr string, caller *Token) (time.Duration, int, err
 // refuse answers an error and, for 403, logs the refusal as a scope
 // refusal is logged.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, caller *Token, err error) {
+	callOf(r).reason = err.Error()
 	if status == http.StatusForbidden {
+		s.record(r, plugins.AuditRecord{Action: actionOf(r), Outcome: plugins.AuditDenied, Reason: err.Error(),
+			Actor: plugins.AuditActor{Kind: "adminToken", ID: caller.ID, Name: caller.Name, RemoteAddr: r.RemoteAddr}})
 		s.log().Warn("admin request denied", "token", caller.ID, "name", caller.Name, "reason", err.Error(), "path", r.URL.Path)
 	}
 	WriteError(w, status, "%v", err)
@@ -263,7 +273,16 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		WriteError(w, http.StatusServiceUnavailable, "revoke token: %v", err)
 	default:
+		s.record(r, tokenRecord("admin.token.revoke", caller, target, r))
 		s.log().Info("admin token revoked", "id", target.ID, "name", target.Name, "by", caller.ID)
 		WriteJSON(w, http.StatusOK, target)
 	}
+}
+
+// actionOf names the token action a refused request attempted.
+func actionOf(r *http.Request) string {
+	if r.Method == http.MethodDelete {
+		return "admin.token.revoke"
+	}
+	return "admin.token.create"
 }

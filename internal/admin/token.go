@@ -22,6 +22,7 @@ import (
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
 	"github.com/stepfort/stepfort/internal/storage"
+	"github.com/stepfort/stepfort/plugins"
 )
 
 // TokensTable holds one row per token, keyed by token ID.
@@ -121,6 +122,10 @@ func ValidName(name string) error {
 type TokenStore struct {
 	db  nosql.DB
 	now func() time.Time
+	// Audit receives a record of every admin API call and of every token
+	// created or revoked through it (nil: none). The daemon sets it once
+	// the audit trail is built, before serving.
+	Audit plugins.Auditor
 }
 
 // NewTokenStore creates the token table if needed. now is the clock

@@ -1,11 +1,17 @@
-// Package audit is the "auditLog" plugin: it appends every certificate
-// event (issued, renewed, revoked) to a JSON Lines file, an audit trail an
-// operator can ship to a SIEM. Delivery is at least once, so the plugin
-// remembers the IDs of the last DedupWindow events in the file (read back
-// from the file's tail when it is built) and writes each event once even
-// when delivery is retried or the daemon restarts. The memory this takes is
-// bounded: an event redelivered after more than DedupWindow newer events
-// were written would be written again (consumers can de-duplicate by id).
+// Package audit is the "auditLog" plugin: the tamper-evident audit trail
+// (docs/audit.md) and, as before, a JSON Lines file of certificate events.
+//
+// The trail is one hash chain of records in the shared database (every
+// replica appends to it and serves it), with RFC 6962 checkpoints signed by
+// a dedicated Ed25519 audit key and copied to a checkpoint file and an
+// optional SIEM sink. The plugin is the daemon's plugins.Auditor, and
+// records every certificate event from the durable outbox, idempotently by
+// event id.
+//
+// The certificate event file keeps its old format. Delivery is at least
+// once, so the plugin remembers the IDs of the last DedupWindow events in
+// the file (read back from the file's tail when it is built) and writes
+// each event once even when delivery is retried or the daemon restarts.
 package audit
 
 import (
@@ -15,9 +21,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/stepfort/stepfort/config"
 	"github.com/stepfort/stepfort/plugins"
@@ -29,34 +37,97 @@ const Name = "auditLog"
 func init() {
 	plugins.Register(plugins.Factory{
 		Name:      Name,
-		NewConfig: func() plugins.Config { return &Config{} },
+		NewConfig: func() plugins.Config { return DefaultConfig() },
 		New:       newPlugin,
 	})
 }
 
-// newPlugin is the Factory's New. The audit log needs nothing from the
-// host: it only observes events.
-func newPlugin(c plugins.Config, _ plugins.Host) (plugins.Plugin, error) {
+// newPlugin is the Factory's New.
+func newPlugin(c plugins.Config, h plugins.Host) (plugins.Plugin, error) {
 	p, err := New(c.(*Config))
 	if err != nil {
 		return nil, err // not a typed nil inside the interface
+	}
+	if err := p.startTrail(c.(*Config), h); err != nil {
+		return nil, err
 	}
 	return p, nil
 }
 
 // Config is the plugin's ca.json block.
 type Config struct {
-	// Path of the JSON Lines file; created (0600) if missing.
+	// Path of the certificate event JSON Lines file; created (0600) if
+	// missing.
 	Path string `json:"path"`
+	// Trail turns the audit trail on (default true; it needs a database).
+	Trail *bool `json:"trail,omitempty"`
+	// Key is the Ed25519 audit key (PKCS #8 PEM) that signs checkpoints,
+	// created with Key+".pub" on first start when absent. Default:
+	// secrets/audit_key next to the directory of Path (init's layout:
+	// D/logs/certificates.jsonl → D/secrets/audit_key).
+	Key string `json:"key,omitempty"`
+	// CheckpointFile receives every checkpoint as a JSON line. Default:
+	// audit-checkpoints.jsonl next to Path.
+	CheckpointFile string `json:"checkpointFile,omitempty"`
+	// CheckpointEvery signs a checkpoint every so many records.
+	CheckpointEvery int64 `json:"checkpointEvery"`
+	// CheckpointInterval signs a checkpoint this often when records were
+	// appended since the last one.
+	CheckpointInterval config.Duration `json:"checkpointInterval"`
+	// FailClosed refuses issuance and renewal while records cannot be
+	// written, and makes every synchronous record wait for the database.
+	FailClosed bool `json:"failClosed,omitempty"`
+	// Retention deletes records older than this, up to a checkpoint; 0
+	// keeps them forever, otherwise at least two years (BR §5.4.3).
+	Retention config.Duration `json:"retention"`
+	// Sink ships every record and checkpoint to a SIEM.
+	Sink *SinkConfig `json:"sink,omitempty"`
 }
 
-// Validate requires an absolute path.
+// Defaults.
+const (
+	DefaultCheckpointEvery    = 1000
+	DefaultCheckpointInterval = 5 * time.Minute
+)
+
+// DefaultConfig returns the block with its defaults.
+func DefaultConfig() *Config {
+	return &Config{CheckpointEvery: DefaultCheckpointEvery, CheckpointInterval: config.Duration{Duration: DefaultCheckpointInterval}}
+}
+
+// TrailEnabled reports whether the trail is on.
+func (c *Config) TrailEnabled() bool { return c.Trail == nil || *c.Trail }
+
+// Validate requires an absolute path and sane trail settings; it fills in
+// the default key and checkpoint file.
 func (c *Config) Validate() error {
 	if c.Path == "" {
 		return config.Errorf("path", "required")
 	}
 	if !filepath.IsAbs(c.Path) {
 		return config.Errorf("path", "must be absolute, got %q", c.Path)
+	}
+	if c.Key == "" {
+		c.Key = filepath.Join(filepath.Dir(filepath.Dir(c.Path)), "secrets", "audit_key")
+	} else if !filepath.IsAbs(c.Key) {
+		return config.Errorf("key", "must be absolute, got %q", c.Key)
+	}
+	if c.CheckpointFile == "" {
+		c.CheckpointFile = filepath.Join(filepath.Dir(c.Path), "audit-checkpoints.jsonl")
+	} else if !filepath.IsAbs(c.CheckpointFile) {
+		return config.Errorf("checkpointFile", "must be absolute, got %q", c.CheckpointFile)
+	}
+	if c.CheckpointEvery < 1 || c.CheckpointEvery > 1_000_000 {
+		return config.Errorf("checkpointEvery", "must be between 1 and 1000000, got %d", c.CheckpointEvery)
+	}
+	if d := c.CheckpointInterval.Duration; d < time.Second || d > 24*time.Hour {
+		return config.Errorf("checkpointInterval", "must be between 1s and 24h, got %s", d)
+	}
+	if d := c.Retention.Duration; d != 0 && d < MinRetention {
+		return config.Errorf("retention", "must be 0 (keep forever) or at least %s (two years, BR 5.4.3), got %s", MinRetention, d)
+	}
+	if c.Sink != nil {
+		return c.Sink.Validate()
 	}
 	return nil
 }
@@ -81,12 +152,13 @@ const DedupWindow = 10_000
 // DedupWindow lines of typical size, without reading a file of years.
 const tailBytes = 8 << 20
 
-// Plugin writes the audit file. It is a plugins.CertificateObserver and
-// nothing else: it needs no background work and holds no open file.
+// Plugin runs the trail and writes the certificate event file.
 type Plugin struct {
-	path string
-	mu   sync.Mutex
-	seen *recentIDs // IDs of the last events in the file
+	path  string
+	mu    sync.Mutex
+	seen  *recentIDs // IDs of the last events in the file
+	trail *Trail     // nil when off or without a database
+	log   *slog.Logger
 }
 
 // New returns the plugin with the IDs of the last events in the file
@@ -99,7 +171,7 @@ func New(cfg *Config) (*Plugin, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Plugin{path: cfg.Path, seen: seen}, nil
+	return &Plugin{path: cfg.Path, seen: seen, log: slog.Default()}, nil
 }
 
 // dedupWindow is DedupWindow; tests make it small.
@@ -181,8 +253,14 @@ func readIDs(path string, size int) (*recentIDs, error) {
 // Name implements plugins.Plugin.
 func (p *Plugin) Name() string { return Name }
 
-// ObserveCertificate appends the event, unless already written.
-func (p *Plugin) ObserveCertificate(_ context.Context, ev plugins.CertificateEvent) error {
+// ObserveCertificate records the event in the trail (once per event id),
+// then appends it to the file unless already written.
+func (p *Plugin) ObserveCertificate(ctx context.Context, ev plugins.CertificateEvent) error {
+	if p.trail != nil {
+		if err := p.trail.recordEvent(ctx, ev.ID, eventRecord(ev)); err != nil {
+			return err
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.seen.has(ev.ID) {

@@ -225,7 +225,9 @@ func TestConfigValidate(t *testing.T) {
 		{"logs/certificates.jsonl", true},
 	}
 	for _, tt := range tests {
-		err := (&Config{Path: tt.path}).Validate()
+		c := DefaultConfig()
+		c.Path = tt.path
+		err := c.Validate()
 		if (err != nil) != tt.wantErr {
 			t.Errorf("Validate(%q) = %v, wantErr %v", tt.path, err, tt.wantErr)
 		}

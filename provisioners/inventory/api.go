@@ -2,6 +2,7 @@ package inventory
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +35,28 @@ type API struct {
 	// ImportWait overrides the package's ImportWait (tests).
 	ImportWait time.Duration
 	Log        *slog.Logger // nil: slog.Default()
+	// Audit records every device and collection change (nil: none).
+	Audit plugins.Auditor
+}
+
+// record appends the audit record of a change through the API: the admin
+// token that asked, the object, and how it ended.
+func (a *API) record(r *http.Request, action string, obj plugins.AuditObject, err error, details map[string]string) {
+	if a.Audit == nil {
+		return
+	}
+	rec := plugins.AuditRecord{Action: action, Outcome: plugins.AuditSuccess, Actor: plugins.AuditActor{Kind: "adminToken", RemoteAddr: r.RemoteAddr}, Object: obj, Details: details}
+	if tok := admin.TokenFrom(r); tok != nil {
+		rec.Actor.ID, rec.Actor.Name = tok.ID, tok.Name
+	}
+	if err != nil {
+		rec.Outcome, rec.Reason = plugins.AuditFailure, err.Error()
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
+	defer cancel()
+	if rerr := a.Audit.Record(ctx, rec); rerr != nil {
+		a.logger().Error("audit record not written", "action", action, "error", rerr)
+	}
 }
 
 // Routes lists the admin routes.
@@ -203,6 +227,11 @@ func (a *API) importLocked(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rep, err := a.Store.Import(rows, source)
+	det := map[string]string{"source": source, "rows": strconv.Itoa(len(rows))}
+	if rep != nil {
+		det["accepted"], det["updated"], det["rejected"] = strconv.Itoa(rep.Accepted), strconv.Itoa(rep.Updated), strconv.Itoa(rep.Rejected)
+	}
+	a.record(r, "device.import", plugins.AuditObject{}, err, det)
 	if err != nil && rep == nil {
 		writeErr(w, fmt.Errorf("import: %w", err))
 		return
@@ -268,8 +297,13 @@ func ok(body any) (reply, error)      { return reply{http.StatusOK, body}, nil }
 func created(body any) (reply, error) { return reply{http.StatusCreated, body}, nil }
 
 func (a *API) createDevice() http.HandlerFunc {
-	return withBody(a, func(s *Store, _ *http.Request, in DeviceInput) (reply, error) {
+	return withBody(a, func(s *Store, r *http.Request, in DeviceInput) (reply, error) {
 		d, err := s.Create(in)
+		obj := plugins.AuditObject{}
+		if d != nil {
+			obj.Device = d.ID
+		}
+		a.record(r, "device.create", obj, err, nil)
 		if err != nil {
 			return reply{}, err
 		}
@@ -296,7 +330,10 @@ func (a *API) updateDevice() http.HandlerFunc {
 		if err != nil {
 			return reply{}, err
 		}
-		if d, err = s.Update(d.ID, p); err != nil {
+		id := d.ID
+		d, err = s.Update(id, p)
+		a.record(r, "device.update", plugins.AuditObject{Device: id}, err, patchDetails(p))
+		if err != nil {
 			return reply{}, err
 		}
 		return ok(d)
@@ -309,7 +346,10 @@ func (a *API) deleteDevice() http.HandlerFunc {
 		if err != nil {
 			return reply{}, err
 		}
-		if d, err = s.Delete(d.ID); err != nil {
+		id := d.ID
+		d, err = s.Delete(id)
+		a.record(r, "device.delete", plugins.AuditObject{Device: id}, err, nil)
+		if err != nil {
 			return reply{}, err
 		}
 		return ok(d)
@@ -317,8 +357,9 @@ func (a *API) deleteDevice() http.HandlerFunc {
 }
 
 func (a *API) createCollection() http.HandlerFunc {
-	return withBody(a, func(s *Store, _ *http.Request, c Collection) (reply, error) {
+	return withBody(a, func(s *Store, r *http.Request, c Collection) (reply, error) {
 		out, err := s.CreateCollection(c)
+		a.record(r, "collection.create", plugins.AuditObject{}, err, map[string]string{"collection": c.Name})
 		if err != nil {
 			return reply{}, err
 		}
@@ -339,6 +380,7 @@ func (a *API) getCollection() http.HandlerFunc {
 func (a *API) updateCollection() http.HandlerFunc {
 	return withBody(a, func(s *Store, r *http.Request, p CollectionPatch) (reply, error) {
 		c, err := s.UpdateCollection(chi.URLParam(r, "name"), p)
+		a.record(r, "collection.update", plugins.AuditObject{}, err, map[string]string{"collection": chi.URLParam(r, "name")})
 		if err != nil {
 			return reply{}, err
 		}
@@ -349,9 +391,31 @@ func (a *API) updateCollection() http.HandlerFunc {
 func (a *API) deleteCollection() http.HandlerFunc {
 	return a.handle(func(s *Store, r *http.Request) (reply, error) {
 		name := chi.URLParam(r, "name")
-		if err := s.DeleteCollection(name); err != nil {
+		err := s.DeleteCollection(name)
+		a.record(r, "collection.delete", plugins.AuditObject{}, err, map[string]string{"collection": name})
+		if err != nil {
 			return reply{}, err
 		}
 		return ok(map[string]string{"deleted": name})
 	})
+}
+
+// patchDetails names the fields a device patch changes (not their values:
+// identifiers and keys belong in the inventory, not the trail).
+func patchDetails(p DevicePatch) map[string]string {
+	b, _ := json.Marshal(p)
+	var m map[string]json.RawMessage
+	_ = json.Unmarshal(b, &m)
+	keys := make([]string, 0, len(m))
+	for k, v := range m {
+		if string(v) != "null" {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	out := map[string]string{"fields": strings.Join(keys, ",")}
+	if p.Status != nil {
+		out["status"] = string(*p.Status)
+	}
+	return out
 }

@@ -49,6 +49,7 @@ type Plugin struct {
 	cfg   *Config
 	store *Store
 	log   *slog.Logger
+	audit plugins.Auditor
 }
 
 // New opens the inventory on the host's database. Changes made through the
@@ -59,7 +60,7 @@ func New(cfg *Config, h plugins.Host) (*Plugin, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Plugin{cfg: cfg, store: s, log: h.Logger()}, nil
+	return &Plugin{cfg: cfg, store: s, log: h.Logger(), audit: h.Audit()}, nil
 }
 
 // Name implements plugins.Plugin.
@@ -70,6 +71,6 @@ func (p *Plugin) Store() *Store { return p.store }
 
 // AdminRoutes implements plugins.AdminRouteProvider.
 func (p *Plugin) AdminRoutes() []plugins.AdminRoute {
-	api := &API{Store: p.store, MaxImportBytes: p.cfg.MaxImportBytes, MaxImportRows: p.cfg.MaxImportRows, Log: p.log}
+	api := &API{Store: p.store, MaxImportBytes: p.cfg.MaxImportBytes, MaxImportRows: p.cfg.MaxImportRows, Log: p.log, Audit: p.audit}
 	return api.Routes()
 }

@@ -120,3 +120,37 @@ func (c *Client) DoRaw(method, path, contentType string, body io.Reader, out any
 	}
 	return nil
 }
+
+// Stream GETs path and copies the answer to w as it arrives: for exports
+// larger than Do would hold, with no overall timeout (only for the
+// answer's headers).
+func (c *Client) Stream(path string, w io.Writer) error {
+	req, err := http.NewRequest(http.MethodGet, c.baseURL+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	hc := *c.http
+	hc.Timeout = 0
+	if t, ok := c.http.Transport.(*http.Transport); ok {
+		t = t.Clone()
+		t.ResponseHeaderTimeout = 60 * time.Second
+		hc.Transport = t
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 400 {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		apiErr := &APIError{}
+		if json.Unmarshal(data, apiErr) != nil || apiErr.Message == "" {
+			apiErr.Message = strings.TrimSpace(string(data))
+		}
+		apiErr.Status = resp.StatusCode
+		return apiErr
+	}
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
