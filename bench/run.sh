@@ -43,10 +43,10 @@ mkdir -p .cache/bench
 # Each benchmark is a program under bench/; they run one after the other so
 # every comparison is made within one run. BENCH_ONLY=sign,ha limits the set;
 # BENCH_HA=0 skips the HA benchmark. Arguments go to the sign benchmark.
-only="${BENCH_ONLY:-sign,billing,attestation,ha,deviceattest,scep,adcsimport,audit,hsm}"
+only="${BENCH_ONLY:-sign,billing,attestation,ha,deviceattest,scep,adcsimport,audit,hsm,certindex}"
 [[ "${BENCH_HA:-1}" == 0 ]] && only="${only//ha/}"
 status=0
-for b in sign billing attestation ha deviceattest scep adcsimport audit hsm; do
+for b in sign billing attestation ha deviceattest scep adcsimport audit hsm certindex; do
 	[[ ",$only," == *",$b,"* ]] || continue
 	echo "=== bench/$b ==="
 	cgo=0

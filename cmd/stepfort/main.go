@@ -79,6 +79,7 @@ func main() {
 		collectionsCommand(),
 		endpointsCommand(),
 		billingCommand(),
+		certificatesCommand(),
 		scepCommand(),
 		migrateCommand(),
 		auditCommand(),

@@ -9,6 +9,7 @@ import (
 	_ "github.com/stepfort/stepfort/internal/audit"
 	_ "github.com/stepfort/stepfort/provisioners/attestationca"
 	_ "github.com/stepfort/stepfort/provisioners/billing"
+	_ "github.com/stepfort/stepfort/provisioners/certindex"
 	_ "github.com/stepfort/stepfort/provisioners/deviceattest"
 	_ "github.com/stepfort/stepfort/provisioners/dynamicscep"
 	_ "github.com/stepfort/stepfort/provisioners/inventory"

@@ -1,0 +1,120 @@
+package storage
+
+import (
+	"bytes"
+	"database/sql"
+	"fmt"
+
+	"github.com/smallstep/nosql"
+	"github.com/smallstep/nosql/mysql"
+	bbolt "go.etcd.io/bbolt"
+)
+
+// ForEachPage calls fn for at most max rows of table whose keys sort after
+// after (nil: from the first), in key order, and returns the last key it
+// passed when there may be more rows (nil at the end). Unlike ForEach, each
+// page is its own read transaction (bbolt) or query (SQL), so a long walk
+// paced by a slow consumer (an export to a slow client) never holds a
+// transaction open for long, and fn may write between pages.
+//
+// key and value are only valid during the call, as for ForEach. A missing
+// table has no rows. Stores other than bbolt, PostgreSQL and MySQL (badger)
+// have no ordered range read in nosql: every row comes in one page, held
+// in memory by nosql's List.
+func ForEachPage(store nosql.DB, table, after []byte, max int, fn func(key, value []byte) error) ([]byte, error) {
+	if max < 1 {
+		return nil, fmt.Errorf("ForEachPage: max must be positive, got %d", max)
+	}
+	store = Unwrap(store)
+	if b := boltHandle(store); b != nil {
+		return pageBolt(b, table, after, max, fn)
+	}
+	if s, quote := sqlHandle(store); s != nil {
+		_, isMySQL := store.(*mysql.DB)
+		return pageSQL(s, quote(string(table)), isMySQL, after, max, fn)
+	}
+	if after != nil {
+		return nil, nil // everything came in the first page
+	}
+	return nil, ForEach(store, table, fn)
+}
+
+func pageBolt(db *bbolt.DB, table, after []byte, max int, fn func(key, value []byte) error) ([]byte, error) {
+	var next []byte
+	err := db.View(func(tx *bbolt.Tx) error {
+		var b *bbolt.Bucket
+		for i, name := range bytes.Split(table, []byte("/")) { // nosql's nested buckets
+			if i == 0 {
+				b = tx.Bucket(name)
+			} else {
+				b = b.Bucket(name)
+			}
+			if b == nil {
+				return nil
+			}
+		}
+		c := b.Cursor()
+		k, v := c.First()
+		if after != nil {
+			if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+				k, v = c.Next()
+			}
+		}
+		n := 0
+		for ; k != nil; k, v = c.Next() {
+			if v == nil {
+				continue // a nested bucket, not a row
+			}
+			if err := fn(k, v); err != nil {
+				return err
+			}
+			if n++; n == max {
+				next = append([]byte(nil), k...)
+				return nil
+			}
+		}
+		return nil
+	})
+	return next, err
+}
+
+func pageSQL(db *sql.DB, quoted string, isMySQL bool, after []byte, max int, fn func(key, value []byte) error) ([]byte, error) {
+	p1, p2 := "$1", "$2"
+	if isMySQL {
+		p1, p2 = "?", "?"
+	}
+	var rows *sql.Rows
+	var err error
+	if after == nil {
+		rows, err = db.Query("SELECT nkey, nvalue FROM "+quoted+" ORDER BY nkey LIMIT "+p1, max)
+	} else {
+		rows, err = db.Query("SELECT nkey, nvalue FROM "+quoted+" WHERE nkey > "+p1+" ORDER BY nkey LIMIT "+p2, after, max)
+	}
+	if err != nil {
+		if missingTable(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("scan %s: %w", quoted, err)
+	}
+	defer rows.Close()
+	var key, value sql.RawBytes
+	var last []byte
+	n := 0
+	for rows.Next() {
+		if err := rows.Scan(&key, &value); err != nil {
+			return nil, fmt.Errorf("scan %s: %w", quoted, err)
+		}
+		if err := fn(key, value); err != nil {
+			return nil, err
+		}
+		last = append(last[:0], key...)
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("scan %s: %w", quoted, err)
+	}
+	if n < max {
+		return nil, nil
+	}
+	return last, nil
+}

@@ -1,0 +1,145 @@
+package certindex
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+
+	"github.com/smallstep/certificates/authority"
+	"github.com/smallstep/certificates/authority/config"
+	"github.com/smallstep/certificates/authority/provisioner"
+
+	"github.com/stepfort/stepfort/internal/provfields"
+	"github.com/stepfort/stepfort/plugins"
+)
+
+// The Endpoint of a certificate is computed with billing's published rule
+// (docs/billing.md, "The rules"), not read from the billing plugin: the
+// index does not depend on billing being enabled, and billing's tables stay
+// its own. The rule is deterministic by design (every billing replica must
+// compute the same ID), so the same inputs give billing's ID.
+// TestEndpointMatchesBilling holds the two implementations together.
+
+var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+func endpointID(parts ...string) string {
+	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	return "ep_" + strings.ToLower(idEncoding.EncodeToString(h[:15]))
+}
+
+func lineageEndpointID(serial string) string { return endpointID("lineage", serial) }
+
+func subjectEndpointID(prov plugins.ProvisionerRef, subjectKey string) string {
+	key := prov.ID
+	if key == "" {
+		key = strings.ToUpper(prov.Type) + "/" + prov.Name
+	}
+	return endpointID("subject", key, subjectKey)
+}
+
+// subjectKey is billing's normalised subject: CN and SANs, lower-cased,
+// trimmed, IPs canonical, deduplicated, sorted, joined by ",".
+func subjectKey(c *x509.Certificate) string {
+	names := []string{c.Subject.CommonName}
+	names = append(names, c.DNSNames...)
+	names = append(names, c.EmailAddresses...)
+	for _, ip := range c.IPAddresses {
+		names = append(names, ip.String())
+	}
+	for _, u := range c.URIs {
+		names = append(names, u.String())
+	}
+	set := map[string]bool{}
+	for _, n := range names {
+		n = strings.ToLower(strings.TrimSpace(n))
+		if n == "" {
+			continue
+		}
+		if ip := net.ParseIP(n); ip != nil {
+			n = ip.String()
+		}
+		set[n] = true
+	}
+	out := make([]string, 0, len(set))
+	for n := range set {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
+}
+
+// neverRenews: flows that re-enrol instead of renewing are grouped by
+// subject whatever their claims.
+var neverRenews = map[string]bool{"ACME": true, "SCEP": true}
+
+// errNoAuthority: the grouping of a provisioner with claims needs the
+// running authority.
+var errNoAuthority = errors.New("authority not available")
+
+// bySubject reports whether the provisioner groups by subject: ACME and
+// SCEP always, others when their effective disableRenewal claim is true.
+// a may be nil (reindex without a running CA): then only the type decides
+// and errNoAuthority is returned for the others.
+func bySubject(a *authority.Authority, ref plugins.ProvisionerRef) (bool, error) {
+	if neverRenews[strings.ToUpper(ref.Type)] {
+		return true, nil
+	}
+	if a == nil {
+		return false, errNoAuthority
+	}
+	var prov provisioner.Interface
+	if ref.ID != "" {
+		prov, _ = a.LoadProvisionerByID(ref.ID)
+	}
+	if prov == nil && ref.Name != "" {
+		prov, _ = a.LoadProvisionerByName(ref.Name)
+	}
+	if prov == nil {
+		return false, fmt.Errorf("provisioner %q (%s) not found", ref.Name, ref.ID)
+	}
+	if neverRenews[strings.ToUpper(prov.GetType().String())] {
+		return true, nil
+	}
+	var global *provisioner.Claims
+	if cfg := a.GetConfig(); cfg != nil && cfg.AuthorityConfig != nil {
+		global = cfg.AuthorityConfig.Claims
+	}
+	gc, err := provisioner.NewClaimer(global, config.GlobalProvisionerClaims)
+	if err != nil {
+		return false, fmt.Errorf("global claims: %w", err)
+	}
+	c, err := provisioner.NewClaimer(provfields.Claims(prov), gc.Claims())
+	if err != nil {
+		return false, fmt.Errorf("claims of provisioner %s: %w", prov.GetName(), err)
+	}
+	return c.IsDisableRenewal(), nil
+}
+
+// signEndpoint is the Endpoint of a certificate that starts its own
+// lineage or joins its subject's Endpoint (a /sign, ACME or SCEP issuance).
+// grouping says whether a provisioner groups by subject.
+type grouping func(ref plugins.ProvisionerRef) (bool, error)
+
+// authorityGrouping asks the current authority (it changes on reload).
+func authorityGrouping(a func() *authority.Authority) grouping {
+	return func(ref plugins.ProvisionerRef) (bool, error) { return bySubject(a(), ref) }
+}
+
+// typeGrouping knows ACME and SCEP only (reindex without a running CA).
+func typeGrouping(ref plugins.ProvisionerRef) (bool, error) { return bySubject(nil, ref) }
+
+func signEndpoint(g grouping, cert *x509.Certificate, ref plugins.ProvisionerRef) (string, error) {
+	subject, err := g(ref)
+	if err != nil {
+		return "", err
+	}
+	if key := subjectKey(cert); subject && key != "" {
+		return subjectEndpointID(ref, key), nil
+	}
+	return lineageEndpointID(cert.SerialNumber.String()), nil
+}
