@@ -27,7 +27,6 @@ import (
 	"time"
 
 	upstream "github.com/smallstep/certificates/authority"
-	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
 
@@ -82,6 +81,9 @@ type Daemon struct {
 	recorder plugins.EventRecorder
 	tokens   *admin.TokenStore
 	plugins  []plugins.Plugin
+	// internal is the daemon's own entry in plugins (the replicas admin
+	// route), not named in logs as a plugin.
+	internal plugins.Plugin
 	// audit is what Host.Audit hands out: the auditLog plugin's trail
 	// once built, the log (logAuditor) without one.
 	audit *daemonAuditor
@@ -139,6 +141,11 @@ func newReplicaID(address string, now func() time.Time) string {
 func (d *Daemon) assemble(base *db.DB) (*generation, error) {
 	if err := d.buildPlugins(); err != nil {
 		return nil, err
+	}
+	if rp := d.replicasEndpoint(); rp != nil {
+		d.plugins = append(d.plugins, rp)
+		d.internal = rp
+		d.bg.Go("heartbeat", d.runHeartbeat)
 	}
 	d.useTrail()
 	if err := d.openEvents(base); err != nil {
@@ -383,7 +390,9 @@ func (d *Daemon) logStart() {
 	}
 	names := make([]string, 0, len(d.plugins))
 	for _, p := range d.plugins {
-		names = append(names, p.Name())
+		if p != d.internal {
+			names = append(names, p.Name())
+		}
 	}
 	attrs = append(attrs, "plugins", names)
 	if cfg.DB != nil {
@@ -488,24 +497,6 @@ func (d *Daemon) reload() error {
 	})
 	d.log.Info("reloaded", "config", d.file.Path)
 	return nil
-}
-
-// authorizeRenew runs every plugin's RenewAuthorizer, then upstream's
-// default checks (renewal disabled, expiry).
-func (d *Daemon) authorizeRenew(ctx context.Context, p *provisioner.Controller, cert *x509Certificate) error {
-	req := plugins.RenewRequest{
-		Provisioner: plugins.ProvisionerRef{ID: p.GetID(), Name: p.GetName(), Type: p.GetType().String()},
-		Certificate: cert,
-	}
-	for _, pl := range d.plugins {
-		if ra, ok := pl.(plugins.RenewAuthorizer); ok {
-			if err := ra.AuthorizeRenew(ctx, req); err != nil {
-				d.log.Info("renewal denied by plugin", "plugin", pl.Name(), "serial", cert.SerialNumber.String(), "reason", err.Error())
-				return renewDenied(err)
-			}
-		}
-	}
-	return provisioner.DefaultAuthorizeRenew(ctx, p, cert)
 }
 
 // Servers returns the listen addresses actually bound (useful with ":0").

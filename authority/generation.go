@@ -68,6 +68,7 @@ func (d *Daemon) activate(gen *generation) {
 type capabilities struct {
 	generations      []plugins.Generation
 	signAuthorizers  []plugins.SignAuthorizer
+	authorizerNames  []string // the plugin of each sign authorizer
 	renewAuthorizers bool
 	enforcers        []provisioner.CertificateEnforcer
 	enrichers        []namedEnricher
@@ -97,6 +98,7 @@ func (d *Daemon) collectCapabilities(cfg *upconfig.Config) (*capabilities, error
 		}
 		if a, ok := p.(plugins.SignAuthorizer); ok {
 			c.signAuthorizers = append(c.signAuthorizers, a)
+			c.authorizerNames = append(c.authorizerNames, p.Name())
 		}
 		if _, ok := p.(plugins.RenewAuthorizer); ok {
 			c.renewAuthorizers = true
@@ -133,7 +135,8 @@ func (d *Daemon) build(file *config.File) (*generation, error) {
 	}
 	external := &http.Client{Transport: newExternalTransport()}
 	webhooks := &webhookClient{external: external, internal: &internalWebhooks{
-		authorizers: caps.signAuthorizers, enrichers: caps.enrichers, scep: caps.scep, log: d.log.With("component", "internal-webhooks")}}
+		authorizers: caps.signAuthorizers, authorizerNames: caps.authorizerNames, enrichers: caps.enrichers, scep: caps.scep,
+		audit: d.audit, log: d.log.With("component", "internal-webhooks")}}
 	var auth *upstream.Authority
 	current := func() *upstream.Authority { return auth }
 	opts, err := d.authorityOptions(cfg, webhooks, caps, current)
@@ -251,7 +254,7 @@ func (d *Daemon) authorityOptions(cfg *upconfig.Config, webhooks *webhookClient,
 	}
 	if caps.renewAuthorizers {
 		opts = append(opts, upstream.WithAuthorizeRenewFunc(func(ctx context.Context, p *provisioner.Controller, cert *x509.Certificate) error {
-			return d.authorizeRenew(ctx, p, cert)
+			return d.authorizeRenewAudited(ctx, p, cert)
 		}))
 	}
 	return opts, nil
@@ -295,9 +298,14 @@ func (d *Daemon) mount(gen *generation) error {
 		mux.Route("/scep", func(r chi.Router) { scepAPI.Route(r) })
 	}
 	insecurePlugins, adminMax := d.mountPlugins(mux, insecureMux)
+	if err := d.mountUI(mux); err != nil {
+		return err
+	}
 	gen.servesInsecure = scepAuthority != nil || cfg.CRL.IsEnabled() || insecurePlugins
 
-	https, insecure := http.Handler(mux), http.Handler(insecureMux)
+	// Innermost, so upstream's error reaches it (and passes on to the
+	// request logger): refusals of the signing endpoints are audited.
+	https, insecure := d.refusalAudit(mux), http.Handler(insecureMux)
 	if len(cfg.Monitoring) > 0 {
 		m, err := monitoring.New(cfg.Monitoring)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -83,10 +84,14 @@ func (n namedSCEP) provisioners() []string {
 // parse or decide is a denial, answered with 200 and allow=false so
 // upstream does not retry.
 type internalWebhooks struct {
-	authorizers []plugins.SignAuthorizer
-	enrichers   []namedEnricher
-	scep        []namedSCEP
-	log         *slog.Logger
+	authorizers     []plugins.SignAuthorizer
+	authorizerNames []string // parallel to authorizers: the plugins' names
+	enrichers       []namedEnricher
+	scep            []namedSCEP
+	// audit records denials; one of a watched request is noted for the
+	// request's record instead (refusalAudit). Nil: none.
+	audit plugins.Auditor
+	log   *slog.Logger
 }
 
 // webhookTimeout bounds a plugin's answer: upstream applies none to SCEP
@@ -136,19 +141,21 @@ func (h *internalWebhooks) authorize(ctx context.Context, w http.ResponseWriter,
 	// The daemon only adds this webhook to gated provisioners: finding no
 	// authorizer means the name did not round-trip, so deny.
 	matched := false
-	for _, a := range h.authorizers {
+	for i, a := range h.authorizers {
 		if !gated(sr.Provisioner, []plugins.SignAuthorizer{a}) {
 			continue
 		}
 		matched = true
 		if err := callAuthorizer(ctx, a, sr); err != nil {
 			h.log.Info("issuance denied by plugin", "provisioner", sr.Provisioner, "permanentIdentifier", sr.PermanentIdentifier, "reason", err.Error())
+			h.refused(ctx, h.authorizerName(i), err, sr)
 			deny(w, denialCode(err), err.Error())
 			return
 		}
 	}
 	if !matched {
 		h.log.Warn("issuance denied: no sign authorizer gates the provisioner", "provisioner", sr.Provisioner)
+		h.refused(ctx, "", errors.New("no sign authorizer for this provisioner"), sr)
 		deny(w, "unauthorized", "no sign authorizer for this provisioner")
 		return
 	}
@@ -168,6 +175,7 @@ func (h *internalWebhooks) enrich(ctx context.Context, w http.ResponseWriter, pa
 		data, err := callEnricher(ctx, e, sr)
 		if err != nil {
 			h.log.Info("issuance denied by enricher", "plugin", e.name, "provisioner", sr.Provisioner, "permanentIdentifier", sr.PermanentIdentifier, "reason", err.Error())
+			h.refused(ctx, e.name, err, sr)
 			deny(w, denialCode(err), err.Error())
 			return
 		}
@@ -176,6 +184,40 @@ func (h *internalWebhooks) enrich(ctx context.Context, w http.ResponseWriter, pa
 	}
 	deny(w, "internalError", "unknown enricher")
 }
+
+func (h *internalWebhooks) authorizerName(i int) string {
+	if i < len(h.authorizerNames) {
+		return h.authorizerNames[i]
+	}
+	return "unknown"
+}
+
+// refused audits a plugin's denial of an issuance: noted on the watched
+// request (/sign, ACME finalize), recorded here otherwise (SCEP). plugin
+// "" is the daemon's own fail-closed denial (stage webhook).
+func (h *internalWebhooks) refused(ctx context.Context, plugin string, err error, sr plugins.SignRequest) {
+	obj := plugins.AuditObject{Provisioner: sr.Provisioner, Device: sr.PermanentIdentifier}
+	switch {
+	case sr.Certificate != nil:
+		obj.Subject = subjectName(sr.Certificate.Subject.CommonName, sr.Certificate.DNSNames)
+	case sr.CSR != nil:
+		obj.Subject = subjectName(sr.CSR.Subject.CommonName, sr.CSR.DNSNames)
+	}
+	actor := plugins.AuditActor{Kind: "provisioner", Name: sr.Provisioner}
+	if plugin == "" {
+		plugin, err = "stepfort", stagedError{err, "webhook"}
+	}
+	recordPluginRefusal(ctx, h.audit, "certificate.sign", plugin, err, obj, actor)
+}
+
+// stagedError gives an error the audit stage it is recorded with.
+type stagedError struct {
+	error
+	stage string
+}
+
+func (e stagedError) AuditStage() string { return e.stage }
+func (e stagedError) Unwrap() error      { return e.error }
 
 // signRequest is what authorizers and enrichers see of upstream's body.
 func signRequest(prov string, req *webhook.RequestBody) (plugins.SignRequest, error) {

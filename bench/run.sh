@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # run.sh runs the benchmarks under bench/ (sign, billing, attestation, ha,
-# deviceattest, scep, adcsimport). The sign benchmark runs upstream step-ca v0.30.2 and
-# stepfort, alternately, on the same ca.json with bbolt and then PostgreSQL,
-# under the same /1.0/sign load. `make bench` calls it.
+# deviceattest, scep, adcsimport, audit, hsm, certindex, ui). The sign
+# benchmark runs upstream step-ca v0.30.2 and stepfort, alternately, on the
+# same ca.json with bbolt and then PostgreSQL, under the same /1.0/sign load. `make bench` calls it.
 #
 # Arguments are passed to the benchmark (see `bench/run.sh -h`); so are the
 # BENCH_* environment variables (BENCH_N, BENCH_ROUNDS, BENCH_DB, ...).
@@ -43,10 +43,10 @@ mkdir -p .cache/bench
 # Each benchmark is a program under bench/; they run one after the other so
 # every comparison is made within one run. BENCH_ONLY=sign,ha limits the set;
 # BENCH_HA=0 skips the HA benchmark. Arguments go to the sign benchmark.
-only="${BENCH_ONLY:-sign,billing,attestation,ha,deviceattest,scep,adcsimport,audit,hsm,certindex}"
+only="${BENCH_ONLY:-sign,billing,attestation,ha,deviceattest,scep,adcsimport,audit,hsm,certindex,ui}"
 [[ "${BENCH_HA:-1}" == 0 ]] && only="${only//ha/}"
 status=0
-for b in sign billing attestation ha deviceattest scep adcsimport audit hsm certindex; do
+for b in sign billing attestation ha deviceattest scep adcsimport audit hsm certindex ui; do
 	[[ ",$only," == *",$b,"* ]] || continue
 	echo "=== bench/$b ==="
 	cgo=0

@@ -23,6 +23,8 @@ const Key = "stepfort"
 type Stepfort struct {
 	// Admin configures the admin API under /api/v1 on the HTTPS listener.
 	Admin Admin `json:"admin"`
+	// UI configures the web dashboard under /ui/ (docs/ui.md).
+	UI UI `json:"ui"`
 	// Events configures delivery of certificate events to plugins.
 	Events Events `json:"events"`
 	// Log configures the daemon's structured log.
@@ -50,6 +52,19 @@ const DefaultMaxTokenTTL = 2160 * time.Hour
 
 // IsEnabled reports whether the admin API is served.
 func (a Admin) IsEnabled() bool { return a.Enabled == nil || *a.Enabled }
+
+// UI configures the web dashboard.
+type UI struct {
+	// Enabled serves /ui/ when the admin API is served; default true.
+	Enabled *bool `json:"enabled,omitempty"`
+	// IdleTimeout ends a session unused this long (default 15m);
+	// AbsoluteTimeout ends any session this long after login (default 8h).
+	IdleTimeout     Duration `json:"idleTimeout"`
+	AbsoluteTimeout Duration `json:"absoluteTimeout"`
+}
+
+// IsEnabled reports whether the dashboard is served.
+func (u UI) IsEnabled() bool { return u.Enabled == nil || *u.Enabled }
 
 // Events configures the certificate event outbox.
 type Events struct {
@@ -84,6 +99,7 @@ type Log struct {
 func Defaults() *Stepfort {
 	return &Stepfort{
 		Admin: Admin{MaxTokenTTL: Duration{DefaultMaxTokenTTL}},
+		UI:    UI{IdleTimeout: Duration{15 * time.Minute}, AbsoluteTimeout: Duration{8 * time.Hour}},
 		Events: Events{
 			RetryInterval: Duration{10 * time.Second},
 			ClaimTTL:      Duration{30 * time.Second},
@@ -112,6 +128,12 @@ func (s *Stepfort) Validate() error {
 	}
 	if s.Admin.MaxTokenTTL.Duration < 0 {
 		return Errorf(Key+".admin.maxTokenTTL", "must not be negative")
+	}
+	if d := s.UI.IdleTimeout.Duration; d < time.Minute || d > 24*time.Hour {
+		return Errorf(Key+".ui.idleTimeout", "must be between 1m and 24h, got %s", d)
+	}
+	if d := s.UI.AbsoluteTimeout.Duration; d < s.UI.IdleTimeout.Duration || d > 7*24*time.Hour {
+		return Errorf(Key+".ui.absoluteTimeout", "must be between ui.idleTimeout (%s) and 168h, got %s", s.UI.IdleTimeout.Duration, d)
 	}
 	switch s.Log.Level {
 	case "debug", "info", "warn", "error":

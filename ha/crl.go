@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -83,6 +84,86 @@ type Publisher struct {
 	// routes maps decoded request paths to the CRLs served there (the own
 	// delta, legacy bases and deltas), rebuilt when a scope is activated.
 	routes atomic.Pointer[map[string]http.Handler]
+
+	// failures throttles crl.publish failure records: the same error of a
+	// series is recorded again only after crlFailureRecordEvery.
+	failMu   sync.Mutex
+	failures map[string]crlFailure
+}
+
+// crlFailureRecordEvery spaces repeated crl.publish failure records (the
+// loop retries every second while a CRL is due).
+const crlFailureRecordEvery = 10 * time.Minute
+
+type crlFailure struct {
+	reason string
+	at     time.Time
+}
+
+// crlPublished is what a crl.publish record says about a new CRL.
+type crlPublished struct {
+	number                 int64
+	thisUpdate, nextUpdate time.Time
+	entries                int
+	delta                  bool
+	base                   int64 // a delta's base CRL number
+}
+
+// auditCRL records a published CRL (docs/audit.md: crl.publish).
+func (p *Publisher) auditCRL(s *series, issuer *x509.Certificate, c crlPublished) {
+	det := map[string]string{"series": s.name, "number": strconv.FormatInt(c.number, 10),
+		"thisUpdate": c.thisUpdate.UTC().Format(time.RFC3339), "nextUpdate": c.nextUpdate.UTC().Format(time.RFC3339),
+		"delta": strconv.FormatBool(c.delta), "entries": strconv.Itoa(c.entries)}
+	if c.delta {
+		det["baseNumber"] = strconv.FormatInt(c.base, 10)
+	}
+	var obj plugins.AuditObject
+	if issuer != nil {
+		obj.Issuer = issuer.Subject.String()
+	}
+	p.failMu.Lock()
+	delete(p.failures, crlFailureKey(s, c.delta))
+	p.failMu.Unlock()
+	p.record(plugins.AuditRecord{Action: "crl.publish", Outcome: plugins.AuditSuccess, Object: obj, Details: det})
+}
+
+// auditCRLFailure records a failed publication (err nil: nothing),
+// repeated failures of a series with the same reason at most every
+// crlFailureRecordEvery.
+func (p *Publisher) auditCRLFailure(s *series, delta bool, err error) {
+	if err == nil {
+		return
+	}
+	key, now := crlFailureKey(s, delta), p.host.Now()
+	p.failMu.Lock()
+	last, seen := p.failures[key]
+	if seen && last.reason == err.Error() && now.Sub(last.at) < crlFailureRecordEvery {
+		p.failMu.Unlock()
+		return
+	}
+	if p.failures == nil {
+		p.failures = map[string]crlFailure{}
+	}
+	p.failures[key] = crlFailure{reason: err.Error(), at: now}
+	p.failMu.Unlock()
+	p.record(plugins.AuditRecord{Action: "crl.publish", Outcome: plugins.AuditFailure, Reason: err.Error(),
+		Details: map[string]string{"series": s.name, "delta": strconv.FormatBool(delta)}})
+}
+
+func crlFailureKey(s *series, delta bool) string { return s.name + "/" + strconv.FormatBool(delta) }
+
+// record appends a record of this replica's revocation plugin.
+func (p *Publisher) record(r plugins.AuditRecord) {
+	a := p.host.Audit()
+	if a == nil {
+		return
+	}
+	r.Actor = plugins.AuditActor{Kind: "system", ID: p.replica, Name: "revocation"}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.Record(ctx, r); err != nil {
+		p.log.Error("audit record lost", "action", r.Action, "error", err)
+	}
 }
 
 // NewPublisher prepares the tables and metrics. It publishes nothing until

@@ -89,6 +89,9 @@ type Responder struct {
 	cacheBound   byteBound[cacheKey, *cachedResponse]
 	unknown      map[cacheKey]*cachedResponse // serials it did not
 	unknownBound byteBound[cacheKey, *cachedResponse]
+	// signerFailed is when a failure to make an issuer's responder
+	// certificate was last recorded in the audit trail (r.mu held).
+	signerFailed map[string]time.Time
 }
 
 // cacheKey names a signed response: issuer (ocspIssuer.id), serial and
@@ -625,6 +628,14 @@ func (r *Responder) keyFor(iss *ocspIssuer) (*responderKey, error) {
 	if k.fresh(now) {
 		return k, nil
 	}
+	// The audit record is written after the lock is released: under
+	// failClosed it waits for the database.
+	var rec *plugins.AuditRecord
+	defer func() {
+		if rec != nil {
+			r.record(*rec)
+		}
+	}()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if k := iss.key; k.fresh(now) {
@@ -640,13 +651,59 @@ func (r *Responder) keyFor(iss *ocspIssuer) (*responderKey, error) {
 	}
 	if r.cfg.Signer == "delegated" {
 		if err := k.delegate(now, r.cfg.ResponderLifetime.Duration); err != nil {
-			return nil, fmt.Errorf("OCSP signer of issuer %s: %w", iss.name, err)
+			err = fmt.Errorf("OCSP signer of issuer %s: %w", iss.name, err)
+			rec = r.responderFailureLocked(iss, caCert, now, err)
+			return nil, err
 		}
 		r.log.Info("OCSP responder certificate issued", "issuer", iss.name, "serial", k.cert.SerialNumber.String(), "notAfter", k.cert.NotAfter)
+		rec = responderIssued(iss, k.cert)
+		delete(r.signerFailed, iss.name)
 	}
 	iss.key = k
 	r.dropCachedLocked(iss.id)
 	return k, nil
+}
+
+// responderIssued is the audit record of a new delegated responder
+// certificate (docs/audit.md: ocsp.responder.issue).
+func responderIssued(iss *ocspIssuer, cert *x509.Certificate) *plugins.AuditRecord {
+	return &plugins.AuditRecord{Action: "ocsp.responder.issue", Outcome: plugins.AuditSuccess,
+		Object: plugins.AuditObject{Serial: cert.SerialNumber.String(), Issuer: cert.Issuer.String(), Subject: cert.Subject.CommonName},
+		Details: map[string]string{"issuerName": iss.name, "legacy": strconv.FormatBool(iss.cert != nil),
+			"notBefore": cert.NotBefore.UTC().Format(time.RFC3339), "notAfter": cert.NotAfter.UTC().Format(time.RFC3339)}}
+}
+
+// responderFailureRecordEvery spaces the failure records of one issuer:
+// every OCSP request retries while the signer is broken.
+const responderFailureRecordEvery = 10 * time.Minute
+
+// responderFailureLocked is the audit record of a failed responder
+// certificate, or nil when one was recorded recently (r.mu held).
+func (r *Responder) responderFailureLocked(iss *ocspIssuer, caCert *x509.Certificate, now time.Time, err error) *plugins.AuditRecord {
+	if last, ok := r.signerFailed[iss.name]; ok && now.Sub(last) < responderFailureRecordEvery {
+		return nil
+	}
+	if r.signerFailed == nil {
+		r.signerFailed = map[string]time.Time{}
+	}
+	r.signerFailed[iss.name] = now
+	return &plugins.AuditRecord{Action: "ocsp.responder.issue", Outcome: plugins.AuditFailure, Reason: err.Error(),
+		Object:  plugins.AuditObject{Issuer: caCert.Subject.String()},
+		Details: map[string]string{"issuerName": iss.name, "legacy": strconv.FormatBool(iss.cert != nil)}}
+}
+
+// record appends a record of the revocation plugin's OCSP responder.
+func (r *Responder) record(rec plugins.AuditRecord) {
+	a := r.host.Audit()
+	if a == nil {
+		return
+	}
+	rec.Actor = plugins.AuditActor{Kind: "system", ID: r.host.Replica(), Name: "revocation"}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.Record(ctx, rec); err != nil {
+		r.log.Error("audit record lost", "action", rec.Action, "error", err)
+	}
 }
 
 // issuerCA returns the CA certificate and key of iss: the authority's

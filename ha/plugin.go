@@ -565,5 +565,5 @@ func (p *Plugin) AdminRoutes() []plugins.AdminRoute {
 	for _, c := range p.cfg.LegacyIssuers {
 		known[c.Name] = true
 	}
-	return []plugins.AdminRoute{legacyRevokeRoute(p.legacyStore, func(name string) bool { return known[name] }, p.host.Now)}
+	return []plugins.AdminRoute{legacyRevokeRoute(p.legacyStore, func(name string) bool { return known[name] }, p.host.Now, p.host.Audit())}
 }

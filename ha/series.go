@@ -252,7 +252,8 @@ func signerFor(s *series) (*x509.Certificate, *crlSigner, error) {
 // publishBase publishes one base (complete) CRL of s: it lists the
 // series' change entries, scans the revocation source, stores the CRL,
 // then removes exactly the entries it listed (internal/crlchanges).
-func (p *Publisher) publishBase(s *series, sc *CRLScope) error {
+func (p *Publisher) publishBase(s *series, sc *CRLScope) (err error) {
+	defer func() { p.auditCRLFailure(s, false, err) }()
 	t0 := time.Now()
 	slot := s.base
 	old, err := p.store.Get(slot.table, slot.key)
@@ -321,6 +322,7 @@ func (p *Publisher) publishBase(s *series, sc *CRLScope) error {
 	}
 	p.log.Info("CRL published", "series", s.name, "number", number, "entries", enc.entries, "bytes", len(der), "nextUpdate", nextUpdate,
 		"scanSeconds", tScan.Seconds(), "signSeconds", (tSign - tScan).Seconds(), "storeSeconds", (time.Since(t0) - tSign).Seconds())
+	p.auditCRL(s, issuer, crlPublished{number: number, thisUpdate: now, nextUpdate: nextUpdate, entries: enc.entries})
 	return nil
 }
 
@@ -328,7 +330,8 @@ func (p *Publisher) publishBase(s *series, sc *CRLScope) error {
 // latest change per certificate recorded since that base was scanned. It
 // reads the change entries and the small delta row, never the base's
 // entries, so it costs what changed.
-func (p *Publisher) publishDelta(s *series, sc *CRLScope) error {
+func (p *Publisher) publishDelta(s *series, sc *CRLScope) (err error) {
+	defer func() { p.auditCRLFailure(s, true, err) }()
 	t0 := time.Now()
 	b, err := s.base.get()
 	if err != nil {
@@ -395,6 +398,7 @@ func (p *Publisher) publishDelta(s *series, sc *CRLScope) error {
 	}
 	p.log.Info("delta CRL published", "series", s.name, "number", number, "base", b.info.Number, "entries", enc.entries,
 		"bytes", len(der), "nextUpdate", nextUpdate, "seconds", time.Since(t0).Seconds())
+	p.auditCRL(s, issuer, crlPublished{number: number, thisUpdate: now, nextUpdate: nextUpdate, entries: enc.entries, delta: true, base: b.info.Number})
 	return nil
 }
 

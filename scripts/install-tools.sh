@@ -89,7 +89,6 @@ DEB_TOOLS=(
 	"libnss3-tools:vfychain" # NSS crlutil/vfychain/certutil in test/e2e/crl_nss_test.go
 	"softhsm2:softhsm2-util" # PKCS#11 token for test/e2e/hsm_test.go, internal/hsm and bench/hsm
 	"opensc:pkcs11-tool"     # reads the token's objects in test/e2e/hsm_test.go
-	"certbot:certbot" # ACME client in test/e2e/certindex_test.go
 	"chromium:chromium"      # headless browser for test/e2e/ui_test.go (chromedp)
 	"fonts-liberation:/usr/share/fonts/truetype/liberation" # chromium only recommends it: no fonts, empty boxes in screenshots
 )

@@ -159,6 +159,7 @@ func printNextSteps(r *setup.Result) {
   Configuration:    %s
   Password file:    %s
   Admin token:      %s (0600; shown nowhere else)
+  Audit key:        %s (key id %s; public key %s.pub)
 
 Next:
   stepfort serve %s --password-file %s
@@ -168,7 +169,7 @@ Next:
 
 SCEP (%s) takes one-time challenges:
   stepfort scep challenge create --cn device-1 --ca-url %s --root %s --token-file %s
-`, r.Dir, r.RootFingerprint, r.ConfigFile, r.PasswordFile, r.AdminTokenFile,
+`, r.Dir, r.RootFingerprint, r.ConfigFile, r.PasswordFile, r.AdminTokenFile, r.AuditKeyFile, r.AuditKeyID, r.AuditKeyFile,
 		r.ConfigFile, r.PasswordFile, r.CAURL, r.RootFingerprint, r.Provisioner, r.PasswordFile,
 		r.CAURL, r.RootFile, r.AdminTokenFile,
 		r.SCEPURL, r.CAURL, r.RootFile, r.AdminTokenFile)

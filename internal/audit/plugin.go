@@ -39,6 +39,7 @@ func (p *Plugin) startTrail(c *Config, h plugins.Host) error {
 		return err
 	}
 	h.Go("trail", p.trail.Run)
+	h.Go("verify", func(ctx context.Context) { p.trail.runVerifier(ctx, VerifyInterval) })
 	if d := c.Retention.Duration; d > 0 {
 		h.Go("retention", func(ctx context.Context) { p.prune(ctx, h, d) })
 	}

@@ -166,7 +166,15 @@ func (t *Trail) AdminRoutes() []plugins.AdminRoute {
 		{Method: http.MethodGet, Pattern: "/audit", Scope: "audit:read", Handler: http.HandlerFunc(t.serveQuery)},
 		{Method: http.MethodGet, Pattern: "/audit/export", Scope: "audit:read", Handler: http.HandlerFunc(t.serveExport)},
 		{Method: http.MethodGet, Pattern: "/audit/key", Scope: "audit:read", Handler: http.HandlerFunc(t.serveKey)},
+		{Method: http.MethodGet, Pattern: "/audit/status", Scope: "audit:read", Handler: http.HandlerFunc(t.serveStatus)},
 	}
+}
+
+// serveStatus answers the cached chain verification and the latest
+// checkpoint (ChainStatus); it does not verify (that is the background
+// job's), so it costs one read of the latest checkpoint at most.
+func (t *Trail) serveStatus(w http.ResponseWriter, _ *http.Request) {
+	admin.WriteJSON(w, http.StatusOK, t.ChainStatus())
 }
 
 func (t *Trail) serveQuery(w http.ResponseWriter, r *http.Request) {

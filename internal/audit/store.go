@@ -342,30 +342,67 @@ func (s *store) readRange(from, to int64) ([]Entry, error) {
 		return nil, fmt.Errorf("read audit records: %w", err)
 	}
 	out := make([]Entry, len(vals))
-	var h *head
+	var missing []int
 	for i, v := range vals {
-		if v != nil {
-			if err := json.Unmarshal(v, &out[i]); err != nil {
-				return nil, fmt.Errorf("audit record %d: %w", from+int64(i), err)
-			}
+		if v == nil {
+			missing = append(missing, i)
 			continue
 		}
-		if h == nil {
-			if h, _, err = s.readHead(); err != nil {
-				return nil, err
-			}
+		if err := json.Unmarshal(v, &out[i]); err != nil {
+			return nil, fmt.Errorf("audit record %d: %w", from+int64(i), err)
 		}
-		seq, found := from+int64(i), false
-		for _, p := range h.Pending {
-			if p.Seq == seq {
-				out[i], found = p.Entry, true
-			}
-		}
-		if !found {
-			return nil, fmt.Errorf("audit record %d missing from the database", seq)
+	}
+	if len(missing) > 0 {
+		if err := s.readMissing(from, keys, missing, out); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil
+}
+
+// readMissing fills out[i] for each index in missing, records the table
+// did not have: they are in the head's pending batch or, if an append
+// replaced the head since, in the table now. The append that replaces a
+// head writes its pending batch to the table in the same transaction, so
+// one more read of the table after reading the head finds every record
+// that existed when the range was asked for.
+func (s *store) readMissing(from int64, keys [][]byte, missing []int, out []Entry) error {
+	h, _, err := s.readHead()
+	if err != nil {
+		return err
+	}
+	pending := make(map[int64]Entry, len(h.Pending))
+	for _, p := range h.Pending {
+		pending[p.Seq] = p.Entry
+	}
+	var again []int
+	for _, i := range missing {
+		if e, ok := pending[from+int64(i)]; ok {
+			out[i] = e
+		} else {
+			again = append(again, i)
+		}
+	}
+	if len(again) == 0 {
+		return nil
+	}
+	reKeys := make([][]byte, len(again))
+	for j, i := range again {
+		reKeys[j] = keys[i]
+	}
+	vals, err := storage.GetMany(s.db, recordsTable, reKeys)
+	if err != nil {
+		return fmt.Errorf("read audit records: %w", err)
+	}
+	for j, i := range again {
+		if vals[j] == nil {
+			return fmt.Errorf("audit record %d missing from the database", from+int64(i))
+		}
+		if err := json.Unmarshal(vals[j], &out[i]); err != nil {
+			return fmt.Errorf("audit record %d: %w", from+int64(i), err)
+		}
+	}
+	return nil
 }
 
 // readAnchor returns where the retained trail starts.

@@ -57,6 +57,8 @@ type Trail struct {
 	last atomic.Int64
 	// failing is set while appends fail (health, failClosed gates).
 	failing atomic.Pointer[error]
+	// verifier checks the live chain in the background (ChainStatus).
+	verifier chainVerifier
 }
 
 // NewTrail opens the trail's tables. Run appends; until it runs, records

@@ -249,3 +249,42 @@ func TestSyntheticExportVerifies(t *testing.T) {
 		t.Fatalf("%+v %v", s, err)
 	}
 }
+
+// TestQueryWhileAppending: a query reads the records table and then, for
+// what it did not find there, the head's pending batch. An append that
+// moves that batch into the table between the two reads must not make the
+// query fail ("missing from the database"): the dashboard showed a 503.
+func TestQueryWhileAppending(t *testing.T) {
+	h := plugintest.NewHost(t)
+	tr := newTestTrail(t, h, 1000)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 3000 {
+			if err := tr.Record(context.Background(), rec(i)); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for queries := 0; ; queries++ {
+		select {
+		case <-done:
+			if queries == 0 {
+				t.Fatal("no query ran while records were appended")
+			}
+			return
+		default:
+		}
+		if _, err := tr.Query(Filter{}, -1, 50); err != nil {
+			t.Fatalf("query %d while appending: %v", queries, err)
+		}
+		_, size, err := tr.Bounds()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tr.Query(Filter{}, max(-1, size-60), 50); err != nil {
+			t.Fatalf("query %d of the newest records while appending: %v", queries, err)
+		}
+	}
+}

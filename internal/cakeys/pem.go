@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"go.step.sm/crypto/pemutil"
+
+	"github.com/stepfort/stepfort/internal/fips"
 )
 
 // ReadPEM reads a CA from a certificate file and a key file. The
@@ -105,6 +107,14 @@ func parseKey(data, password []byte) (crypto.PrivateKey, []*x509.Certificate, er
 	return key, certs, nil
 }
 
+// decryptPEMBlock is pemutil's; under GODEBUG=fips140=only the Go
+// module's panic on the legacy PEM encryption (MD5 key derivation, DES)
+// becomes an error naming the algorithm.
+func decryptPEMBlock(block *pem.Block, password []byte) (der []byte, err error) {
+	defer fips.Refuse(&err, "decrypt the key")
+	return pemutil.DecryptPEMBlock(block, password)
+}
+
 func parseKeyBlock(block *pem.Block, password []byte) (crypto.PrivateKey, error) {
 	encrypted := block.Headers["Proc-Type"] == "4,ENCRYPTED" || block.Type == "ENCRYPTED PRIVATE KEY"
 	if !encrypted {
@@ -113,8 +123,11 @@ func parseKeyBlock(block *pem.Block, password []byte) (crypto.PrivateKey, error)
 	if password == nil {
 		return nil, ErrKeyPasswordNeeded
 	}
-	der, err := pemutil.DecryptPEMBlock(block, password)
+	der, err := decryptPEMBlock(block, password)
 	if err != nil {
+		if fips.IsNotApproved(err) {
+			return nil, fmt.Errorf("%w; convert the key to AES-256 PKCS#8 (openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf hmacWithSHA256, with a password of at least 14 characters)", err)
+		}
 		if errors.Is(err, x509.IncorrectPasswordError) || strings.Contains(err.Error(), "padding") {
 			return nil, ErrWrongKeyPassword
 		}

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"software.sslmate.com/src/go-pkcs12"
+
+	"github.com/stepfort/stepfort/internal/fips"
 )
 
 // MaxFileSize bounds what the readers accept; a CA's PFX or PEM files are
@@ -25,11 +27,22 @@ func ReadPFX(data []byte, password string) (*Bundle, error) {
 	if looksPEM(data) {
 		return nil, fmt.Errorf("%w: this is a PEM file, not a DER PFX (PKCS#12); use the PEM certificate and key flags", ErrCorrupt)
 	}
-	key, first, rest, err := pkcs12.DecodeChain(data, password)
-	if err != nil {
+	key, first, rest, err := decodePFX(data, password)
+	switch {
+	case fips.IsNotApproved(err):
+		return nil, refusePFX(err, data)
+	case err != nil:
 		return nil, pfxError(err)
 	}
 	return newBundle(key, append([]*x509.Certificate{first}, rest...))
+}
+
+// decodePFX is go-pkcs12's DecodeChain; under GODEBUG=fips140=only the Go
+// module's panic on a non-approved algorithm (SHA-1, 3DES, a short HMAC
+// key) becomes an error.
+func decodePFX(data []byte, password string) (key any, first *x509.Certificate, rest []*x509.Certificate, err error) {
+	defer fips.Refuse(&err, "read the PFX")
+	return pkcs12.DecodeChain(data, password)
 }
 
 // pfxError turns go-pkcs12's errors into ours. It reports most problems as

@@ -17,6 +17,7 @@ import (
 
 	"github.com/stepfort/stepfort/internal/adcs"
 	"github.com/stepfort/stepfort/internal/storage"
+	"github.com/stepfort/stepfort/plugins"
 )
 
 // Limits of the importer.
@@ -54,6 +55,12 @@ type ImportOptions struct {
 	Log io.Writer
 	// Now is the import's time (LastImport); time.Now when zero.
 	Now time.Time
+	// Audit, when set, receives one legacy.import record of the import's
+	// outcome (docs/audit.md); nil: none.
+	Audit plugins.Auditor
+	// Actor is who ran the import, for the record (default: system
+	// "stepfort migrate adcs import").
+	Actor plugins.AuditActor
 }
 
 // Report is the summary of an import. The rows of the exports add up:
@@ -125,7 +132,8 @@ type pending struct {
 // certificates of o.Issuer. Every row is validated first; when any is
 // refused nothing is written unless o.AllowPartial. A CRL that the issuer
 // did not sign fails the import before anything is written.
-func (s *Store) Import(files []string, o ImportOptions) (*Report, error) {
+func (s *Store) Import(files []string, o ImportOptions) (rep *Report, err error) {
+	defer func() { auditImport(o, files, rep, err) }()
 	if o.BatchSize <= 0 {
 		o.BatchSize = DefaultBatchSize
 	}

@@ -10,7 +10,6 @@ import (
 	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/certificates/db"
-	"go.step.sm/crypto/jose"
 	"go.step.sm/crypto/kms/apiv1"
 )
 
@@ -148,13 +147,9 @@ func newCAFile(o Options, r *Result, issuing, attestation *caPair, dbCfg *db.Con
 //
 // writeCAFiles appends "scep" (newSCEPProvisioner).
 func newProvisioners(jwkName, password string, issuing, attestation *caPair, templateFile string) (provisioner.List, error) {
-	jwk, jwe, err := jose.GenerateDefaultKeyPair([]byte(password))
+	jwk, encryptedKey, err := newProvisionerKey([]byte(password))
 	if err != nil {
 		return nil, fmt.Errorf("generate provisioner key: %w", err)
-	}
-	encryptedKey, err := jwe.CompactSerialize()
-	if err != nil {
-		return nil, fmt.Errorf("encrypt provisioner key: %w", err)
 	}
 	day := &provisioner.Duration{Duration: 24 * time.Hour}
 	return provisioner.List{

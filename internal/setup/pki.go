@@ -15,8 +15,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"go.step.sm/crypto/pemutil"
-
 	"github.com/stepfort/stepfort/internal/cakeys"
 )
 
@@ -129,8 +127,12 @@ func writeCert(path string, certs ...*x509.Certificate) error {
 	return writeFile(path, b, 0o644)
 }
 
+// writeKey writes key as an encrypted PKCS #8 PEM (PBES2:
+// PBKDF2-HMAC-SHA-256, AES-256-CBC), not the legacy PEM encryption, whose
+// key derivation uses MD5 and fails under GODEBUG=fips140=only
+// (docs/fips.md). Upstream reads both forms.
 func writeKey(path string, key crypto.PrivateKey, password string) error {
-	block, err := pemutil.Serialize(key, pemutil.WithPassword([]byte(password)))
+	block, err := encryptPKCS8(key, []byte(password))
 	if err != nil {
 		return fmt.Errorf("encrypt %s: %w", path, err)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/stepfort/stepfort/internal/admin"
 	"github.com/stepfort/stepfort/internal/cakeys"
+	"github.com/stepfort/stepfort/internal/fips"
 )
 
 // Options are the inputs of Init.
@@ -66,6 +67,11 @@ type Result struct {
 	CAURL           string
 	Provisioner     string
 	SCEPURL         string // the "scep" provisioner on the HTTP listener
+	// AuditKeyFile is the Ed25519 key that signs the audit trail's
+	// checkpoints (its public key is AuditKeyFile+".pub"), and AuditKeyID
+	// its key id, as checkpoints and `stepfort audit verify` name it.
+	AuditKeyFile string
+	AuditKeyID   string
 	// Notes are things the operator must know about this installation,
 	// one sentence each (e.g. that a brought root key was not copied).
 	Notes []string
@@ -76,15 +82,31 @@ var ErrNotEmpty = errors.New("directory is not empty (use --force to overwrite)"
 
 // Init writes the installation. ca.json is written last, so a directory
 // with a ca.json holds a complete installation; on error no ca.json is
-// written.
-func Init(o Options) (*Result, error) {
+// written, and what this Init created (files, directories, the directory
+// itself) is removed, so the next init needs no --force. Files an earlier
+// installation had and this one replaced (--force) are not restored.
+func Init(o Options) (r *Result, err error) {
 	if err := o.defaults(); err != nil {
 		return nil, err
 	}
+	before, err := snapshot(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			if cerr := before.undo(); cerr != nil {
+				err = fmt.Errorf("%w (and removing what this init wrote: %v)", err, cerr)
+			}
+		}
+	}()
+	// Under GODEBUG=fips140=only the Go module panics on some non-approved
+	// algorithms; the cleanup above runs for that too.
+	defer fips.Refuse(&err, "write the installation")
 	if err := makeDirs(o.Dir, o.Force); err != nil {
 		return nil, err
 	}
-	r := newResult(o)
+	r = newResult(o)
 	password := randomSecret(32)
 	if err := WriteSecretFile(r.PasswordFile, []byte(password+"\n")); err != nil {
 		return nil, err
@@ -94,6 +116,9 @@ func Init(o Options) (*Result, error) {
 		return nil, err
 	}
 	if err := writeStepDefaults(r); err != nil {
+		return nil, err
+	}
+	if err := writeAuditKey(r, o.KMS != ""); err != nil {
 		return nil, err
 	}
 	secret, err := createAdminToken(ca.DB)
@@ -149,6 +174,7 @@ func newResult(o Options) *Result {
 		PasswordFile:   filepath.Join(o.Dir, "secrets", "password"),
 		RootFile:       filepath.Join(o.Dir, "certs", "root_ca.crt"),
 		AdminTokenFile: filepath.Join(o.Dir, "secrets", "admin-token"),
+		AuditKeyFile:   filepath.Join(o.Dir, "secrets", "audit_key"),
 		CAURL:          caURL(o.DNSNames[0], o.Address),
 		SCEPURL:        "http://" + hostPort(o.DNSNames[0], portOf(o.InsecureAddress)) + "/scep/" + scepProvisioner,
 		Provisioner:    o.Provisioner,

@@ -1,6 +1,7 @@
 package attestationca
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -8,8 +9,10 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strconv"
+	"time"
 
 	"github.com/stepfort/stepfort/internal/admin"
+	"github.com/stepfort/stepfort/plugins"
 )
 
 // denial is a refused request: an HTTP status, a stable code for the audit
@@ -76,10 +79,33 @@ func (p *Plugin) fail(w http.ResponseWriter, r *http.Request, rq *request, d *de
 		"event", "attestation.denied", "step", rq.step, "ek", rq.ekURN, "device", rq.deviceID,
 		"reason", d.code, "detail", d.message, "status", d.status,
 		"remote", r.RemoteAddr, "request_id", r.Header.Get("X-Request-Id"), "user_agent", r.UserAgent())
+	p.auditDenial(r, rq, d)
 	if d.retryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.FormatInt(d.retryAfter, 10))
 	}
 	admin.WriteJSON(w, d.status, admin.Error{Status: d.status, Error: d.code, Message: d.message})
+}
+
+// auditDenial records a refused AK certificate request in the audit
+// trail: certificate.sign denied at stage attestation (or failure for a
+// 5xx), with the EK and device, never the activation secret.
+func (p *Plugin) auditDenial(r *http.Request, rq *request, d *denial) {
+	if p.audit == nil {
+		return
+	}
+	outcome := plugins.AuditDenied
+	if d.status >= 500 {
+		outcome = plugins.AuditFailure
+	}
+	det := map[string]string{"stage": "attestation", "plugin": Name, "step": rq.step, "code": d.code, "status": strconv.Itoa(d.status)}
+	if rq.ekURN != "" {
+		det["ek"] = rq.ekURN
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
+	defer cancel()
+	_ = p.audit.Record(ctx, plugins.AuditRecord{Action: "certificate.sign", Outcome: outcome, Reason: d.code + ": " + d.message,
+		Actor:  plugins.AuditActor{Kind: "anonymous", RemoteAddr: r.RemoteAddr},
+		Object: plugins.AuditObject{Device: rq.deviceID}, Details: det})
 }
 
 // guard turns a panic while parsing attacker-controlled TPM structures into

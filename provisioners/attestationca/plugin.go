@@ -50,6 +50,7 @@ type Plugin struct {
 	sessions  *SessionStore
 	global    *globalLimiter
 	inventory *inventory.Store
+	audit     plugins.Auditor
 	log       *slog.Logger
 	now       func() time.Time
 }
@@ -79,7 +80,7 @@ func New(cfg *Config, host plugins.Host) (*Plugin, error) {
 		return nil, err
 	}
 	sessions.SetEKLimit(EKLimit{Burst: cfg.RateLimit.PerEK.Burst, Interval: cfg.RateLimit.PerEK.Interval.Duration})
-	p := &Plugin{cfg: cfg, issuer: is, ekRoots: ekRoots, sessions: sessions, inventory: inv, log: host.Logger(), now: host.Now,
+	p := &Plugin{cfg: cfg, issuer: is, ekRoots: ekRoots, sessions: sessions, inventory: inv, audit: host.Audit(), log: host.Logger(), now: host.Now,
 		global: newGlobalLimiter(cfg.RateLimit.Global.PerSecond, cfg.RateLimit.Global.Burst)}
 	host.Go("attestation session purge", p.purgeLoop)
 	return p, nil

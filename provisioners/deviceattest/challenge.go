@@ -2,8 +2,11 @@ package deviceattest
 
 import (
 	"context"
+	"time"
 
 	"github.com/smallstep/certificates/acme"
+
+	"github.com/stepfort/stepfort/plugins"
 )
 
 // challengeGate wraps upstream's ACME database. device-attest-01 validation
@@ -23,9 +26,40 @@ func (g *challengeGate) UpdateChallenge(ctx context.Context, ch *acme.Challenge)
 			ch.Status = acme.StatusInvalid
 			ch.ValidatedAt = ""
 			ch.Error = err
+			g.p.auditChallenge(ctx, ch, "inventory")
 		}
+	} else if ch != nil && ch.Type == acme.DEVICEATTEST01 && ch.Status == acme.StatusInvalid && ch.Error != nil {
+		// Upstream refused the attestation itself (statement, roots,
+		// identifier): recorded once, when the challenge turns invalid.
+		g.p.auditChallenge(ctx, ch, "attestation")
 	}
 	return g.DB.UpdateChallenge(ctx, ch)
+}
+
+// auditChallenge records a refused device-attest-01 challenge as a
+// certificate.sign denial (docs/audit.md): the ACME account, the
+// provisioner, the permanent identifier and the ACME error.
+func (p *Plugin) auditChallenge(ctx context.Context, ch *acme.Challenge, stage string) {
+	a := p.host.Audit()
+	if a == nil {
+		return
+	}
+	det := map[string]string{"stage": stage, "plugin": Name, "challenge": ch.ID, "acmeError": ch.Error.Type}
+	if ch.PayloadFormat != "" {
+		det["format"] = ch.PayloadFormat
+	}
+	obj := plugins.AuditObject{Device: ch.Value, Subject: ch.Value}
+	if prov, ok := acme.ProvisionerFromContext(ctx); ok {
+		obj.Provisioner = prov.GetName()
+	}
+	reason := ch.Error.Detail
+	if reason == "" && ch.Error.Err != nil {
+		reason = ch.Error.Err.Error()
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = a.Record(rctx, plugins.AuditRecord{Action: "certificate.sign", Outcome: plugins.AuditDenied, Reason: reason,
+		Actor: plugins.AuditActor{Kind: "acmeAccount", ID: ch.AccountID}, Object: obj, Details: det})
 }
 
 // checkChallenge returns the ACME error for a challenge the gate refuses.

@@ -32,6 +32,10 @@ func (d *Denial) Error() string { return d.msg }
 // Code is the stable reason code.
 func (d *Denial) Code() string { return d.code }
 
+// AuditStage is the stage the daemon records this refusal with in the
+// audit trail (docs/audit.md): the inventory gate.
+func (d *Denial) AuditStage() string { return "inventory" }
+
 // Unwrap returns the backend error, if any.
 func (d *Denial) Unwrap() error { return d.err }
 

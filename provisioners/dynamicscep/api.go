@@ -103,10 +103,12 @@ func (p *Plugin) createChallenge(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		p.metrics.count(c.Source, ResultError)
 		p.log.Error("SCEP challenge not stored", "event", "scep.challenge_failed", "error", err)
+		p.recordChallenge(r, "scep.challenge.create", c, plugins.AuditFailure, "challenge store unavailable")
 		admin.WriteError(w, http.StatusServiceUnavailable, "challenge store unavailable")
 		return
 	}
 	p.metrics.count(c.Source, ResultCreated)
+	p.recordChallenge(r, "scep.challenge.create", c, plugins.AuditSuccess, "")
 	p.log.Info("SCEP challenge created", "event", "scep.challenge_created", "challenge", c.ID, "provisioner", c.Provisioner,
 		"source", c.Source, "createdBy", c.CreatedBy, "expiresAt", c.ExpiresAt, "device", c.Device, "cn", c.CommonName)
 	v := view(c, p.host.Now())
@@ -341,13 +343,16 @@ func (p *Plugin) withdrawChallenge(w http.ResponseWriter, r *http.Request) {
 	c, err := p.challenges.Withdraw(id, p.host.Now())
 	switch {
 	case errors.Is(err, ErrNotFound):
+		p.recordChallenge(r, "scep.challenge.withdraw", &Challenge{ID: clip(id)}, plugins.AuditDenied, "no outstanding SCEP challenge")
 		admin.WriteError(w, http.StatusNotFound, "no outstanding SCEP challenge %q", clip(id))
 		return
 	case errors.Is(err, ErrConsumed):
+		p.recordChallenge(r, "scep.challenge.withdraw", c, plugins.AuditDenied, "challenge already consumed")
 		admin.WriteError(w, http.StatusConflict, "SCEP challenge %s was consumed at %s and cannot be withdrawn", c.ID, c.ConsumedAt.UTC().Format(time.RFC3339))
 		return
 	case err != nil:
 		p.log.Error("SCEP challenge withdrawal failed", "challenge", clip(id), "error", err)
+		p.recordChallenge(r, "scep.challenge.withdraw", &Challenge{ID: clip(id)}, plugins.AuditFailure, "challenge store unavailable")
 		admin.WriteError(w, http.StatusServiceUnavailable, "challenge store unavailable")
 		return
 	}
@@ -356,6 +361,7 @@ func (p *Plugin) withdrawChallenge(w http.ResponseWriter, r *http.Request) {
 		by = fmt.Sprintf("token:%s (%s)", t.ID, t.Name)
 	}
 	p.metrics.count(c.Source, ResultWithdrawn)
+	p.recordChallenge(r, "scep.challenge.withdraw", c, plugins.AuditSuccess, "")
 	p.log.Info("SCEP challenge withdrawn", "event", "scep.challenge_withdrawn", "challenge", c.ID, "provisioner", c.Provisioner, "by", by)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -152,6 +152,7 @@ type intune struct {
 	cfg     *IntuneConfig
 	client  *intuneClient
 	metrics *metrics
+	audit   plugins.Auditor
 	log     *slog.Logger
 	now     func() time.Time
 
@@ -180,7 +181,7 @@ func newIntune(cfg *IntuneConfig, h plugins.Host, m *metrics) (*intune, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &intune{cfg: cfg, client: client, metrics: m, log: h.Logger(), now: h.Now, pending: map[string]intunePending{}}, nil
+	return &intune{cfg: cfg, client: client, metrics: m, audit: h.Audit(), log: h.Logger(), now: h.Now, pending: map[string]intunePending{}}, nil
 }
 
 func registerIntuneLatency(reg prometheus.Registerer) (*prometheus.HistogramVec, error) {
@@ -212,7 +213,7 @@ func (in *intune) serves(provisioner string) bool {
 // ours. Anything but a Success answer within the timeout refuses it.
 func (in *intune) validate(ctx context.Context, req plugins.SCEPRequest) (map[string]any, error) {
 	if req.CSR == nil || req.TransactionID == "" {
-		return nil, in.refuse(req, &Refusal{Result: ResultRefusedMismatch, Reason: "no certificate request or transaction id for Intune"})
+		return nil, in.refuse(ctx, req, &Refusal{Result: ResultRefusedMismatch, Reason: "no certificate request or transaction id for Intune"})
 	}
 	csr := base64.StdEncoding.EncodeToString(req.CSR.Raw)
 	vctx, cancel := context.WithTimeout(ctx, in.cfg.timeout())
@@ -223,14 +224,14 @@ func (in *intune) validate(ctx context.Context, req plugins.SCEPRequest) (map[st
 	var ce *intuneCodeError
 	switch {
 	case errors.As(err, &ce):
-		return nil, in.refuse(req, &Refusal{Result: ResultRefusedIntune, Reason: ce.Error()})
+		return nil, in.refuse(ctx, req, &Refusal{Result: ResultRefusedIntune, Reason: ce.Error()})
 	case err != nil:
-		return nil, in.refuse(req, &Refusal{Result: ResultError, Reason: intuneErrorReason(vctx, err)})
+		return nil, in.refuse(ctx, req, &Refusal{Result: ResultError, Reason: intuneErrorReason(vctx, err)})
 	case ctx.Err() != nil:
 		// Intune said yes but the daemon has given up on the answer:
 		// tell Intune this enrollment failed.
 		in.failure(ctx, req.TransactionID, csr, hresultTimeout, "the CA gave up waiting for the validation")
-		return nil, in.refuse(req, &Refusal{Result: ResultError, Reason: "Intune answered after the enrollment deadline"})
+		return nil, in.refuse(ctx, req, &Refusal{Result: ResultError, Reason: "Intune answered after the enrollment deadline"})
 	}
 	in.track(req.TransactionID, intunePending{provisioner: req.Provisioner, csr: csr, until: in.now().Add(intunePendingTTL)})
 	in.metrics.count(SourceIntune, ResultAccepted)
@@ -248,9 +249,10 @@ func intuneErrorReason(ctx context.Context, err error) string {
 	return "Intune validation failed: " + err.Error()
 }
 
-// refuse counts and logs a refusal and returns it.
-func (in *intune) refuse(req plugins.SCEPRequest, r *Refusal) error {
+// refuse counts, logs and audits a refusal and returns it.
+func (in *intune) refuse(ctx context.Context, req plugins.SCEPRequest, r *Refusal) error {
 	in.metrics.count(SourceIntune, r.Result)
+	recordRefusal(ctx, in.audit, req, SourceIntune, "", "", r)
 	level := in.log.Info
 	if r.Result == ResultError {
 		level = in.log.Error

@@ -64,7 +64,7 @@ func (p *Plugin) ValidateSCEPChallenge(ctx context.Context, req plugins.SCEPRequ
 		return p.intune.validate(ctx, req)
 	}
 	if err != nil {
-		p.refused(req, c, err)
+		p.refused(ctx, req, c, err)
 		return nil, err
 	}
 	p.metrics.count(c.Source, ResultAccepted)
@@ -162,12 +162,13 @@ func (p *Plugin) checkDevice(c *Challenge) error {
 	return nil
 }
 
-// refused counts and logs a refusal; never the challenge.
-func (p *Plugin) refused(req plugins.SCEPRequest, c *Challenge, err error) {
-	source, id, result := "unknown", "", ResultError
+// refused counts, logs and audits a refusal; never the challenge.
+func (p *Plugin) refused(ctx context.Context, req plugins.SCEPRequest, c *Challenge, err error) {
+	source, id, device, result := "unknown", "", "", ResultError
 	if c != nil {
-		source, id = c.Source, c.ID
+		source, id, device = c.Source, c.ID, c.Device
 	}
+	recordRefusal(ctx, p.host.Audit(), req, source, id, device, err)
 	var r *Refusal
 	if errors.As(err, &r) {
 		result = r.Result

@@ -509,7 +509,11 @@ type ListOptions struct {
 }
 
 // List returns one page of devices ordered by ID and the cursor of the
-// next page ("" at the end).
+// next page ("" at the end). It reads from the cursor on, not the whole
+// table: the filters are pushed down to the store as a raw-value
+// prefilter (storage.ForEachPageMatch: a bbolt cursor walk that skips
+// non-matching rows without decoding them, a WHERE clause on
+// PostgreSQL), and the rows that pass are decoded and checked exactly.
 func (s *Store) List(o ListOptions) ([]*Device, string, error) {
 	if o.Limit <= 0 {
 		o.Limit = 100
@@ -517,29 +521,76 @@ func (s *Store) List(o ListOptions) ([]*Device, string, error) {
 	if o.Limit > 1000 {
 		o.Limit = 1000
 	}
-	entries, err := s.db.List(DevicesTable)
-	if err != nil && !database.IsErrNotFound(err) {
-		return nil, "", fmt.Errorf("list devices: %w", err)
+	var after []byte
+	if o.Cursor != "" {
+		after = []byte(o.Cursor)
 	}
-	sort.Slice(entries, func(i, j int) bool { return bytes.Compare(entries[i].Key, entries[j].Key) < 0 })
-	var out []*Device
-	for _, e := range entries {
-		if string(e.Key) <= o.Cursor {
-			continue
+	m := o.prefilter()
+	out := make([]*Device, 0, min(o.Limit, 64))
+	next := ""
+	// A page needs Limit matches and one more to know there is a next
+	// page; prefilter false positives (rare) cost more rounds.
+	chunk := o.Limit + 1
+	for {
+		more, err := storage.ForEachPageMatch(s.db, DevicesTable, after, chunk, m, func(k, v []byte) error {
+			var d Device
+			if err := json.Unmarshal(v, &d); err != nil {
+				return fmt.Errorf("decode device %q: %w", k, err)
+			}
+			if !o.match(&d) {
+				return nil
+			}
+			if len(out) == o.Limit {
+				next = out[len(out)-1].ID
+				return errPageFull
+			}
+			out = append(out, &d)
+			return nil
+		})
+		switch {
+		case errors.Is(err, errPageFull):
+			return out, next, nil
+		case err != nil:
+			return nil, "", fmt.Errorf("list devices: %w", err)
+		case more == nil:
+			return out, "", nil
 		}
-		var d Device
-		if err := json.Unmarshal(e.Value, &d); err != nil {
-			return nil, "", fmt.Errorf("decode device %q: %w", e.Key, err)
-		}
-		if !o.match(&d) {
-			continue
-		}
-		if len(out) == o.Limit {
-			return out, out[len(out)-1].ID, nil
-		}
-		out = append(out, &d)
+		after, chunk = more, min(4*chunk, 5000)
 	}
-	return out, "", nil
+}
+
+// errPageFull stops a listing's scan once the page and one more match
+// are found.
+var errPageFull = errors.New("page full")
+
+// prefilter is what the store can test on a device's stored JSON
+// (json.Marshal output) before decoding it: a superset of what match
+// keeps. A filter value with characters json.Marshal escapes, or a
+// non-ASCII search, is left to match alone.
+func (o *ListOptions) prefilter() storage.Match {
+	var m storage.Match
+	for _, f := range []struct{ key, val string }{
+		{"status", string(o.Status)}, {"collection", o.Collection}, {"owner", o.Owner}, {"type", o.Type}, {"source", o.Source},
+	} {
+		if f.val != "" && plainJSON(f.val) {
+			m.Contains = append(m.Contains, []byte(`"`+f.key+`":"`+f.val+`"`))
+		}
+	}
+	if q := strings.ToLower(o.Query); storage.FoldableNeedle(q) {
+		m.Folded = []byte(q)
+	}
+	return m
+}
+
+// plainJSON reports whether json.Marshal writes s between its quotes as
+// it is.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }
 
 func (o *ListOptions) match(d *Device) bool {

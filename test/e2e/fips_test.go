@@ -72,9 +72,10 @@ func mustRefuseAlgorithm(t *testing.T, what, out string, err error, alg *regexp.
 }
 
 // TestFIPS builds the FIPS variant once, checks that it reports its mode
-// and module, asserts the documented refusals under GODEBUG=fips140=only,
-// and runs the main flows in FIPS 140-3 mode (fips140=on, the variant's
-// default): step CLI issue/renew/revoke, OCSP (SHA-256 and SHA-1
+// and module, makes the CA under GODEBUG=fips140=only (init works there),
+// asserts the documented refusals under only (a legacy PFX, serve), and
+// runs the main flows in FIPS 140-3 mode (fips140=on, the variant's
+// default) against that CA: step CLI issue/renew/revoke, OCSP (SHA-256 and SHA-1
 // CertIDs), the CRL with openssl verify -crl_check, ACME with lego and
 // device-attest-01 with swtpm. docs/fips.md has the table this follows.
 func TestFIPS(t *testing.T) {
@@ -92,36 +93,78 @@ func TestFIPS(t *testing.T) {
 		t.Fatalf("--version under fips140=only:\n%s", out)
 	}
 
-	t.Run("only refusals", func(t *testing.T) { fipsOnlyRefusals(t, bin) })
-	t.Run("on flows", fipsOnFlows)
+	// init works under only (docs/fips.md): the flows in mode on then run
+	// against this CA, so the step CLI and the daemon read the keys and the
+	// JWK provisioner's JWE that init wrote under only.
+	c := initCAUnder(t, "fips140=only")
+	t.Run("only", func(t *testing.T) { fipsOnlyFlows(t, bin, c) })
+	t.Run("on flows", func(t *testing.T) { fipsOnFlows(t, c) })
 }
 
-// fipsOnlyRefusals: under fips140=only, init and serve stop at the first
-// non-approved algorithm with its name (docs/fips.md, "fips140=only").
-func fipsOnlyRefusals(t *testing.T, bin string) {
-	dir := t.TempDir()
-	out, err := runFIPS(t, bin, fipsOnly, "init", "--dir", filepath.Join(dir, "only"),
-		"--address", "127.0.0.1:0", "--insecure-address", "127.0.0.1:0")
-	// MD5: the CA keys' legacy PEM encryption (EVP_BytesToKey); once the
-	// keys are written as PKCS#8 (PBES2), GCM with an IV chosen outside the
-	// module: the JWE of the JWK provisioner's key, which the step CLI reads.
-	mustRefuseAlgorithm(t, "stepfort init", out, err,
-		regexp.MustCompile(`init: .*use of (MD5|GCM with arbitrary IVs) is not allowed`))
+// initCAUnder runs initCA with GODEBUG=godebug for the stepfort child.
+// The test binary's own mode is fixed at its start, so this changes only
+// the child's.
+func initCAUnder(t *testing.T, godebug string) *ca {
+	t.Helper()
+	old, had := os.LookupEnv("GODEBUG")
+	os.Setenv("GODEBUG", godebug)
+	defer func() {
+		if had {
+			os.Setenv("GODEBUG", old)
+		} else {
+			os.Unsetenv("GODEBUG")
+		}
+	}()
+	return initCA(t)
+}
 
-	// A CA made in FIPS mode (on) does not start under only: step-ca
-	// v0.30.2 hashes provisioner IDs with SHA-1 for its ordering (not a
-	// security use, refused all the same), and keys in the legacy PEM
-	// encryption need MD5.
-	c := initCA(t)
+// fipsOnlyFlows: under fips140=only, init works (c was made so), a legacy PFX
+// is refused with its algorithms named, and serve stops at upstream
+// step-ca's SHA-1 (docs/fips.md, "fips140=only").
+func fipsOnlyFlows(t *testing.T, bin string, c *ca) {
+	// The CA keys are PKCS #8 (PBES2, AES-256-CBC), not the legacy PEM
+	// encryption (MD5), and the audit key exists.
+	for _, f := range []string{"intermediate_ca_key", "root_ca_key", "attestation_intermediate_ca_key"} {
+		b, err := os.ReadFile(filepath.Join(c.Dir, "secrets", f))
+		if err != nil || !strings.HasPrefix(string(b), "-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+			t.Fatalf("%s written under fips140=only is not encrypted PKCS#8: %v\n%.80s", f, err, b)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(c.Dir, "secrets", "audit_key.pub")); err != nil {
+		t.Fatalf("init under fips140=only: no audit key: %v", err)
+	}
+
+	// A PFX in Windows' legacy format (3DES, RC2-40, SHA-1 MAC): one line
+	// naming them and how to re-export. Nothing is left behind.
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty-password")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runFIPS(t, bin, fipsOnly, "init", "--dir", filepath.Join(dir, "pfx"),
+		"--address", "127.0.0.1:0", "--insecure-address", "127.0.0.1:0",
+		"--issuer-pfx", filepath.Join(root, "internal", "cakeys", "testdata", "windows-azure-tools-3des.pfx"), "--pfx-password-file", empty)
+	mustRefuseAlgorithm(t, "stepfort init --issuer-pfx (3DES)", out, err,
+		regexp.MustCompile(`--issuer-pfx .*use of SHA-1 is not allowed.*3DES .*re-export it as AES-256/SHA-256`))
+	if _, err := os.Stat(filepath.Join(dir, "pfx")); err == nil {
+		t.Fatal("the refused init left its directory behind")
+	}
+
+	// serve: step-ca v0.30.2 hashes provisioner IDs with SHA-1 for its
+	// ordering (authority/provisioner/collection.go, provisionerSum; not a
+	// security use, refused all the same). No MD5: the keys are PKCS #8.
 	out, err = runFIPS(t, bin, fipsOnly, "serve", c.Config, "--password-file", c.Password)
 	mustRefuseAlgorithm(t, "stepfort serve", out, err,
-		regexp.MustCompile(`start the CA: .*use of (SHA-1|MD5) is not allowed`))
+		regexp.MustCompile(`start the CA: FIPS 140-3: non-approved algorithm refused: crypto/sha1: use of SHA-1 is not allowed in FIPS 140-only mode`))
 }
 
 // fipsOnFlows runs the main flows against the FIPS build in its default
-// mode, fips140=on.
-func fipsOnFlows(t *testing.T) {
-	c := initCA(t)
+// mode, fips140=on, with the CA c.
+func fipsOnFlows(t *testing.T, c *ca) {
 	acmePort := freePort(t)
 	proc := serve(t, c.Config, c.Password, c.Port, "--insecure", "--acme-http-port", fmt.Sprint(acmePort))
 

@@ -1,0 +1,303 @@
+package storage
+
+import (
+	"bytes"
+	"database/sql"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/smallstep/nosql"
+	"github.com/smallstep/nosql/postgresql"
+	bbolt "go.etcd.io/bbolt"
+)
+
+// Match selects rows by their raw stored value, before any decoding. It is
+// a prefilter: a cheap test that keeps every row a caller's exact filter
+// would keep (and maybe more), so the caller decodes and checks only the
+// rows that pass. The zero Match passes every row.
+type Match struct {
+	// Contains: the value holds each of these byte strings as they are.
+	Contains [][]byte
+	// Folded, when set, is lower-case printable ASCII (no backslash): the
+	// value, with ASCII letters lower-cased, holds it — or the value holds
+	// its longest run without letters as it is and a character whose
+	// Unicode lower case is ASCII (KELVIN SIGN, LATIN CAPITAL LETTER I
+	// WITH DOT ABOVE), so a strings.ToLower comparison made by the caller
+	// is never narrowed.
+	Folded []byte
+}
+
+// Unicode characters strings.ToLower maps into ASCII: a row holding one
+// always passes a Folded match.
+var foldIntoASCII = [][]byte{[]byte("\u212a"), []byte("\u0130")}
+
+// FoldableNeedle reports whether a lower-cased search string can be a
+// Match.Folded for JSON values json.Marshal wrote: printable ASCII without
+// the characters it escapes (quote, backslash, <, >, &), so the string
+// appears in the value byte for byte wherever it appears in a decoded
+// field.
+func FoldableNeedle(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' || ('A' <= c && c <= 'Z') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// validate refuses a Folded needle the SQL and Go paths would treat
+// differently.
+func (m *Match) validate() error {
+	if m.Folded != nil && !FoldableNeedle(string(m.Folded)) {
+		return fmt.Errorf("storage: Match.Folded %q is not lower-case printable ASCII without \\ \" < > &", m.Folded)
+	}
+	return nil
+}
+
+// matcher tests values in Go (bbolt and the fallback), reusing a buffer.
+type matcher struct {
+	m   *Match
+	buf []byte
+	// anchor is Folded's longest run without letters, [lo, hi): it is the
+	// same in every case, so an exact (vectorised) search finds where a
+	// match can start.
+	lo, hi int
+}
+
+func newMatcher(m *Match) *matcher {
+	x := &matcher{m: m}
+	for i := 0; i < len(m.Folded); {
+		j := i
+		for j < len(m.Folded) && !isLetter(m.Folded[j]) {
+			j++
+		}
+		if j-i > x.hi-x.lo {
+			x.lo, x.hi = i, j
+		}
+		i = j + 1
+	}
+	return x
+}
+
+func isLetter(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' }
+
+func (x *matcher) ok(v []byte) bool {
+	for _, c := range x.m.Contains {
+		if !bytes.Contains(v, c) {
+			return false
+		}
+	}
+	if x.m.Folded == nil {
+		return true
+	}
+	if x.hi-x.lo >= 2 && !bytes.Contains(v, x.m.Folded[x.lo:x.hi]) {
+		return false // the run without letters is in every match as it is
+	}
+	if x.containsFold(v) {
+		return true
+	}
+	for _, f := range foldIntoASCII {
+		if bytes.Contains(v, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// containsFold reports whether v, ASCII letters lower-cased, holds Folded.
+func (x *matcher) containsFold(v []byte) bool {
+	n := x.m.Folded
+	if x.hi-x.lo >= 2 {
+		anchor := n[x.lo:x.hi]
+		for off := 0; ; {
+			i := bytes.Index(v[off:], anchor)
+			if i < 0 {
+				return false
+			}
+			if start := off + i - x.lo; start >= 0 && start+len(n) <= len(v) && bytes.EqualFold(v[start:start+len(n)], n) {
+				return true
+			}
+			off += i + 1
+		}
+	}
+	x.buf = append(x.buf[:0], v...)
+	for i, c := range x.buf {
+		if 'A' <= c && c <= 'Z' {
+			x.buf[i] = c + ('a' - 'A')
+		}
+	}
+	return bytes.Contains(x.buf, n)
+}
+
+// ForEachPageMatch calls fn, in key order, for at most max rows of table
+// whose keys sort after after (nil: from the first) and whose values pass
+// m, and returns the key of the last row it passed when max were passed
+// (there may be more), nil at the end. Rows that do not pass are skipped
+// where they are stored: on bbolt in the cursor walk (no copy, no
+// decoding), on PostgreSQL in the query's WHERE clause, so a search that
+// matches few rows reads few. Other stores filter in Go.
+//
+// key and value are only valid during the call, as for ForEach. On bbolt
+// the walk is one read transaction: fn must not write.
+func ForEachPageMatch(store nosql.DB, table, after []byte, max int, m Match, fn func(key, value []byte) error) ([]byte, error) {
+	if max < 1 {
+		return nil, fmt.Errorf("ForEachPageMatch: max must be positive, got %d", max)
+	}
+	if err := m.validate(); err != nil {
+		return nil, err
+	}
+	store = Unwrap(store)
+	if b := boltHandle(store); b != nil {
+		return matchBolt(b, table, after, max, newMatcher(&m), fn)
+	}
+	if _, ok := store.(*postgresql.DB); ok {
+		if s, quote := sqlHandle(store); s != nil {
+			// Remember what was passed: a value that is not UTF-8 fails
+			// the query mid-way, and Go filters the rest.
+			n, last := 0, after
+			next, err := matchPostgres(s, quote(string(table)), after, max, &m, func(k, v []byte) error {
+				n, last = n+1, append(last[:0:0], k...)
+				return fn(k, v)
+			})
+			if err != nil && m.Folded != nil && strings.Contains(err.Error(), "SQLSTATE 22021") {
+				if n == max {
+					return last, nil
+				}
+				return matchPaged(store, table, last, max-n, newMatcher(&m), fn)
+			}
+			return next, err
+		}
+	}
+	return matchPaged(store, table, after, max, newMatcher(&m), fn)
+}
+
+func matchBolt(db *bbolt.DB, table, after []byte, max int, x *matcher, fn func(key, value []byte) error) ([]byte, error) {
+	var next []byte
+	err := db.View(func(tx *bbolt.Tx) error {
+		var b *bbolt.Bucket
+		for i, name := range bytes.Split(table, []byte("/")) { // nosql's nested buckets
+			if i == 0 {
+				b = tx.Bucket(name)
+			} else {
+				b = b.Bucket(name)
+			}
+			if b == nil {
+				return nil
+			}
+		}
+		c := b.Cursor()
+		k, v := c.First()
+		if after != nil {
+			if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+				k, v = c.Next()
+			}
+		}
+		n := 0
+		for ; k != nil; k, v = c.Next() {
+			if v == nil || !x.ok(v) {
+				continue
+			}
+			if err := fn(k, v); err != nil {
+				return err
+			}
+			if n++; n == max {
+				next = append([]byte(nil), k...)
+				return nil
+			}
+		}
+		return nil
+	})
+	return next, err
+}
+
+// matchPostgres pushes m into the query. Folded needs values in UTF-8;
+// a table holding others is filtered in Go instead (matchPaged).
+func matchPostgres(db *sql.DB, quoted string, after []byte, max int, m *Match, fn func(key, value []byte) error) ([]byte, error) {
+	var where []string
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return "$" + strconv.Itoa(len(args))
+	}
+	if after != nil {
+		where = append(where, "nkey > "+arg(after))
+	}
+	for _, c := range m.Contains {
+		where = append(where, "position("+arg(c)+"::bytea in nvalue) > 0")
+	}
+	if m.Folded != nil {
+		// The needle's longest run without letters is in the value as it
+		// is: a cheap exact test first (PostgreSQL runs cheaper quals
+		// first), then ASCII-only lower() (COLLATE "C": no locale folds
+		// 'I' to a dotless i).
+		if x := newMatcher(m); x.hi-x.lo >= 2 {
+			where = append(where, "position("+arg(m.Folded[x.lo:x.hi])+"::bytea in nvalue) > 0")
+		}
+		or := []string{"strpos(lower(convert_from(nvalue, 'UTF8') COLLATE \"C\"), " + arg(string(m.Folded)) + ") > 0"}
+		for _, f := range foldIntoASCII {
+			or = append(or, "position("+arg(f)+"::bytea in nvalue) > 0")
+		}
+		where = append(where, "("+strings.Join(or, " OR ")+")")
+	}
+	q := "SELECT nkey, nvalue FROM " + quoted
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY nkey LIMIT " + arg(max)
+	rows, err := db.Query(q, args...)
+	if err != nil {
+		if missingTable(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("scan %s: %w", quoted, err)
+	}
+	defer rows.Close()
+	var key, value sql.RawBytes
+	var last []byte
+	n := 0
+	for rows.Next() {
+		if err := rows.Scan(&key, &value); err != nil {
+			return nil, fmt.Errorf("scan %s: %w", quoted, err)
+		}
+		if err := fn(key, value); err != nil {
+			return nil, err
+		}
+		last = append(last[:0], key...)
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("scan %s: %w", quoted, err)
+	}
+	if n < max {
+		return nil, nil
+	}
+	return last, nil
+}
+
+// matchPaged filters ForEachPage's pages in Go (MySQL, badger).
+func matchPaged(store nosql.DB, table, after []byte, max int, x *matcher, fn func(key, value []byte) error) ([]byte, error) {
+	const chunk = 1000
+	n := 0
+	var hit []byte
+	for {
+		next, err := ForEachPage(store, table, after, chunk, func(k, v []byte) error {
+			if n == max || !x.ok(v) {
+				return nil
+			}
+			n++
+			if n == max {
+				hit = append([]byte(nil), k...)
+			}
+			return fn(k, v)
+		})
+		if err != nil || n == max {
+			return hit, err
+		}
+		if next == nil {
+			return nil, nil
+		}
+		after = next
+	}
+}

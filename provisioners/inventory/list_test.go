@@ -1,0 +1,89 @@
+package inventory
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// The paged, pushed-down listing returns exactly what filtering every
+// device would, page by page, on both backends: including values the
+// prefilter cannot see (escaped characters, non-ASCII, a KELVIN SIGN that
+// lower-cases to "k") and a metadata value that looks like a filter.
+func TestListMatchesFullScan(t *testing.T) {
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			s, err := NewStore(openDB(t, backend), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.CreateCollection(Collection{Name: "lab"}); err != nil {
+				t.Fatal(err)
+			}
+			names := []string{"Kiosk-%d", "\u212aiosk-%d", "café <%d>", "Laptop-%d", "a&b \"%d\""}
+			var all []*Device
+			for i := range 60 {
+				in := DeviceInput{Identifiers: []string{fmt.Sprintf("ID-%03d", i)}, Name: fmt.Sprintf(names[i%len(names)], i),
+					Owner: []string{"alice", "bob<x>"}[i%2], Type: "laptop"}
+				if i%4 == 0 {
+					in.Collection = "lab"
+				}
+				if i%7 == 0 {
+					in.Metadata = map[string]string{"status": "disabled"}
+				}
+				d, err := s.Create(in)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if i%3 == 0 {
+					st := StatusDisabled
+					if d, err = s.Update(d.ID, DevicePatch{Status: &st}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				all = append(all, d)
+			}
+			slices.SortFunc(all, func(a, b *Device) int { return strings.Compare(a.ID, b.ID) })
+			for _, o := range []ListOptions{
+				{}, {Status: StatusDisabled}, {Status: StatusActive, Collection: "lab"}, {Owner: "bob<x>"},
+				{Query: "kiosk"}, {Query: "KIOSK-1"}, {Query: "café"}, {Query: "<1"}, {Query: "id-00"}, {Query: "nothing"},
+				{Query: "laptop", Status: StatusDisabled, Owner: "bob<x>"}, {Collection: "none"},
+			} {
+				var want []string
+				for _, d := range all {
+					if o.match(d) {
+						want = append(want, d.ID)
+					}
+				}
+				for _, limit := range []int{1, 4, 100} {
+					o := o
+					o.Limit = limit
+					var got []string
+					for pages := 0; ; pages++ {
+						devs, next, err := s.List(o)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if len(devs) > limit || (next != "" && len(devs) != limit) {
+							t.Fatalf("%+v: page of %d with next %q", o, len(devs), next)
+						}
+						for _, d := range devs {
+							got = append(got, d.ID)
+						}
+						if next == "" {
+							break
+						}
+						if pages > 100 {
+							t.Fatal("no end")
+						}
+						o.Cursor = next
+					}
+					if !slices.Equal(got, want) {
+						t.Fatalf("%+v: got %d devices %v, want %d %v", o, len(got), got, len(want), want)
+					}
+				}
+			}
+		})
+	}
+}
