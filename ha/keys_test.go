@@ -75,4 +75,14 @@ func TestHelperHashIssuerFIPS140Only(t *testing.T) {
 	if k.issuedBy(crypto.SHA1, make([]byte, 20), make([]byte, 20)) {
 		t.Fatal("a SHA-1 CertID names the issuer under fips140=only")
 	}
+	// Pre-signing a SHA-1 response would panic the pre-sign goroutine.
+	if h := presignHash(); h != crypto.SHA256 {
+		t.Fatalf("responses pre-signed for %s under fips140=only, want SHA-256", h)
+	}
+}
+
+func TestPresignHashDefault(t *testing.T) {
+	if h := presignHash(); h != crypto.SHA1 {
+		t.Fatalf("responses pre-signed for %s, want SHA-1 (RFC 5019 clients)", h)
+	}
 }

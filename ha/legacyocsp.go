@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"math/big"
+	"sync/atomic"
 	"time"
 
 	"go.step.sm/crypto/keyutil"
@@ -18,10 +19,13 @@ import (
 const ownIssuerName = "stepfort"
 
 // legacyStatusMaxAge bounds how long a legacy issuer's cached response is
-// served without reading the serial's status again: a status changed by
-// another process (an import on PostgreSQL) or another replica (a
-// revocation) is answered within this time. At most one store read per
-// cached response per interval, whatever the request rate.
+// served without looking at the store: a status changed by another
+// process (an import on PostgreSQL) or another replica (a revocation) is
+// answered within this time. The responder reads the issuer's change
+// counter (legacy.State.Changes) at most once per interval, and a cached
+// response's status again only when that counter moved since the status
+// was read: one store read per issuer and interval while nothing changes,
+// whatever the request rate or the number of serials asked about.
 const legacyStatusMaxAge = time.Second
 
 // ocspIssuer is one CA the responder answers for: stepfort's own issuing
@@ -34,8 +38,37 @@ type ocspIssuer struct {
 	cert     *x509.Certificate
 	caSigner crypto.Signer
 	status   func(serial *big.Int) (certStatus, error)
+	// changesOf reads the issuer's change counter; changes is its last
+	// value (-1 after a failed read: every cached status is then read
+	// again) and changesAt when it was read (UnixNano).
+	changesOf func() (int64, error)
+	changes   atomic.Int64
+	changesAt atomic.Int64
 	// key signs responses; guarded by Responder.mu, replaced by keyFor.
 	key *responderKey
+}
+
+// refreshChanges reads legacy issuer iss's change counter if it was last
+// read legacyStatusMaxAge ago or more (one caller at a time does).
+func (r *Responder) refreshChanges(iss *ocspIssuer, now time.Time) {
+	at := iss.changesAt.Load()
+	if now.UnixNano()-at < int64(legacyStatusMaxAge) || !iss.changesAt.CompareAndSwap(at, now.UnixNano()) {
+		return
+	}
+	n, err := iss.changesOf()
+	if err != nil {
+		r.log.Warn("OCSP legacy issuer state", "issuer", iss.name, "error", err)
+		n = -1
+	}
+	iss.changes.Store(n)
+}
+
+// legacyFresh reports whether c, a cached response of legacy issuer iss,
+// may be served without reading its status: the issuer's change counter
+// (refreshed by refreshChanges) has not moved since c's status was read.
+func legacyFresh(iss *ocspIssuer, c *cachedResponse) bool {
+	seen := c.seen.Load()
+	return seen >= 0 && seen == iss.changes.Load()
 }
 
 // routeKey is a CertID's issuer part: hash algorithm, issuer name hash and
@@ -147,7 +180,11 @@ func (r *Responder) AddLegacyIssuer(iss *legacy.Issuer, store *legacy.Store) err
 		return errors.New("legacy issuer: issuer and store are required")
 	}
 	name := iss.Config.Name
-	return r.addIssuer(name, iss.Cert, iss.Signer, func(serial *big.Int) (certStatus, error) {
+	changes := func() (int64, error) {
+		st, err := store.State(name)
+		return st.Changes, err
+	}
+	return r.addIssuer(name, iss.Cert, iss.Signer, changes, func(serial *big.Int) (certStatus, error) {
 		st, err := store.Status(name, serial)
 		if err != nil {
 			return certStatus{}, err
@@ -164,11 +201,11 @@ func (r *Responder) AddLegacyIssuer(iss *legacy.Issuer, store *legacy.Store) err
 // CertID names cert (by any accepted hash algorithm) are answered with
 // status, signed by a delegated responder certificate issued with caSigner
 // (or caSigner itself with ocsp.signer "ca").
-func (r *Responder) addIssuer(name string, cert *x509.Certificate, caSigner crypto.Signer, status func(*big.Int) (certStatus, error)) error {
+func (r *Responder) addIssuer(name string, cert *x509.Certificate, caSigner crypto.Signer, changes func() (int64, error), status func(*big.Int) (certStatus, error)) error {
 	switch {
 	case name == "" || name == ownIssuerName:
 		return fmt.Errorf("legacy issuer name %q: reserved or empty", name)
-	case cert == nil || caSigner == nil || status == nil:
+	case cert == nil || caSigner == nil || status == nil || changes == nil:
 		return fmt.Errorf("legacy issuer %s: certificate, key and store are required", name)
 	case !cert.IsCA:
 		return fmt.Errorf("legacy issuer %s: certificate %q is not a CA", name, cert.Subject)
@@ -180,7 +217,7 @@ func (r *Responder) addIssuer(name string, cert *x509.Certificate, caSigner cryp
 	if err := hashes.hashIssuer(); err != nil {
 		return fmt.Errorf("legacy issuer %s: %w", name, err)
 	}
-	if own, err := r.currentSigner(); err == nil && own.issuedBy(crypto.SHA1, hashes.nameHash[crypto.SHA1], hashes.keyHash[crypto.SHA1]) {
+	if own, err := r.currentSigner(); err == nil && own.issuedBy(crypto.SHA256, hashes.nameHash[crypto.SHA256], hashes.keyHash[crypto.SHA256]) {
 		return fmt.Errorf("legacy issuer %s: certificate %q is stepfort's own issuing CA", name, cert.Subject)
 	}
 
@@ -196,7 +233,8 @@ func (r *Responder) addIssuer(name string, cert *x509.Certificate, caSigner cryp
 	if _, dup := next.byName[name]; dup {
 		return fmt.Errorf("legacy issuer %s: added twice", name)
 	}
-	iss := &ocspIssuer{id: uint32(len(next.byID) + 1), name: name, cert: cert, caSigner: caSigner, status: status}
+	iss := &ocspIssuer{id: uint32(len(next.byID) + 1), name: name, cert: cert, caSigner: caSigner, status: status, changesOf: changes}
+	iss.changes.Store(-1) // read at the first request
 	for h, nh := range hashes.nameHash {
 		k, ok := makeRouteKey(h, nh, hashes.keyHash[h])
 		if !ok {
@@ -226,7 +264,7 @@ func (r *Responder) ForgetLegacyStatus(issuer string, serial *big.Int) {
 	for _, m := range []map[cacheKey]*cachedResponse{r.cache, r.unknown} {
 		for _, h := range []crypto.Hash{crypto.SHA1, crypto.SHA256, crypto.SHA384, crypto.SHA512} {
 			if c := m[cacheKey{id, s, h}]; c != nil {
-				c.checked.Store(0)
+				c.seen.Store(-1)
 			}
 		}
 	}

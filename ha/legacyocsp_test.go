@@ -358,8 +358,11 @@ func openTwice(t *testing.T, backend string) (nosql.DB, nosql.DB) {
 	return open(), open()
 }
 
-// A legacy issuer's status is read at most once per legacyStatusMaxAge per
-// cached response, however many requests ask.
+// A legacy issuer's change counter is read at most once per
+// legacyStatusMaxAge, however many requests ask, and a cached response's
+// status is read again only when the counter moved: while nothing changes,
+// answering costs one store read per issuer and second, not one per
+// serial.
 func TestOCSPLegacyStatusReadsBounded(t *testing.T) {
 	h := newTestHost(t)
 	r, err := NewResponder(h, DefaultConfig().OCSP)
@@ -367,22 +370,42 @@ func TestOCSPLegacyStatusReadsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	ca := newTestLegacyCA(t, "Corp Issuing CA 1")
-	reads := 0
-	if err := r.addIssuer("corp-1", ca.cert, ca.key, func(*big.Int) (certStatus, error) {
-		reads++
+	reads, stateReads, counter := map[int64]int{}, 0, int64(7)
+	if err := r.addIssuer("corp-1", ca.cert, ca.key, func() (int64, error) {
+		stateReads++
+		return counter, nil
+	}, func(sn *big.Int) (certStatus, error) {
+		reads[sn.Int64()]++
 		return certStatus{code: statusGood}, nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	der := certIDRequest(t, ca.cert, big.NewInt(5), crypto.SHA256)
-	for second := range 3 {
-		for range 500 {
-			serveOCSP(t, r, der, false)
+	serials := []int64{5, 6, 7, 8}
+	ask := func() {
+		for range 100 {
+			for _, sn := range serials {
+				serveOCSP(t, r, certIDRequest(t, ca.cert, big.NewInt(sn), crypto.SHA256), false)
+			}
 		}
-		if reads != second+1 {
-			t.Fatalf("%d status reads after %d seconds of requests", reads, second+1)
+	}
+	for second := range 3 {
+		ask()
+		if stateReads != second+1 {
+			t.Fatalf("%d change-counter reads after %d seconds of requests, want one per second", stateReads, second+1)
+		}
+		for _, sn := range serials {
+			if reads[sn] != 1 {
+				t.Fatalf("serial %d: status read %d times while nothing changed, want once", sn, reads[sn])
+			}
 		}
 		h.Advance(legacyStatusMaxAge)
+	}
+	counter++ // something changed somewhere
+	ask()
+	for _, sn := range serials {
+		if reads[sn] != 2 {
+			t.Fatalf("serial %d: status read %d times after the counter moved, want twice", sn, reads[sn])
+		}
 	}
 }
 
@@ -518,7 +541,7 @@ func BenchmarkOCSPRoute(b *testing.B) {
 	ownReq := certIDRequest(b, own.issuer, serial, crypto.SHA1)
 	b.Run("own-only", func(b *testing.B) { run(b, ownReq) })
 	ca := newTestLegacyCA(b, "Corp Issuing CA 1")
-	if err := r.addIssuer("corp-1", ca.cert, ca.key, func(*big.Int) (certStatus, error) { return certStatus{code: statusGood}, nil }); err != nil {
+	if err := r.addIssuer("corp-1", ca.cert, ca.key, func() (int64, error) { return 0, nil }, func(*big.Int) (certStatus, error) { return certStatus{code: statusGood}, nil }); err != nil {
 		b.Fatal(err)
 	}
 	b.Run("own-with-legacy", func(b *testing.B) { run(b, ownReq) })

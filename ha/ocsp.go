@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/fips140"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -111,9 +112,9 @@ type cachedResponse struct {
 	status       certStatus
 	thisUpdate   time.Time
 	nextUpdate   time.Time
-	// checked is when the status was last read (UnixNano), for issuers
-	// whose statuses are re-read rather than fed (legacy issuers).
-	checked atomic.Int64
+	// seen is, for a legacy issuer, its change counter when the status was
+	// read (-1: read it again); see legacyFresh.
+	seen atomic.Int64
 }
 
 // NewResponder builds a responder for the host's issuing CA. It reads
@@ -191,8 +192,8 @@ func (r *Responder) Committed(ev plugins.CertificateEvent) {
 	r.schedulePresign(ev.Serial)
 }
 
-// schedulePresign queues a SHA-1 response (what RFC 5019 clients ask for)
-// to be signed ahead of the first request; a full queue just means the
+// schedulePresign queues a response for the CertID hash clients ask with
+// (presignHash) to be signed ahead of the first request; a full queue just means the
 // first request signs it.
 func (r *Responder) schedulePresign(serial string) {
 	sn, ok := new(big.Int).SetString(serial, 10)
@@ -221,11 +222,22 @@ func (r *Responder) presignLoop(ctx context.Context) {
 			if err != nil {
 				continue
 			}
-			if _, err := r.lookupAndSign(r.own, key, sn, sn.String(), crypto.SHA1, false); err != nil {
+			if _, err := r.lookupAndSign(r.own, key, sn, sn.String(), presignHash(), false); err != nil {
 				r.log.Debug("OCSP pre-sign", "serial", sn.String(), "error", err)
 			}
 		}
 	}
+}
+
+// presignHash is the CertID hash responses are pre-signed for: SHA-1, what
+// RFC 5019 clients ask with, except under GODEBUG=fips140=only, where
+// SHA-1 CertIDs are refused (ha/keys.go) and SHA-256 is what clients can
+// use.
+func presignHash() crypto.Hash {
+	if fips140.Enforced() {
+		return crypto.SHA256
+	}
+	return crypto.SHA1
 }
 
 var (
@@ -410,20 +422,26 @@ func (r *Responder) lookupAndSign(iss *ocspIssuer, key *responderKey, serialNumb
 	if cached != nil && !now.Before(cached.thisUpdate.Add(r.cfg.Validity.Duration/2)) {
 		cached = nil // re-signed below
 	}
-	if cached != nil && iss.status != nil && now.UnixNano()-cached.checked.Load() < int64(legacyStatusMaxAge) {
-		return r.hit(cached, countHit), nil
+	if iss.status != nil {
+		r.refreshChanges(iss, now)
+		if cached != nil && legacyFresh(iss, cached) {
+			return r.hit(cached, countHit), nil
+		}
 	}
+	seen := iss.changes.Load() // before the status read: a change after it moves the counter past seen
 	st, err := r.statusOf(iss, serialNumber, serial)
 	if err != nil {
 		return nil, err
 	}
 	if cached != nil && cached.status == st {
-		if iss.status != nil {
-			cached.checked.Store(now.UnixNano())
-		}
+		cached.seen.Store(seen)
 		return r.hit(cached, countHit), nil
 	}
-	return r.sign(iss, key, serialNumber, serial, hash, st)
+	resp, err := r.sign(iss, key, serialNumber, serial, hash, st)
+	if err == nil {
+		resp.seen.Store(seen)
+	}
+	return resp, err
 }
 
 func (r *Responder) hit(c *cachedResponse, count bool) *cachedResponse {
@@ -501,7 +519,7 @@ func (r *Responder) sign(iss *ocspIssuer, key *responderKey, serialNumber *big.I
 		lastModified: []string{tmpl.ThisUpdate.UTC().Format(http.TimeFormat)},
 		expires:      []string{tmpl.NextUpdate.UTC().Format(http.TimeFormat)},
 	}
-	resp.checked.Store(now.UnixNano())
+	resp.seen.Store(-1)
 	ck := cacheKey{iss.id, serial, hash}
 	r.mu.Lock()
 	if iss.key == key { // not replaced by a rotation meanwhile

@@ -653,6 +653,7 @@ func (im *importer) finish() error {
 	err := im.s.modifyState(im.o.Issuer, func(st *State) bool {
 		if changed {
 			st.Version++
+			st.Changes++
 			st.Certificates += im.stateDiff.Certificates
 			st.Revoked += im.stateDiff.Revoked
 			st.LastImport = im.o.Now.UTC()

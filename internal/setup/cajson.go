@@ -34,6 +34,7 @@ type pluginBlocks struct {
 	AuditLog      auditLogBlock      `json:"auditLog"`
 	Inventory     struct{}           `json:"inventory"`
 	Billing       struct{}           `json:"billing"`
+	CertIndex     struct{}           `json:"certIndex"`
 	Revocation    revocationBlock    `json:"revocation"`
 	AttestationCA attestationCABlock `json:"attestationCA"`
 	DeviceAttest  deviceAttestBlock  `json:"deviceAttest"`

@@ -41,7 +41,7 @@ func TestInitConfigLoads(t *testing.T) {
 	for _, p := range f.Plugins {
 		names = append(names, p.Name)
 	}
-	want := []string{"attestationCA", "auditLog", "billing", "deviceAttest", "dynamicScep", "inventory", "revocation"}
+	want := []string{"attestationCA", "auditLog", "billing", "certIndex", "deviceAttest", "dynamicScep", "inventory", "revocation"}
 	if !slices.Equal(names, want) {
 		t.Errorf("enabled plugins %v, want %v", names, want)
 	}
