@@ -19,6 +19,7 @@ import (
 	"github.com/stepfort/stepfort/internal/adcs"
 	"github.com/stepfort/stepfort/internal/cakeys"
 	"github.com/stepfort/stepfort/internal/legacy"
+	"github.com/stepfort/stepfort/plugins"
 )
 
 // migrateCommand is `stepfort migrate adcs ...`: bring an ADCS CA's
@@ -354,9 +355,19 @@ func importADCS(c *cli.Context) error {
 		return err
 	}
 	defer closeDB()
+	var auditor plugins.Auditor
+	if !c.Bool("dry-run") {
+		a, closeTrail, err := importAudit(cfg, store.DB())
+		if err != nil {
+			return err
+		}
+		defer closeTrail()
+		auditor = a
+	}
 	rep, err := store.Import(c.Args(), legacy.ImportOptions{
 		Issuer: name, IssuerCert: cert, Reader: ro, DryRun: c.Bool("dry-run"),
 		AllowPartial: c.Bool("allow-partial"), Verbose: c.Bool("verbose"), BatchSize: c.Int("batch-size"), Log: os.Stdout,
+		Audit: auditor, Actor: commandActor(),
 	})
 	if rep != nil && (err == nil || errors.Is(err, legacy.ErrRefused)) {
 		printImportSummary(os.Stdout, rep, c.Bool("dry-run"))

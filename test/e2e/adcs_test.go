@@ -281,6 +281,12 @@ func TestADCSMigration(t *testing.T) {
 	if out, err := runStepfort(t, append(importArgs, export)...); err == nil || !strings.Contains(out, "stop the daemon first: bbolt allows one process") {
 		t.Errorf("import beside the running daemon on bbolt: %v\n%s", err, out)
 	}
+	// The import ran as a command, yet left its record in the audit trail.
+	if code, body := call(t, apiClient(t, c), "GET", c.URL+"/api/v1/audit?action=legacy.import", readToken(t, c), nil); code != 200 {
+		t.Errorf("GET /api/v1/audit: %d %v", code, body)
+	} else if recs, _ := body["records"].([]any); len(recs) == 0 {
+		t.Errorf("no legacy.import record in the audit trail: %v", body)
+	}
 
 	// OCSP for the old issuer (routed by its name and key hash).
 	ocspURL := fmt.Sprintf("http://127.0.0.1:%d/ocsp", c.HTTPPort)
