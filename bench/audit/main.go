@@ -31,26 +31,21 @@ import (
 	"time"
 
 	"github.com/stepfort/stepfort/bench/internal/benchproc"
+	"github.com/stepfort/stepfort/bench/internal/onoff"
 	"github.com/stepfort/stepfort/internal/audit"
-	"github.com/stepfort/stepfort/internal/testenv"
 )
 
 type options struct {
-	n, warmup, workers, rounds int
-	records                    int64
-	stepfort                   string
-	skipIssue, skipVerify      bool
-	dbs                        []string
+	onoff.Options
+	records               int64
+	skipIssue, skipVerify bool
+	dbs                   []string
 }
 
 func main() {
 	o := &options{}
-	flag.IntVar(&o.n, "n", benchproc.EnvInt("BENCH_N", 2000), "timed sign requests per run (env BENCH_N)")
-	flag.IntVar(&o.warmup, "warmup", benchproc.EnvInt("BENCH_WARMUP", 200), "unmeasured sign requests per run (env BENCH_WARMUP)")
-	flag.IntVar(&o.workers, "c", benchproc.EnvInt("BENCH_CONCURRENCY", 16), "concurrent workers (env BENCH_CONCURRENCY)")
-	flag.IntVar(&o.rounds, "rounds", benchproc.EnvInt("BENCH_ROUNDS", 2), "runs of each setting, alternating (env BENCH_ROUNDS)")
+	o.Flags()
 	flag.Int64Var(&o.records, "records", int64(benchproc.EnvInt("BENCH_AUDIT_RECORDS", 1_000_000)), "records in the verified export (env BENCH_AUDIT_RECORDS)")
-	flag.StringVar(&o.stepfort, "stepfort", os.Getenv("BENCH_STEPFORT"), "stepfort binary; empty builds ./cmd/stepfort (env BENCH_STEPFORT)")
 	flag.BoolVar(&o.skipIssue, "skip-issue", false, "skip the issuance part")
 	flag.BoolVar(&o.skipVerify, "skip-verify", false, "skip the verify part")
 	dbs := flag.String("db", benchproc.EnvStr("BENCH_DB", "bbolt"), "database types for the issuance part: bbolt, postgresql (env BENCH_DB)")
@@ -76,19 +71,9 @@ func run(ctx context.Context, o *options) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin := o.stepfort
-	if bin == "" {
-		root, err := testenv.RepoRoot()
-		if err != nil {
-			return err
-		}
-		bin = filepath.Join(dir, "stepfort")
-		build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./cmd/stepfort")
-		build.Dir = root
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			return fmt.Errorf("build stepfort: %w\n%s", err, out)
-		}
+	bin, err := onoff.Stepfort(ctx, o.Stepfort, dir)
+	if err != nil {
+		return err
 	}
 	if !o.skipIssue {
 		if err := issuance(ctx, o, bin, dir); err != nil {

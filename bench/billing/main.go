@@ -30,25 +30,21 @@ import (
 	"syscall"
 
 	"github.com/stepfort/stepfort/bench/internal/benchproc"
+	"github.com/stepfort/stepfort/bench/internal/onoff"
 )
 
 type options struct {
-	n, warmup, workers, rounds int
-	endpoints                  int
-	stepfort                   string
-	skipIssue, skipScale       bool
-	drain                      bool
-	dbs                        []string
+	onoff.Options
+	endpoints            int
+	skipIssue, skipScale bool
+	drain                bool
+	dbs                  []string
 }
 
 func main() {
 	o := &options{}
-	flag.IntVar(&o.n, "n", benchproc.EnvInt("BENCH_N", 2000), "timed sign requests per run (env BENCH_N)")
-	flag.IntVar(&o.warmup, "warmup", benchproc.EnvInt("BENCH_WARMUP", 200), "unmeasured sign requests per run (env BENCH_WARMUP)")
-	flag.IntVar(&o.workers, "c", benchproc.EnvInt("BENCH_CONCURRENCY", 16), "concurrent workers (env BENCH_CONCURRENCY)")
-	flag.IntVar(&o.rounds, "rounds", benchproc.EnvInt("BENCH_ROUNDS", 2), "runs of each setting, alternating (env BENCH_ROUNDS)")
+	o.Flags()
 	flag.IntVar(&o.endpoints, "endpoints", benchproc.EnvInt("BENCH_ENDPOINTS", 100_000), "Endpoints to generate for the scale part (env BENCH_ENDPOINTS)")
-	flag.StringVar(&o.stepfort, "stepfort", os.Getenv("BENCH_STEPFORT"), "stepfort binary; empty builds ./cmd/stepfort (env BENCH_STEPFORT)")
 	flag.BoolVar(&o.skipIssue, "skip-issue", false, "skip the daemon throughput part")
 	flag.BoolVar(&o.skipScale, "skip-scale", false, "skip the event cost and report part")
 	dbs := flag.String("db", benchproc.EnvStr("BENCH_DB", "bbolt"), "database types for the issuance part: bbolt, postgresql (env BENCH_DB)")
@@ -61,7 +57,7 @@ func main() {
 		}
 		o.dbs = append(o.dbs, strings.TrimSpace(d))
 	}
-	if o.n < 1 || o.workers < 1 || o.rounds < 1 || o.endpoints < 2000 || o.warmup < 0 {
+	if o.N < 1 || o.Workers < 1 || o.Rounds < 1 || o.endpoints < 2000 || o.Warmup < 0 {
 		fmt.Fprintln(os.Stderr, "billing bench: -n, -c, -rounds must be positive, -endpoints at least 2000")
 		os.Exit(2)
 	}

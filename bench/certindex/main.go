@@ -27,25 +27,21 @@ import (
 	"syscall"
 
 	"github.com/stepfort/stepfort/bench/internal/benchproc"
+	"github.com/stepfort/stepfort/bench/internal/onoff"
 )
 
 type options struct {
-	n, warmup, workers, rounds int
-	rows, queries              int
-	stepfort                   string
-	skipIssue, skipScale       bool
-	dbs                        []string
+	onoff.Options
+	rows, queries        int
+	skipIssue, skipScale bool
+	dbs                  []string
 }
 
 func main() {
 	o := &options{}
-	flag.IntVar(&o.n, "n", benchproc.EnvInt("BENCH_N", 2000), "timed sign requests per run (env BENCH_N)")
-	flag.IntVar(&o.warmup, "warmup", benchproc.EnvInt("BENCH_WARMUP", 200), "unmeasured sign requests per run (env BENCH_WARMUP)")
-	flag.IntVar(&o.workers, "c", benchproc.EnvInt("BENCH_CONCURRENCY", 16), "concurrent workers (env BENCH_CONCURRENCY)")
-	flag.IntVar(&o.rounds, "rounds", benchproc.EnvInt("BENCH_ROUNDS", 2), "runs of each setting, alternating (env BENCH_ROUNDS)")
+	o.Flags()
 	flag.IntVar(&o.rows, "rows", benchproc.EnvInt("BENCH_INDEX_ROWS", 1_000_000), "certificates in the index for the query and export parts (env BENCH_INDEX_ROWS)")
 	flag.IntVar(&o.queries, "queries", benchproc.EnvInt("BENCH_INDEX_QUERIES", 300), "name-substring queries per backend (env BENCH_INDEX_QUERIES)")
-	flag.StringVar(&o.stepfort, "stepfort", os.Getenv("BENCH_STEPFORT"), "stepfort binary; empty builds ./cmd/stepfort (env BENCH_STEPFORT)")
 	flag.BoolVar(&o.skipIssue, "skip-issue", false, "skip the daemon throughput part")
 	flag.BoolVar(&o.skipScale, "skip-scale", false, "skip the query and export part")
 	dbs := flag.String("db", benchproc.EnvStr("BENCH_INDEX_DB", "bbolt,postgresql"), "backends of the query and export part (env BENCH_INDEX_DB)")
@@ -57,7 +53,7 @@ func main() {
 		}
 		o.dbs = append(o.dbs, d)
 	}
-	if o.n < 1 || o.workers < 1 || o.rounds < 1 || o.rows < 1000 || o.queries < 10 || o.warmup < 0 {
+	if o.N < 1 || o.Workers < 1 || o.Rounds < 1 || o.rows < 1000 || o.queries < 10 || o.Warmup < 0 {
 		fmt.Fprintln(os.Stderr, "certindex bench: -n, -c, -rounds must be positive, -rows at least 1000, -queries at least 10")
 		os.Exit(2)
 	}

@@ -174,42 +174,7 @@ func ForEachPageMatch(store nosql.DB, table, after []byte, max int, m Match, fn 
 }
 
 func matchBolt(db *bbolt.DB, table, after []byte, max int, x *matcher, fn func(key, value []byte) error) ([]byte, error) {
-	var next []byte
-	err := db.View(func(tx *bbolt.Tx) error {
-		var b *bbolt.Bucket
-		for i, name := range bytes.Split(table, []byte("/")) { // nosql's nested buckets
-			if i == 0 {
-				b = tx.Bucket(name)
-			} else {
-				b = b.Bucket(name)
-			}
-			if b == nil {
-				return nil
-			}
-		}
-		c := b.Cursor()
-		k, v := c.First()
-		if after != nil {
-			if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
-				k, v = c.Next()
-			}
-		}
-		n := 0
-		for ; k != nil; k, v = c.Next() {
-			if v == nil || !x.ok(v) {
-				continue
-			}
-			if err := fn(k, v); err != nil {
-				return err
-			}
-			if n++; n == max {
-				next = append([]byte(nil), k...)
-				return nil
-			}
-		}
-		return nil
-	})
-	return next, err
+	return walkBolt(db, table, after, max, x.ok, fn)
 }
 
 // matchPostgres pushes m into the query. Folded needs values in UTF-8;
@@ -246,34 +211,7 @@ func matchPostgres(db *sql.DB, quoted string, after []byte, max int, m *Match, f
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
 	q += " ORDER BY nkey LIMIT " + arg(max)
-	rows, err := db.Query(q, args...)
-	if err != nil {
-		if missingTable(err) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("scan %s: %w", quoted, err)
-	}
-	defer rows.Close()
-	var key, value sql.RawBytes
-	var last []byte
-	n := 0
-	for rows.Next() {
-		if err := rows.Scan(&key, &value); err != nil {
-			return nil, fmt.Errorf("scan %s: %w", quoted, err)
-		}
-		if err := fn(key, value); err != nil {
-			return nil, err
-		}
-		last = append(last[:0], key...)
-		n++
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("scan %s: %w", quoted, err)
-	}
-	if n < max {
-		return nil, nil
-	}
-	return last, nil
+	return pageRows(db, quoted, q, args, max, fn)
 }
 
 // matchPaged filters ForEachPage's pages in Go (MySQL, badger).

@@ -40,6 +40,13 @@ func ForEachPage(store nosql.DB, table, after []byte, max int, fn func(key, valu
 }
 
 func pageBolt(db *bbolt.DB, table, after []byte, max int, fn func(key, value []byte) error) ([]byte, error) {
+	return walkBolt(db, table, after, max, nil, fn)
+}
+
+// walkBolt passes fn at most max rows of table after after, in one read
+// transaction, skipping nested buckets and, when keep is set, the values it
+// refuses; it returns the key of the max-th row passed (nil at the end).
+func walkBolt(db *bbolt.DB, table, after []byte, max int, keep func(value []byte) bool, fn func(key, value []byte) error) ([]byte, error) {
 	var next []byte
 	err := db.View(func(tx *bbolt.Tx) error {
 		var b *bbolt.Bucket
@@ -62,8 +69,8 @@ func pageBolt(db *bbolt.DB, table, after []byte, max int, fn func(key, value []b
 		}
 		n := 0
 		for ; k != nil; k, v = c.Next() {
-			if v == nil {
-				continue // a nested bucket, not a row
+			if v == nil || (keep != nil && !keep(v)) {
+				continue // a nested bucket, not a row, or refused
 			}
 			if err := fn(k, v); err != nil {
 				return err
@@ -83,13 +90,17 @@ func pageSQL(db *sql.DB, quoted string, isMySQL bool, after []byte, max int, fn 
 	if isMySQL {
 		p1, p2 = "?", "?"
 	}
-	var rows *sql.Rows
-	var err error
 	if after == nil {
-		rows, err = db.Query("SELECT nkey, nvalue FROM "+quoted+" ORDER BY nkey LIMIT "+p1, max)
-	} else {
-		rows, err = db.Query("SELECT nkey, nvalue FROM "+quoted+" WHERE nkey > "+p1+" ORDER BY nkey LIMIT "+p2, after, max)
+		return pageRows(db, quoted, "SELECT nkey, nvalue FROM "+quoted+" ORDER BY nkey LIMIT "+p1, []any{max}, max, fn)
 	}
+	return pageRows(db, quoted, "SELECT nkey, nvalue FROM "+quoted+" WHERE nkey > "+p1+" ORDER BY nkey LIMIT "+p2, []any{after, max}, max, fn)
+}
+
+// pageRows runs query q (nkey, nvalue of table quoted, at most max rows)
+// and passes fn its rows; it returns the last key when max came (there may
+// be more), nil at the end. A missing table has no rows.
+func pageRows(db *sql.DB, quoted, q string, args []any, max int, fn func(key, value []byte) error) ([]byte, error) {
+	rows, err := db.Query(q, args...)
 	if err != nil {
 		if missingTable(err) {
 			return nil, nil
