@@ -102,6 +102,13 @@ type daemonRecorder struct{ d *Daemon }
 func (r daemonRecorder) AddDeviceEvent(tx *database.Tx, ev *plugins.DeviceEvent) error {
 	return r.d.recorder.AddDeviceEvent(tx, ev)
 }
+func (r daemonRecorder) AddCertificateEvent(tx *database.Tx, ev *plugins.CertificateEvent) error {
+	c, ok := r.d.recorder.(plugins.CertificateEventRecorder)
+	if !ok {
+		return errors.New("this daemon's event recorder cannot record certificate events")
+	}
+	return c.AddCertificateEvent(tx, ev)
+}
 func (r daemonRecorder) Announce(id string)      { r.d.recorder.Announce(id) }
 func (r daemonRecorder) Discard(id string) error { return r.d.recorder.Discard(id) }
 
@@ -119,5 +126,8 @@ func (noDatabase) Lease(context.Context, string) (plugins.Lease, error) {
 	return plugins.Lease{}, errNoDatabase
 }
 func (noDatabase) AddDeviceEvent(*database.Tx, *plugins.DeviceEvent) error { return errNoDatabase }
-func (noDatabase) Announce(string)                                         {}
-func (noDatabase) Discard(string) error                                    { return nil }
+func (noDatabase) AddCertificateEvent(*database.Tx, *plugins.CertificateEvent) error {
+	return errNoDatabase
+}
+func (noDatabase) Announce(string)      {}
+func (noDatabase) Discard(string) error { return nil }

@@ -2,7 +2,9 @@ package plugins
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -84,6 +86,54 @@ type EventRecorder interface {
 	AddDeviceEvent(tx *database.Tx, ev *DeviceEvent) error
 	Announce(id string)
 	Discard(id string) error
+}
+
+// CertificateEventRecorder is implemented by the EventRecorder of a Host
+// with a database (find it with a type assertion on Host.Events()). It is
+// for plugins that sign certificates themselves, outside upstream's
+// signing path (the Attestation CA's AK certificates), so that those
+// certificates reach every CertificateObserver (index, audit trail) like
+// upstream's: the event is written in the plugin's own transaction, in the
+// same record format, and delivered by the same outbox.
+//
+// AddCertificateEvent checks ev (kind issued, a decimal serial, the
+// certificate with that serial, a provisioner with a name and a type: use
+// a type that is not upstream's, such as ProvisionerTypeAttestationCA), fills
+// ev.ID and ev.OccurredAt and adds the event to tx. Commit tx before the
+// certificate leaves the process (so a certificate a client received
+// always has its event), then call Announce(ev.ID). The event is not shown
+// to CertificateWatchers (they see upstream's certificates only).
+type CertificateEventRecorder interface {
+	AddCertificateEvent(tx *database.Tx, ev *CertificateEvent) error
+}
+
+// ProvisionerTypeAttestationCA is the provisioner type of the Attestation
+// CA's AK certificates in certificate events. They are not subscriber
+// certificates: billing does not count them, the index gives them no
+// Endpoint.
+const ProvisionerTypeAttestationCA = "AttestationCA"
+
+// CheckCertificateEvent is the check every CertificateEventRecorder makes
+// before it adds ev.
+func CheckCertificateEvent(ev *CertificateEvent) error {
+	switch {
+	case ev == nil:
+		return errors.New("certificate event: nil")
+	case ev.Kind != EventIssued:
+		return fmt.Errorf("certificate event: kind %q: only %q can be recorded by a plugin", ev.Kind, EventIssued)
+	case ev.Provisioner == nil || ev.Provisioner.Name == "" || ev.Provisioner.Type == "":
+		return errors.New("certificate event: provisioner name and type are required")
+	case len(ev.CertificateDER) == 0:
+		return errors.New("certificate event: the certificate is required")
+	}
+	cert, err := x509.ParseCertificate(ev.CertificateDER)
+	if err != nil {
+		return fmt.Errorf("certificate event: certificate: %w", err)
+	}
+	if got := cert.SerialNumber.String(); ev.Serial != got {
+		return fmt.Errorf("certificate event: serial %q is not the certificate's %s", ev.Serial, got)
+	}
+	return nil
 }
 
 // Locker hands out named, time-limited leases in the shared database, so

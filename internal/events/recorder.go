@@ -11,17 +11,23 @@ import (
 	"github.com/stepfort/stepfort/plugins"
 )
 
-// Recorder implements plugins.EventRecorder: plugins put device events into
-// their own transactions, and the Outbox delivers them like certificate
-// events. Device events are written only when some observer implements
-// plugins.DeviceObserver.
+// Recorder implements plugins.EventRecorder and
+// plugins.CertificateEventRecorder: plugins put device events, and events of
+// certificates they sign themselves, into their own transactions, and the
+// Outbox delivers them like upstream's certificate events. Device events are
+// written only when some observer implements plugins.DeviceObserver,
+// certificate events only when some observer implements
+// plugins.CertificateObserver.
 type Recorder struct {
 	db     nosql.DB
 	outbox *Outbox
 	now    func() time.Time
 }
 
-var _ plugins.EventRecorder = (*Recorder)(nil)
+var (
+	_ plugins.EventRecorder            = (*Recorder)(nil)
+	_ plugins.CertificateEventRecorder = (*Recorder)(nil)
+)
 
 // NewRecorder returns the recorder of events delivered by outbox (nil: no
 // observers, record nothing) on store, the database the plugins' own
@@ -31,7 +37,7 @@ func NewRecorder(store nosql.DB, outbox *Outbox, now func() time.Time) (*Recorde
 	if now == nil {
 		now = time.Now
 	}
-	if outbox.observesDevices() {
+	if outbox.observesDevices() || outbox.observesCertificates() {
 		if err := store.CreateTable(Table); err != nil {
 			return nil, fmt.Errorf("create table %s: %w", Table, err)
 		}
@@ -56,10 +62,31 @@ func (r *Recorder) AddDeviceEvent(tx *database.Tx, ev *plugins.DeviceEvent) erro
 	return nil
 }
 
+// AddCertificateEvent implements plugins.CertificateEventRecorder: the
+// record is the one DB writes for upstream's issuances, so observers cannot
+// tell the two apart except by the provisioner. It fills ev.ID and
+// ev.OccurredAt even when nobody observes certificate events.
+func (r *Recorder) AddCertificateEvent(tx *database.Tx, ev *plugins.CertificateEvent) error {
+	if err := plugins.CheckCertificateEvent(ev); err != nil {
+		return err
+	}
+	now := r.now().UTC()
+	ev.ID, ev.OccurredAt = NewID(now), now
+	if !r.outbox.observesCertificates() {
+		return nil
+	}
+	b, err := json.Marshal(&record{Event: ev})
+	if err != nil {
+		return fmt.Errorf("marshal certificate event: %w", err)
+	}
+	tx.Set(Table, []byte(ev.ID), b)
+	return nil
+}
+
 // Announce implements plugins.EventRecorder: this replica delivers the
 // committed event at once instead of at the next sweep.
 func (r *Recorder) Announce(id string) {
-	if r.outbox.observesDevices() {
+	if r.outbox.observesDevices() || r.outbox.observesCertificates() {
 		r.outbox.Notify(id)
 	}
 }
@@ -69,7 +96,7 @@ func (r *Recorder) Announce(id string) {
 // is delivered anyway; DeviceObserver's contract (act on the device as it
 // is now) makes that harmless.
 func (r *Recorder) Discard(id string) error {
-	if !r.outbox.observesDevices() {
+	if !r.outbox.observesDevices() && !r.outbox.observesCertificates() {
 		return nil
 	}
 	if err := r.db.Del(Table, []byte(id)); err != nil {

@@ -202,8 +202,13 @@ func (h *Host) Metrics() prometheus.Registerer { return h.Registry }
 // Recorder is an EventRecorder that keeps events in memory instead of in
 // the transaction (the events package tests the durable path).
 type Recorder struct {
-	mu        sync.Mutex
-	Added     []plugins.DeviceEvent
+	mu    sync.Mutex
+	Added []plugins.DeviceEvent
+	// Certificates holds the certificate events added (checked as the
+	// daemon's recorder checks them).
+	Certificates []plugins.CertificateEvent
+	// Fail, when set, is returned by AddCertificateEvent.
+	Fail      error
 	Announced []string
 	Discarded []string
 	next      int
@@ -217,6 +222,23 @@ func (r *Recorder) AddDeviceEvent(_ *database.Tx, ev *plugins.DeviceEvent) error
 	ev.ID = fmt.Sprintf("test-%06d", r.next)
 	ev.OccurredAt = time.Now().UTC()
 	r.Added = append(r.Added, *ev)
+	return nil
+}
+
+// AddCertificateEvent implements plugins.CertificateEventRecorder.
+func (r *Recorder) AddCertificateEvent(_ *database.Tx, ev *plugins.CertificateEvent) error {
+	if err := plugins.CheckCertificateEvent(ev); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.Fail != nil {
+		return r.Fail
+	}
+	r.next++
+	ev.ID = fmt.Sprintf("test-%06d", r.next)
+	ev.OccurredAt = time.Now().UTC()
+	r.Certificates = append(r.Certificates, *ev)
 	return nil
 }
 
@@ -235,4 +257,7 @@ func (r *Recorder) Discard(id string) error {
 	return nil
 }
 
-var _ plugins.Host = (*Host)(nil)
+var (
+	_ plugins.Host                     = (*Host)(nil)
+	_ plugins.CertificateEventRecorder = (*Recorder)(nil)
+)

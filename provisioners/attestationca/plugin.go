@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/smallstep/nosql"
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/stepfort/stepfort/plugins"
@@ -51,6 +52,9 @@ type Plugin struct {
 	global    *globalLimiter
 	inventory *inventory.Store
 	audit     plugins.Auditor
+	db        nosql.DB
+	events    plugins.EventRecorder
+	certs     plugins.CertificateEventRecorder // Host.Events(): AK certificate events
 	log       *slog.Logger
 	now       func() time.Time
 }
@@ -71,6 +75,11 @@ func New(cfg *Config, host plugins.Host) (*Plugin, error) {
 	if host.DB() == nil {
 		return nil, errors.New("the Attestation CA needs a database (sessions and inventory)")
 	}
+	certs, ok := host.Events().(plugins.CertificateEventRecorder)
+	if !ok {
+		// Fail closed: an AK certificate must never leave without its event.
+		return nil, errors.New("the Attestation CA needs a host that records certificate events (plugins.CertificateEventRecorder)")
+	}
 	sessions, err := NewSessionStore(host.DB())
 	if err != nil {
 		return nil, err
@@ -81,6 +90,7 @@ func New(cfg *Config, host plugins.Host) (*Plugin, error) {
 	}
 	sessions.SetEKLimit(EKLimit{Burst: cfg.RateLimit.PerEK.Burst, Interval: cfg.RateLimit.PerEK.Interval.Duration})
 	p := &Plugin{cfg: cfg, issuer: is, ekRoots: ekRoots, sessions: sessions, inventory: inv, audit: host.Audit(), log: host.Logger(), now: host.Now,
+		db: host.DB(), events: host.Events(), certs: certs,
 		global: newGlobalLimiter(cfg.RateLimit.Global.PerSecond, cfg.RateLimit.Global.Burst)}
 	host.Go("attestation session purge", p.purgeLoop)
 	return p, nil

@@ -6,9 +6,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/smallstep/go-attestation/attest"
+	"github.com/smallstep/nosql/database"
+
+	"github.com/stepfort/stepfort/plugins"
 
 	"github.com/stepfort/stepfort/provisioners/inventory"
 )
@@ -69,6 +73,12 @@ func (p *Plugin) secret(r *http.Request, w http.ResponseWriter, rq *request) (*S
 		p.log.Error("issue AK certificate", "ek", sess.EKURN, "error", err)
 		return nil, deny(http.StatusInternalServerError, codeInternal, "could not issue the AK certificate")
 	}
+	if err := p.recordIssued(cert, sess.EKURN); err != nil {
+		// The certificate never leaves: without its event it would be
+		// missing from the index and the audit trail.
+		p.log.Error("record AK certificate event", "ek", sess.EKURN, "serial", cert.SerialNumber.String(), "error", err)
+		return nil, &denial{status: http.StatusServiceUnavailable, code: codeUnavailable, message: "could not record the AK certificate: attest again", retryAfter: 1}
+	}
 	akDER, _ := x509.MarshalPKIXPublicKey(akPub.Public)
 	fp := sha256.Sum256(akDER)
 	att := inventory.Attestation{At: now.UTC(), EKURN: sess.EKURN, AKFingerprint: hex.EncodeToString(fp[:]), AKCertSerial: cert.SerialNumber.String()}
@@ -84,4 +94,28 @@ func (p *Plugin) secret(r *http.Request, w http.ResponseWriter, rq *request) (*S
 		chain = append(chain, c.Raw)
 	}
 	return &SecretResponse{CertificateChain: chain}, nil
+}
+
+// recordIssued commits the issued event of an AK certificate (provisioner
+// type plugins.ProvisionerTypeAttestationCA, device = the EK URN, as
+// device-attest-01 names it) in a transaction of its own: the Attestation
+// CA stores nothing else about the certificate. It must commit before the
+// certificate is answered.
+func (p *Plugin) recordIssued(cert *x509.Certificate, ekURN string) error {
+	ev := &plugins.CertificateEvent{
+		Kind: plugins.EventIssued, Serial: cert.SerialNumber.String(), CertificateDER: cert.Raw,
+		Provisioner:         &plugins.ProvisionerRef{Name: Name, Type: plugins.ProvisionerTypeAttestationCA},
+		PermanentIdentifier: ekURN,
+	}
+	tx := new(database.Tx)
+	if err := p.certs.AddCertificateEvent(tx, ev); err != nil {
+		return err
+	}
+	if len(tx.Operations) > 0 { // nothing when no plugin observes certificates
+		if err := p.db.Update(tx); err != nil {
+			return fmt.Errorf("commit: %w", err)
+		}
+	}
+	p.events.Announce(ev.ID)
+	return nil
 }

@@ -96,8 +96,13 @@ type certFacts struct {
 	at          time.Time // when it happened, for compaction
 }
 
-// Record applies one certificate event. It is idempotent.
+// Record applies one certificate event. It is idempotent. Events of
+// certificates that are not subscriber certificates (the Attestation CA's
+// AK certificates) are ignored: they are no Endpoint.
 func (s *Store) Record(ev plugins.CertificateEvent) error {
+	if !subscriber(ev) {
+		return nil
+	}
 	switch ev.Kind {
 	case plugins.EventIssued, plugins.EventRenewed:
 		cert, err := ev.Certificate()
@@ -576,4 +581,10 @@ func (s *Store) Endpoints(fn func(*Endpoint) error) error {
 
 func lineageKey(id string, seq int) []byte {
 	return fmt.Appendf(nil, "%s/%010d", id, seq)
+}
+
+// subscriber reports whether the event is about a subscriber certificate,
+// which billing counts.
+func subscriber(ev plugins.CertificateEvent) bool {
+	return ev.Provisioner == nil || ev.Provisioner.Type != plugins.ProvisionerTypeAttestationCA
 }

@@ -138,7 +138,9 @@ func (p *Plugin) fromEvent(ev plugins.CertificateEvent) (*Record, error) {
 	if ev.Kind == plugins.EventRevoked && ev.Revocation != nil {
 		rec.Revocation = &Revocation{ReasonCode: ev.Revocation.ReasonCode, Reason: ev.Revocation.Reason, RevokedAt: ev.Revocation.RevokedAt.UTC()}
 	}
-	if cert != nil && ev.Kind != plugins.EventRevoked {
+	// AK certificates are no subscriber's: billing counts no Endpoint for
+	// them, and their provisioner is not upstream's (no claims to read).
+	if cert != nil && ev.Kind != plugins.EventRevoked && rec.Provisioner.Type != plugins.ProvisionerTypeAttestationCA {
 		if rec.Endpoint, err = p.endpoint(ev, cert); err != nil {
 			return nil, err
 		}

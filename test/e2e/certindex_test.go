@@ -18,6 +18,7 @@ import (
 	"github.com/smallstep/nosql"
 
 	"github.com/stepfort/stepfort/internal/testenv"
+	"github.com/stepfort/stepfort/plugins"
 	"github.com/stepfort/stepfort/provisioners/certindex"
 )
 
@@ -195,6 +196,20 @@ func TestCertIndexEveryClient(t *testing.T) {
 	if v := api.expect(devCrt, "agents", certindex.StatusActive); v.Device == "" || !strings.Contains(urn, v.Device) {
 		t.Fatalf("device certificate device %q, want %s", v.Device, urn)
 	}
+	// The AK certificate the Attestation CA issued on the way (the step CLI
+	// keeps it in the TPM KMS, so it is found through the index itself).
+	var aks certindex.Page
+	eventually(t, 20*time.Second, func() error {
+		cliJSON(t, c, c.URL, &aks, "certificates", "list", "--provisioner", "attestationCA", "--all")
+		if len(aks.Certificates) != 1 {
+			return fmt.Errorf("AK certificates in the index: %d, want 1", len(aks.Certificates))
+		}
+		return nil
+	})
+	if ak := aks.Certificates[0]; ak.Provisioner.Type != plugins.ProvisionerTypeAttestationCA || ak.Device != urn ||
+		!slices.Contains(ak.URIs, urn) || ak.Endpoint != "" || ak.Status != certindex.StatusActive || ak.Issuer == "" {
+		t.Fatalf("AK certificate record %+v", ak.Record)
+	}
 	acct := filepath.Join(agent.dir, "account.crt")
 	if out, err := agent.accountCert("alice@example.com", devCrt, "devkey1", acct, filepath.Join(agent.dir, "account.key")); err != nil {
 		t.Fatalf("account certificate: %v\n%s", err, out)
@@ -218,7 +233,7 @@ func TestCertIndexEveryClient(t *testing.T) {
 	f, _ := os.Open(csvFile)
 	rows, err := csv.NewReader(f).ReadAll()
 	f.Close()
-	if err != nil || len(rows) != 7 || rows[0][0] != "serial" {
+	if err != nil || len(rows) != 8 || rows[0][0] != "serial" { // header, 6 subscriber certificates, the AK certificate
 		t.Fatalf("export: %d rows, %v", len(rows), err)
 	}
 
