@@ -1,6 +1,7 @@
 package ha
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -13,12 +14,64 @@ import (
 	"encoding/asn1"
 	"fmt"
 	"hash"
+	"strings"
+
+	"go.step.sm/crypto/kms"
+	"go.step.sm/crypto/kms/apiv1"
+
+	"github.com/stepfort/stepfort/config"
 )
 
 type pkixExtension = pkix.Extension
 
 func newResponderKey() (*ecdsa.PrivateKey, error) {
 	return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+}
+
+// responderKeyPath is ocsp.responderKey's full path in ca.json, for errors
+// raised after Validate (opening the key).
+const responderKeyPath = "stepfort.plugins." + Name + ".ocsp.responderKey"
+
+// validResponderKey checks ocsp.responderKey: a KMS key URI of a type
+// the KMS registry knows ("pkcs11:...", "softkms:..."), not a file, and only
+// for a delegated responder (with signer "ca" the CA key signs).
+func validResponderKey(c OCSPConfig) error {
+	if c.ResponderKey == "" {
+		return nil
+	}
+	scheme, _, ok := strings.Cut(c.ResponderKey, ":")
+	if !ok || scheme == "" || strings.ContainsAny(scheme, `/\`) {
+		return config.Errorf("ocsp.responderKey", "must be a KMS key URI such as pkcs11:module-path=...;token=...;id=...;object=...?pin-source=..., got %q", c.ResponderKey)
+	}
+	if _, err := apiv1.TypeOf(c.ResponderKey); err != nil {
+		return config.Errorf("ocsp.responderKey", "unknown KMS type %q: %v", scheme, err)
+	}
+	if c.Signer != "delegated" {
+		return config.Errorf("ocsp.responderKey", `only with ocsp.signer "delegated", got %q`, c.Signer)
+	}
+	return nil
+}
+
+// openResponderKey opens the KMS key named by uri once, as legacy issuers
+// and the Attestation CA do: the URI selects the KMS (module, token, PIN)
+// and the key. The KMS stays open until close is called (Plugin.Stop).
+// internal/hsm bounds every PKCS#11 signature and reopens a lost token, so
+// the signer is kept across rotations.
+func openResponderKey(uri string) (signer crypto.Signer, close func() error, err error) {
+	typ, err := apiv1.TypeOf(uri)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", responderKeyPath, err)
+	}
+	km, err := kms.New(context.Background(), apiv1.Options{Type: typ, URI: uri})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: open KMS: %w", responderKeyPath, err)
+	}
+	s, err := km.CreateSigner(&apiv1.CreateSignerRequest{SigningKey: uri})
+	if err != nil {
+		_ = km.Close()
+		return nil, nil, fmt.Errorf("%s: %w", responderKeyPath, err)
+	}
+	return s, km.Close, nil
 }
 
 // hashIssuer precomputes the issuer name and key hashes a request may use.

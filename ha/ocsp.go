@@ -93,6 +93,12 @@ type Responder struct {
 	// signerFailed is when a failure to make an issuer's responder
 	// certificate was last recorded in the audit trail (r.mu held).
 	signerFailed map[string]time.Time
+
+	// kmsKey is ocsp.responderKey opened (nil: keys are made in memory):
+	// every delegated certificate of stepfort's own issuer is issued for
+	// it. closeKMS releases it.
+	kmsKey   crypto.Signer
+	closeKMS func() error
 }
 
 // cacheKey names a signed response: issuer (ocspIssuer.id), serial and
@@ -120,7 +126,8 @@ type cachedResponse struct {
 // NewResponder builds a responder for the host's issuing CA. It reads
 // every status from the database until StartStatusFeed runs. The signing
 // key is made on first use: the authority may not exist yet while plugins
-// are built.
+// are built; a KMS responder key (ocsp.responderKey) is opened here, so a
+// wrong URI, PIN or key stops the start. Close releases it.
 func NewResponder(h plugins.Host, cfg OCSPConfig) (*Responder, error) {
 	r := &Responder{host: h, store: h.DB(), cfg: cfg, log: h.Logger(), idx: newStatusIndex(),
 		own:   &ocspIssuer{name: ownIssuerName},
@@ -144,7 +151,30 @@ func NewResponder(h plugins.Host, cfg OCSPConfig) (*Responder, error) {
 	for _, s := range []string{"good", "revoked", "unknown", "malformedRequest", "unauthorized", "tryLater", "internalError"} {
 		r.byStatus[s] = r.requests.WithLabelValues(s)
 	}
+	if cfg.ResponderKey != "" {
+		if r.kmsKey, r.closeKMS, err = openResponderKey(cfg.ResponderKey); err != nil {
+			return nil, err
+		}
+	}
 	return r, nil
+}
+
+// Close releases the KMS responder key, if any.
+func (r *Responder) Close() error {
+	if r.closeKMS == nil {
+		return nil
+	}
+	return r.closeKMS()
+}
+
+// fixedKey is the responder key iss's delegated certificates are issued
+// for: ocsp.responderKey for stepfort's own issuer, nil (a key made in
+// memory at every rotation) otherwise.
+func (r *Responder) fixedKey(iss *ocspIssuer) crypto.Signer {
+	if iss.cert != nil {
+		return nil // legacy issuers keep generated keys
+	}
+	return r.kmsKey
 }
 
 // StartStatusFeed loads the revoked set and has it kept current while the
@@ -668,12 +698,12 @@ func (r *Responder) keyFor(iss *ocspIssuer) (*responderKey, error) {
 		return nil, err
 	}
 	if r.cfg.Signer == "delegated" {
-		if err := k.delegate(now, r.cfg.ResponderLifetime.Duration); err != nil {
+		if err := k.delegate(now, r.cfg.ResponderLifetime.Duration, r.fixedKey(iss)); err != nil {
 			err = fmt.Errorf("OCSP signer of issuer %s: %w", iss.name, err)
 			rec = r.responderFailureLocked(iss, caCert, now, err)
 			return nil, err
 		}
-		r.log.Info("OCSP responder certificate issued", "issuer", iss.name, "serial", k.cert.SerialNumber.String(), "notAfter", k.cert.NotAfter)
+		r.log.Info("OCSP responder certificate issued", "issuer", iss.name, "serial", k.cert.SerialNumber.String(), "notAfter", k.cert.NotAfter, "kmsKey", r.fixedKey(iss) != nil)
 		rec = responderIssued(iss, k.cert)
 		delete(r.signerFailed, iss.name)
 	}
@@ -777,10 +807,17 @@ func (k *responderKey) fresh(now time.Time) bool {
 // revocation (RFC 6960 4.2.2.2.1).
 var oidOCSPNoCheck = []int{1, 3, 6, 1, 5, 5, 7, 48, 1, 5}
 
-func (k *responderKey) delegate(now time.Time, lifetime time.Duration) error {
-	key, err := newResponderKey()
-	if err != nil {
-		return err
+// delegate issues a responder certificate for fixed (a KMS key kept across
+// rotations) or, when fixed is nil, for a key made now, and makes it k's
+// signer.
+func (k *responderKey) delegate(now time.Time, lifetime time.Duration, fixed crypto.Signer) error {
+	var key crypto.Signer = fixed
+	if key == nil {
+		gen, err := newResponderKey()
+		if err != nil {
+			return err
+		}
+		key = gen
 	}
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
 	if err != nil {

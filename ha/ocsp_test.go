@@ -1,12 +1,23 @@
 package ha
 
 import (
+	"bytes"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"io"
 	"math/big"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +26,7 @@ import (
 	upconfig "github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
+	_ "go.step.sm/crypto/kms/softkms" // ocsp.responderKey in tests
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/stepfort/stepfort/internal/setup"
@@ -135,3 +147,123 @@ func TestResponderStatusCacheAndRefresh(t *testing.T) {
 }
 
 func itoa(i int) string { return big.NewInt(int64(i)).String() }
+
+// failingSigner has the key's public key and fails while failing is set:
+// a KMS whose token is away.
+type failingSigner struct {
+	crypto.Signer
+	failing atomic.Bool
+}
+
+func (f *failingSigner) Sign(rnd io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if f.failing.Load() {
+		return nil, errors.New("PKCS#11 token unavailable")
+	}
+	return f.Signer.Sign(rnd, digest, opts)
+}
+
+// softKMSKey writes a P-256 key and returns its softkms key URI: the same
+// kms.New + CreateSigner path a pkcs11: URI takes.
+func softKMSKey(t *testing.T) (string, crypto.PublicKey) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	path := filepath.Join(t.TempDir(), "responder.key")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return "softkms:path=" + path, key.Public()
+}
+
+// TestResponderKMSKey: with ocsp.responderKey the delegated responder
+// certificate is issued for the KMS key, at start and at every rotation;
+// a failing KMS signature answers tryLater.
+func TestResponderKMSKey(t *testing.T) {
+	h := newTestHost(t)
+	cfg := DefaultConfig().OCSP
+	uri, pub := softKMSKey(t)
+	cfg.ResponderKey = uri
+	r, err := NewResponder(h, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	fs := &failingSigner{Signer: r.kmsKey}
+	r.kmsKey = fs
+
+	issued := big.NewInt(515151)
+	if err := h.Store.Set(storage.CertsTable, []byte(issued.String()), []byte("der")); err != nil {
+		t.Fatal(err)
+	}
+	first := askWith(t, r, issued, crypto.SHA256) // verified against the intermediate
+	if first.Status != ocsp.Good || first.Certificate == nil {
+		t.Fatalf("status %d, responder certificate %v", first.Status, first.Certificate != nil)
+	}
+	if !first.Certificate.PublicKey.(*ecdsa.PublicKey).Equal(pub) {
+		t.Fatal("responder certificate is not for the KMS key")
+	}
+
+	h.Advance(cfg.ResponderLifetime.Duration/2 + time.Minute)
+	rotated := askWith(t, r, issued, crypto.SHA256)
+	if rotated.Certificate.SerialNumber.Cmp(first.Certificate.SerialNumber) == 0 {
+		t.Fatal("responder certificate was not rotated")
+	}
+	if !rotated.Certificate.PublicKey.(*ecdsa.PublicKey).Equal(pub) {
+		t.Fatal("rotated responder certificate is not for the KMS key")
+	}
+
+	// The KMS fails: a response that must be signed is tryLater, at once.
+	fs.failing.Store(true)
+	key, _ := r.currentSigner()
+	req, err := ocsp.CreateRequest(&x509.Certificate{SerialNumber: big.NewInt(99)}, key.issuer, &ocsp.RequestOptions{Hash: crypto.SHA256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := httptest.NewRecorder()
+	r.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/ocsp", bytes.NewReader(req)))
+	if !bytes.Equal(w.Body.Bytes(), ocsp.TryLaterErrorResponse) || responses(r, "tryLater") != 1 {
+		t.Fatalf("with the KMS failing: %x, tryLater=%v", w.Body.Bytes(), responses(r, "tryLater"))
+	}
+	// A rotation needs only the CA key: the KMS key gets its new
+	// certificate while it fails, and signs again once it is back.
+	h.Advance(cfg.ResponderLifetime.Duration/2 + time.Minute)
+	if _, err := r.currentSigner(); err != nil {
+		t.Fatal(err)
+	}
+	fs.failing.Store(false)
+	if back := askWith(t, r, issued, crypto.SHA256); !back.Certificate.PublicKey.(*ecdsa.PublicKey).Equal(pub) {
+		t.Fatal("after the KMS is back: not the KMS key")
+	}
+}
+
+func TestResponderKMSKeyConfig(t *testing.T) {
+	uri, _ := softKMSKey(t)
+	for _, tc := range []struct {
+		name, key, signer, want string
+	}{
+		{"file path", "/etc/stepfort/responder.key", "delegated", "ocsp.responderKey: must be a KMS key URI"},
+		{"unknown type", "nokms:id=1", "delegated", "ocsp.responderKey: unknown KMS type"},
+		{"signer ca", uri, "ca", `ocsp.responderKey: only with ocsp.signer "delegated"`},
+	} {
+		c := DefaultConfig()
+		c.OCSP.ResponderKey, c.OCSP.Signer = tc.key, tc.signer
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+	c := DefaultConfig()
+	c.OCSP.ResponderKey = uri
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	// A key that cannot be opened stops the build with the field's path.
+	cfg := DefaultConfig().OCSP
+	cfg.ResponderKey = "softkms:path=" + filepath.Join(t.TempDir(), "absent.key")
+	_, err := NewResponder(newTestHost(t), cfg)
+	if err == nil || !strings.Contains(err.Error(), "stepfort.plugins.revocation.ocsp.responderKey: ") {
+		t.Fatalf("absent key: %v", err)
+	}
+}

@@ -125,6 +125,11 @@ type OCSPConfig struct {
 	Signer string `json:"signer"`
 	// ResponderLifetime is the delegated responder certificate's lifetime.
 	ResponderLifetime config.Duration `json:"responderLifetime"`
+	// ResponderKey is a KMS key URI (e.g. a pkcs11: URI naming the
+	// module, token, key and pin-source) of stepfort's own delegated
+	// responder key; empty: a key is made in memory at every rotation.
+	// Only with signer "delegated". Legacy issuers keep generated keys.
+	ResponderKey string `json:"responderKey,omitempty"`
 	// CacheSize bounds the signed responses kept for certificates this CA
 	// issued (about 1 KiB each); past it an arbitrary one is dropped and
 	// signed again when asked. Responses for unknown serials have their own
@@ -189,6 +194,9 @@ func (c *Config) Validate() error {
 	}
 	if c.OCSP.Signer != "delegated" && c.OCSP.Signer != "ca" {
 		return config.Errorf("ocsp.signer", `must be "delegated" or "ca", got %q`, c.OCSP.Signer)
+	}
+	if err := validResponderKey(c.OCSP); err != nil {
+		return err
 	}
 	if l := c.OCSP.ResponderLifetime.Duration; l < 2*c.OCSP.Validity.Duration {
 		return config.Errorf("ocsp.responderLifetime", "must be at least twice ocsp.validity (%s), got %s", c.OCSP.Validity.Duration, l)
@@ -260,16 +268,20 @@ func New(cfg *Config, h plugins.Host) (*Plugin, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := r.StartStatusFeed(); err != nil {
+	fail := func(err error) (*Plugin, error) {
+		_ = r.Close()
 		return nil, err
+	}
+	if err := r.StartStatusFeed(); err != nil {
+		return fail(err)
 	}
 	pub, err := NewPublisher(h, cfg.CRL.PublishDelay.Duration, cfg.CRL.LeaseTTL.Duration)
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	legacyStore, err := addLegacyIssuers(cfg.LegacyIssuers, h, r, pub)
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	h.Go("ocsp-refresh", r.RefreshLoop)
 	// Every replica runs the publisher loop; the lease picks the one that
@@ -431,9 +443,13 @@ func (g *generation) EnforceCertificate(cert *x509.Certificate) error {
 func (g *generation) Activate() { g.publisher.Activate(g.crl) }
 
 // Stop gives up the CRL lease (if this replica holds it) so another
-// replica publishes at once instead of after the lease expires. The
-// publisher loop has returned by now.
+// replica publishes at once instead of after the lease expires, and closes
+// the KMS responder key. The publisher loop has returned by now.
 func (p *Plugin) Stop(ctx context.Context) error {
+	// The loops that sign have returned: the KMS responder key can go.
+	if err := p.responder.Close(); err != nil {
+		p.host.Logger().Warn("close OCSP responder key", "error", err)
+	}
 	if err := p.host.Locker().Unlock(ctx, crlLeaseName); err != nil {
 		return fmt.Errorf("release CRL lease: %w", err)
 	}

@@ -141,6 +141,47 @@ func TestHSMInitIssueRevokeOCSPCRL(t *testing.T) {
 	assertNoCAKeyOnDisk(t, c.ca)
 }
 
+// TestHSMOCSPResponderKey: with ocsp.responderKey naming a key in the
+// token, the delegated responder certificate is issued for that key, and
+// the response verifies with OpenSSL against the root.
+func TestHSMOCSPResponderKey(t *testing.T) {
+	c := initHSMCA(t)
+	pkcs11Tool(t, c.hsm, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "5305", "--label", "stepfort-ocsp")
+	path, query, _ := strings.Cut(c.hsm.KMSURI(), "?")
+	uri := path + ";id=5305;object=stepfort-ocsp?" + query
+	editConfig(t, c.Config, func(m map[string]any) {
+		ocspCfg := m["stepfort"].(map[string]any)["plugins"].(map[string]any)["revocation"].(map[string]any)["ocsp"].(map[string]any)
+		ocspCfg["signer"] = "delegated"
+		ocspCfg["responderKey"] = uri
+	})
+	p := c.serve(t, c.Config, c.Port)
+	step := newStepCLI(t)
+	step.bootstrap(c.ca, c.URL)
+	dir := t.TempDir()
+	crt, key := filepath.Join(dir, "r.crt"), filepath.Join(dir, "r.key")
+	step.must("ca", "certificate", "responder.example", crt, key, "--provisioner", "admin", "--provisioner-password-file", c.Password)
+
+	inter := readCert(t, filepath.Join(c.Dir, "certs", "intermediate_ca.crt"))
+	resp := ocspAsk(t, c.HTTPPort, readCert(t, crt), inter)
+	if resp.Status != ocsp.Good || resp.Certificate == nil {
+		t.Fatalf("OCSP status %d, responder certificate %v: want good, delegated", resp.Status, resp.Certificate != nil)
+	}
+	if !bytes.Equal(resp.Certificate.RawSubjectPublicKeyInfo, tokenPublicKey(t, c.hsm, "stepfort-ocsp")) {
+		t.Fatal("the responder certificate's key is not the token's stepfort-ocsp key")
+	}
+	if err := resp.Certificate.CheckSignatureFrom(inter); err != nil {
+		t.Fatalf("responder certificate: %v", err)
+	}
+	out := ocspStatus(t, c.ca, fmt.Sprintf("http://127.0.0.1:%d/ocsp", c.HTTPPort), "-cert", crt)
+	if !strings.Contains(out, crt+": good") {
+		t.Fatalf("openssl ocsp:\n%s", out)
+	}
+	if !strings.Contains(p.Log(), "kmsKey=true") && !strings.Contains(p.Log(), `"kmsKey":true`) {
+		t.Fatalf("no responder certificate for the KMS key in the log:\n%s", p.Log())
+	}
+	assertNoCAKeyOnDisk(t, c.ca)
+}
+
 // TestHSMReplicasPostgres: two replicas on one PostgreSQL share the token
 // (one SoftHSM2 token directory); a certificate issued on A renews and is
 // revoked on B, and both publish a CRL signed by the token's key that
