@@ -26,6 +26,11 @@ type Match struct {
 	// WITH DOT ABOVE), so a strings.ToLower comparison made by the caller
 	// is never narrowed.
 	Folded []byte
+	// Indexed says the table has the trigram index EnsureMatchIndex
+	// creates: on PostgreSQL the query then filters on the indexed
+	// expression, so a search that matches few rows reads few. Other
+	// stores ignore it.
+	Indexed bool
 }
 
 // Unicode characters strings.ToLower maps into ASCII: a row holding one
@@ -190,9 +195,17 @@ func matchPostgres(db *sql.DB, quoted string, after []byte, max int, m *Match, f
 		where = append(where, "nkey > "+arg(after))
 	}
 	for _, c := range m.Contains {
+		if p, ok := indexedLike(c); ok && m.Indexed {
+			where = append(where, "stepfort_match_text(nvalue) LIKE "+arg(p))
+		}
 		where = append(where, "position("+arg(c)+"::bytea in nvalue) > 0")
 	}
-	if m.Folded != nil {
+	if p, ok := indexedLike(m.Folded); ok && m.Indexed {
+		// The indexed text is the value lower-cased as the fallback
+		// below tests it, with the characters foldIntoASCII lists
+		// folded: the same rows pass, found through the index.
+		where = append(where, "stepfort_match_text(nvalue) LIKE "+arg(p))
+	} else if m.Folded != nil {
 		// The needle's longest run without letters is in the value as it
 		// is: a cheap exact test first (PostgreSQL runs cheaper quals
 		// first), then ASCII-only lower() (COLLATE "C": no locale folds

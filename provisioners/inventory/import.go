@@ -479,8 +479,25 @@ func (s *Store) Import(rows []ImportRow, source string) (*ImportReport, error) {
 		rep.stopped(rows, i, im.batch, err)
 		return rep, err
 	}
+	s.analyzeAfterImport(rep)
 	return rep, nil
 }
+
+// analyzeAfterImport refreshes the device table's statistics after a
+// large import on PostgreSQL: until autovacuum does, a search would be
+// planned on the table as it was (an empty table's, for a first import)
+// and could sort every match instead of walking the ID order.
+func (s *Store) analyzeAfterImport(rep *ImportReport) {
+	if !s.indexed || rep.Accepted+rep.Updated < analyzeAfterRows {
+		return
+	}
+	if err := storage.AnalyzeTable(s.db, DevicesTable); err != nil {
+		s.log.Warn("inventory: refreshing the device table's statistics after an import", "err", err)
+	}
+}
+
+// analyzeAfterRows is the import size that refreshes the statistics.
+const analyzeAfterRows = 1000
 
 // run plans and writes rows in batches. On error it returns the index of
 // the first row not yet planned; the rows of im.batch were not stored.

@@ -18,10 +18,13 @@ func TestListMatchesFullScan(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if s.indexed != (backend == "postgresql") {
+				t.Fatalf("indexed = %v on %s", s.indexed, backend)
+			}
 			if _, err := s.CreateCollection(Collection{Name: "lab"}); err != nil {
 				t.Fatal(err)
 			}
-			names := []string{"Kiosk-%d", "\u212aiosk-%d", "café <%d>", "Laptop-%d", "a&b \"%d\""}
+			names := []string{"Kiosk-%d", "\u212aiosk-%d", "café <%d>", "Laptop-%d", "a&b \"%d\"", "L\u0130NUX_%d%%"}
 			var all []*Device
 			for i := range 60 {
 				in := DeviceInput{Identifiers: []string{fmt.Sprintf("ID-%03d", i)}, Name: fmt.Sprintf(names[i%len(names)], i),
@@ -47,7 +50,7 @@ func TestListMatchesFullScan(t *testing.T) {
 			slices.SortFunc(all, func(a, b *Device) int { return strings.Compare(a.ID, b.ID) })
 			for _, o := range []ListOptions{
 				{}, {Status: StatusDisabled}, {Status: StatusActive, Collection: "lab"}, {Owner: "bob<x>"},
-				{Query: "kiosk"}, {Query: "KIOSK-1"}, {Query: "café"}, {Query: "<1"}, {Query: "id-00"}, {Query: "nothing"},
+				{Query: "kiosk"}, {Query: "KIOSK-1"}, {Query: "café"}, {Query: "<1"}, {Query: "id-00"}, {Query: "nothing"}, {Query: "linux_1"}, {Query: "inux_5%"}, {Query: "iosk-1"},
 				{Query: "laptop", Status: StatusDisabled, Owner: "bob<x>"}, {Collection: "none"},
 			} {
 				var want []string

@@ -54,6 +54,10 @@ type Store struct {
 	// importSlot is held by the one import request being parsed and
 	// written (see AcquireImport).
 	importSlot chan struct{}
+	// indexed: on PostgreSQL the device table has a trigram index over
+	// its values (storage.EnsureMatchIndex), which List's searches and
+	// filters use.
+	indexed bool
 }
 
 // StoreOption configures a Store.
@@ -92,7 +96,13 @@ func NewStore(db nosql.DB, now func() time.Time, opts ...StoreOption) (*Store, e
 			return nil, fmt.Errorf("create table %s: %w", t, err)
 		}
 	}
-	s := &Store{db: db, now: now, log: slog.Default(), importSlot: make(chan struct{}, 1)}
+	// Fail closed, as the certificate index does: without the index a
+	// search on PostgreSQL reads the whole device table.
+	indexed, err := storage.EnsureMatchIndex(db, DevicesTable)
+	if err != nil {
+		return nil, fmt.Errorf("inventory: %w", err)
+	}
+	s := &Store{db: db, now: now, log: slog.Default(), importSlot: make(chan struct{}, 1), indexed: indexed}
 	for _, o := range opts {
 		o(s)
 	}
@@ -513,7 +523,8 @@ type ListOptions struct {
 // table: the filters are pushed down to the store as a raw-value
 // prefilter (storage.ForEachPageMatch: a bbolt cursor walk that skips
 // non-matching rows without decoding them, a WHERE clause on
-// PostgreSQL), and the rows that pass are decoded and checked exactly.
+// PostgreSQL answered from a trigram index over the stored values), and
+// the rows that pass are decoded and checked exactly.
 func (s *Store) List(o ListOptions) ([]*Device, string, error) {
 	if o.Limit <= 0 {
 		o.Limit = 100
@@ -526,6 +537,7 @@ func (s *Store) List(o ListOptions) ([]*Device, string, error) {
 		after = []byte(o.Cursor)
 	}
 	m := o.prefilter()
+	m.Indexed = s.indexed
 	out := make([]*Device, 0, min(o.Limit, 64))
 	next := ""
 	// A page needs Limit matches and one more to know there is a next
