@@ -1,7 +1,7 @@
 package main
 
 import (
-	"crypto/ed25519"
+	"crypto"
 	"errors"
 	"fmt"
 	"io"
@@ -22,7 +22,7 @@ func auditCommand() cli.Command {
 				Name:      "verify",
 				Usage:     "verify an export file offline, or the live trail through the admin API",
 				UsageText: "stepfort audit verify [FILE] --key audit_key.pub [--ca-url URL --root ROOT --token-file F]",
-				Flags:     adminFlags(cli.StringFlag{Name: "key", Usage: "the CA's audit public key (PEM; secrets/audit_key.pub); required for a file"}),
+				Flags:     adminFlags(cli.StringFlag{Name: "key", Usage: "the CA's audit public key (PEM PUBLIC KEY: secrets/audit_key.pub, or the HSM key's); required for a file"}),
 				Action:    auditVerify,
 			},
 			{
@@ -55,7 +55,7 @@ func auditVerify(c *cli.Context) error {
 	if c.NArg() > 1 {
 		return errors.New("expected at most one argument, the export file")
 	}
-	var pub ed25519.PublicKey
+	var pub crypto.PublicKey
 	if k := c.String("key"); k != "" {
 		b, err := os.ReadFile(k)
 		if err != nil {

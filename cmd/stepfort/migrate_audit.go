@@ -23,9 +23,9 @@ func importAudit(cfg string, db nosql.DB) (a plugins.Auditor, closeTrail func(),
 	if err != nil || ac == nil || !ac.TrailEnabled() {
 		return nil, func() {}, err
 	}
-	key, err := audit.LoadOrCreateKey(ac.Key)
+	key, err := audit.LoadSigner(ac.Key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("audit key %s: %w", ac.Key, err)
+		return nil, nil, err
 	}
 	host, _ := os.Hostname()
 	tr, err := audit.NewTrail(db, audit.TrailOptions{Key: key, Replica: plugins.ReplicaID(host, "", os.Getpid(), "migrate"),

@@ -61,10 +61,12 @@ type Config struct {
 	Path string `json:"path"`
 	// Trail turns the audit trail on (default true; it needs a database).
 	Trail *bool `json:"trail,omitempty"`
-	// Key is the Ed25519 audit key (PKCS #8 PEM) that signs checkpoints,
-	// created with Key+".pub" on first start when absent. Default:
-	// secrets/audit_key next to the directory of Path (init's layout:
-	// D/logs/certificates.jsonl → D/secrets/audit_key).
+	// Key is the audit key that signs checkpoints: a file holding an
+	// Ed25519 key (PKCS #8 PEM), created with Key+".pub" on first start
+	// when absent, or a KMS key URI ("pkcs11:...", ECDSA P-256 or P-384)
+	// that is never created. Default: secrets/audit_key next to the
+	// directory of Path (init's layout: D/logs/certificates.jsonl →
+	// D/secrets/audit_key).
 	Key string `json:"key,omitempty"`
 	// CheckpointFile receives every checkpoint as a JSON line. Default:
 	// audit-checkpoints.jsonl next to Path.
@@ -109,7 +111,7 @@ func (c *Config) Validate() error {
 	}
 	if c.Key == "" {
 		c.Key = filepath.Join(filepath.Dir(filepath.Dir(c.Path)), "secrets", "audit_key")
-	} else if !filepath.IsAbs(c.Key) {
+	} else if !IsKMSURI(c.Key) && !filepath.IsAbs(c.Key) {
 		return config.Errorf("key", "must be absolute, got %q", c.Key)
 	}
 	if c.CheckpointFile == "" {

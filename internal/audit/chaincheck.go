@@ -60,8 +60,8 @@ type ChainError struct {
 // CheckpointStatus is the latest checkpoint and what was checked of it.
 type CheckpointStatus struct {
 	Checkpoint
-	// SignatureValid: Ed25519 over the checkpoint with this replica's
-	// audit key; SignatureError says why not.
+	// SignatureValid: the checkpoint's signature (Ed25519 or ECDSA, per
+	// its alg) verifies with this replica's audit key; SignatureError says why not.
 	SignatureValid bool   `json:"signatureValid"`
 	SignatureError string `json:"signatureError,omitempty"`
 	// RootVerified: the records verified hash to its root.

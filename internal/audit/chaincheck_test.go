@@ -86,7 +86,10 @@ func TestVerifyChainDetectsTampering(t *testing.T) {
 			}
 		}, 5, "missing"},
 		"replaced checkpoint": {func(t *testing.T, tr *Trail) {
-			c := sign(tr.o.Key, 14, [32]byte{1}, "2026-01-01T00:00:00Z")
+			c, err := sign(tr.o.Key, 14, [32]byte{1}, "2026-01-01T00:00:00Z")
+			if err != nil {
+				t.Fatal(err)
+			}
 			b, _ := json.Marshal(c)
 			if err := tr.st.db.Set(checkpointsTable, seqKey(14), b); err != nil {
 				t.Fatal(err)

@@ -1,7 +1,11 @@
 package audit
 
 import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -13,51 +17,184 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+
+	"go.step.sm/crypto/kms"
+	"go.step.sm/crypto/kms/apiv1"
 
 	"golang.org/x/mod/sumdb/tlog"
 )
 
 // Checkpoint is a signed tree head: the first Size records of the trail
-// have the RFC 6962 root Root. Signature is Ed25519 over SignedText.
+// have the RFC 6962 root Root. Signature is over SignedText: Ed25519 (Alg
+// empty, the file key) or ECDSA with SHA-256/384, ASN.1 DER (Alg "ES256"
+// or "ES384", a KMS key such as pkcs11:).
 type Checkpoint struct {
 	Size      int64  `json:"size"`
 	Root      string `json:"root"` // hex
 	Time      string `json:"time"`
 	KeyID     string `json:"keyId"`
-	Signature string `json:"signature"` // base64
+	Alg       string `json:"alg,omitempty"` // "" = Ed25519
+	Signature string `json:"signature"`     // base64
 }
+
+// Signature algorithms of a checkpoint.
+const (
+	AlgEd25519 = "" // omitted: checkpoints written before alg existed
+	AlgES256   = "ES256"
+	AlgES384   = "ES384"
+)
 
 // SignedText is what the audit key signs.
 func (c *Checkpoint) SignedText() []byte {
 	return []byte("stepfort audit checkpoint v1\n" + strconv.FormatInt(c.Size, 10) + "\n" + c.Root + "\n" + c.Time + "\n")
 }
 
-// Verify checks the signature with pub.
-func (c *Checkpoint) Verify(pub ed25519.PublicKey) error {
+// Verify checks the signature with pub (Ed25519 or ECDSA P-256/P-384).
+func (c *Checkpoint) Verify(pub crypto.PublicKey) error {
 	if c.KeyID != KeyID(pub) {
 		return fmt.Errorf("checkpoint %d is signed by key %s, not by %s", c.Size, c.KeyID, KeyID(pub))
 	}
+	alg, err := keyAlg(pub)
+	if err != nil {
+		return err
+	}
+	if c.Alg != alg {
+		return fmt.Errorf("checkpoint %d: algorithm %q does not match the key's %q", c.Size, c.Alg, alg)
+	}
 	sig, err := base64.StdEncoding.DecodeString(c.Signature)
-	if err != nil || !ed25519.Verify(pub, c.SignedText(), sig) {
+	if err != nil || !verifySig(pub, c.SignedText(), sig) {
 		return fmt.Errorf("checkpoint %d: bad signature", c.Size)
 	}
 	return nil
 }
 
+func verifySig(pub crypto.PublicKey, msg, sig []byte) bool {
+	switch k := pub.(type) {
+	case ed25519.PublicKey:
+		return ed25519.Verify(k, msg, sig)
+	case *ecdsa.PublicKey:
+		h, _ := ecdsaHash(k)
+		return ecdsa.VerifyASN1(k, digest(h, msg), sig)
+	}
+	return false
+}
+
+// keyAlg names the checkpoint algorithm of pub; other keys are refused.
+func keyAlg(pub crypto.PublicKey) (string, error) {
+	switch k := pub.(type) {
+	case ed25519.PublicKey:
+		return AlgEd25519, nil
+	case *ecdsa.PublicKey:
+		if _, err := ecdsaHash(k); err != nil {
+			return "", err
+		}
+		if k.Curve == elliptic.P384() {
+			return AlgES384, nil
+		}
+		return AlgES256, nil
+	}
+	return "", fmt.Errorf("audit key: want an Ed25519 or ECDSA P-256/P-384 key, got %T", pub)
+}
+
+func ecdsaHash(k *ecdsa.PublicKey) (crypto.Hash, error) {
+	switch k.Curve {
+	case elliptic.P256():
+		return crypto.SHA256, nil
+	case elliptic.P384():
+		return crypto.SHA384, nil
+	}
+	return 0, fmt.Errorf("audit key: ECDSA curve %s is not supported (want P-256 or P-384)", k.Curve.Params().Name)
+}
+
+func digest(h crypto.Hash, msg []byte) []byte {
+	w := h.New()
+	w.Write(msg)
+	return w.Sum(nil)
+}
+
 func (c *Checkpoint) root() (tlog.Hash, error) { return parseHexHash(c.Root) }
 
-func sign(key ed25519.PrivateKey, size int64, root tlog.Hash, at string) *Checkpoint {
-	c := &Checkpoint{Size: size, Root: hexHash(root), Time: at, KeyID: KeyID(key.Public().(ed25519.PublicKey))}
-	c.Signature = base64.StdEncoding.EncodeToString(ed25519.Sign(key, c.SignedText()))
-	return c
+// sign makes a checkpoint with key: Ed25519 signs the text itself, ECDSA
+// its digest (a KMS signer may fail: an HSM that is down).
+func sign(key crypto.Signer, size int64, root tlog.Hash, at string) (*Checkpoint, error) {
+	pub := key.Public()
+	alg, err := keyAlg(pub)
+	if err != nil {
+		return nil, err
+	}
+	c := &Checkpoint{Size: size, Root: hexHash(root), Time: at, KeyID: KeyID(pub), Alg: alg}
+	var sig []byte
+	if alg == AlgEd25519 {
+		sig, err = key.Sign(rand.Reader, c.SignedText(), crypto.Hash(0))
+	} else {
+		h, _ := ecdsaHash(pub.(*ecdsa.PublicKey))
+		sig, err = key.Sign(rand.Reader, digest(h, c.SignedText()), h)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sign checkpoint %d: %w", size, err)
+	}
+	c.Signature = base64.StdEncoding.EncodeToString(sig)
+	return c, nil
 }
 
 // KeyID names a public key: the first 8 bytes of the SHA-256 of its PKIX
 // encoding, in hex.
-func KeyID(pub ed25519.PublicKey) string {
+func KeyID(pub crypto.PublicKey) string {
 	der, _ := x509.MarshalPKIXPublicKey(pub)
 	sum := sha256.Sum256(der)
 	return hex.EncodeToString(sum[:8])
+}
+
+// LoadSigner opens the checkpoint key that auditLog.key names: a KMS key
+// URI ("pkcs11:...", ECDSA P-256 or P-384) or the Ed25519 file key, read
+// or created by LoadOrCreateKey.
+func LoadSigner(key string) (crypto.Signer, error) {
+	if !IsKMSURI(key) {
+		k, err := LoadOrCreateKey(key)
+		if err != nil {
+			return nil, err
+		}
+		return k, nil
+	}
+	s, err := kmsSigner(key)
+	if err != nil {
+		return nil, fmt.Errorf("audit key %s: %w", redactURI(key), err)
+	}
+	if _, err := keyAlg(s.Public()); err != nil {
+		return nil, fmt.Errorf("audit key %s: %w", redactURI(key), err)
+	}
+	return s, nil
+}
+
+// IsKMSURI tells a KMS key URI ("pkcs11:...", "softkms:...") from a file
+// path.
+func IsKMSURI(key string) bool {
+	i := strings.Index(key, ":")
+	return i > 1 && !strings.ContainsAny(key[:i], `/\`)
+}
+
+func kmsSigner(uri string) (crypto.Signer, error) {
+	typ, err := apiv1.TypeOf(uri)
+	if err != nil {
+		return nil, err
+	}
+	km, err := kms.New(context.Background(), apiv1.Options{Type: typ, URI: uri})
+	if err != nil {
+		return nil, fmt.Errorf("open KMS: %w", err)
+	}
+	s, err := km.CreateSigner(&apiv1.CreateSignerRequest{SigningKey: uri})
+	if err != nil {
+		_ = km.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// redactURI drops the query (pin-value may be there) for messages.
+func redactURI(uri string) string {
+	u, _, _ := strings.Cut(uri, "?")
+	return u
 }
 
 // LoadOrCreateKey reads the Ed25519 audit key (PKCS #8 PEM) at path, or
@@ -114,14 +251,15 @@ func createKey(path string) (ed25519.PrivateKey, error) {
 	return key, nil
 }
 
-// PublicPEM encodes pub as a PEM PUBLIC KEY.
-func PublicPEM(pub ed25519.PublicKey) []byte {
+// PublicPEM encodes pub as a PEM PUBLIC KEY (PKIX).
+func PublicPEM(pub crypto.PublicKey) []byte {
 	der, _ := x509.MarshalPKIXPublicKey(pub)
 	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
 }
 
-// ParsePublicPEM reads an Ed25519 PEM PUBLIC KEY.
-func ParsePublicPEM(b []byte) (ed25519.PublicKey, error) {
+// ParsePublicPEM reads a PEM PUBLIC KEY (PKIX) that can verify
+// checkpoints: Ed25519 or ECDSA P-256/P-384.
+func ParsePublicPEM(b []byte) (crypto.PublicKey, error) {
 	blk, _ := pem.Decode(b)
 	if blk == nil || blk.Type != "PUBLIC KEY" {
 		return nil, errors.New("not a PEM PUBLIC KEY")
@@ -130,9 +268,8 @@ func ParsePublicPEM(b []byte) (ed25519.PublicKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	pub, ok := k.(ed25519.PublicKey)
-	if !ok {
-		return nil, fmt.Errorf("want an Ed25519 public key, got %T", k)
+	if _, err := keyAlg(k); err != nil {
+		return nil, err
 	}
-	return pub, nil
+	return k, nil
 }

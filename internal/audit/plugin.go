@@ -22,7 +22,7 @@ func (p *Plugin) startTrail(c *Config, h plugins.Host) error {
 		p.log.Warn("audit trail off: it needs a database; records go to the log")
 		return nil
 	}
-	key, err := LoadOrCreateKey(c.Key)
+	key, err := LoadSigner(c.Key)
 	if err != nil {
 		return fmt.Errorf("key: %w", err)
 	}

@@ -2,7 +2,7 @@ package audit
 
 import (
 	"bufio"
-	"crypto/ed25519"
+	"crypto"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,7 +17,7 @@ import (
 // certificate issuance each) signed by key, for benchmarks and tests of
 // verification at scale. It holds the tree's stored hashes in memory
 // (about 64 bytes a record).
-func WriteSyntheticExport(w io.Writer, n int64, key ed25519.PrivateKey, start time.Time) error {
+func WriteSyntheticExport(w io.Writer, n int64, key crypto.Signer, start time.Time) error {
 	hashes := mapReader{}
 	entries := make([]Entry, 0, min(n, 1<<20))
 	var last string
@@ -47,7 +47,11 @@ func WriteSyntheticExport(w io.Writer, n int64, key ed25519.PrivateKey, start ti
 	if err != nil {
 		return err
 	}
-	hd := &Header{From: 0, To: n, Checkpoint: sign(key, n, root, formatTime(start))}
+	cp, err := sign(key, n, root, formatTime(start))
+	if err != nil {
+		return err
+	}
+	hd := &Header{From: 0, To: n, Checkpoint: cp}
 	if hd.FirstProof, err = tlog.ProveRecord(n, 0, hashes); err != nil {
 		return err
 	}

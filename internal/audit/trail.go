@@ -2,7 +2,7 @@ package audit
 
 import (
 	"context"
-	"crypto/ed25519"
+	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,7 +33,8 @@ var ErrNotWritten = errors.New("audit record not written")
 
 // TrailOptions configure a Trail.
 type TrailOptions struct {
-	Key                ed25519.PrivateKey
+	// Key signs checkpoints: the Ed25519 file key or a KMS signer.
+	Key                crypto.Signer
 	Replica            string
 	Now                func() time.Time
 	Log                *slog.Logger
@@ -78,7 +79,7 @@ func NewTrail(db nosql.DB, o TrailOptions) (*Trail, error) {
 }
 
 // PublicKey is the key that verifies checkpoints.
-func (t *Trail) PublicKey() ed25519.PublicKey { return t.o.Key.Public().(ed25519.PublicKey) }
+func (t *Trail) PublicKey() crypto.PublicKey { return t.o.Key.Public() }
 
 // Record implements plugins.Auditor. Without failClosed it queues the
 // record and returns; with failClosed it waits until the record is in
@@ -261,7 +262,10 @@ func (t *Trail) Checkpoint() (*Checkpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	cp := sign(t.o.Key, h.Size, root, formatTime(t.o.Now()))
+	cp, err := sign(t.o.Key, h.Size, root, formatTime(t.o.Now()))
+	if err != nil {
+		return nil, err
+	}
 	b, _ := json.Marshal(cp)
 	if _, _, err := storage.CmpAndSwap(t.st.db, checkpointsTable, seqKey(cp.Size), nil, b); err != nil {
 		return nil, fmt.Errorf("store audit checkpoint: %w", err)

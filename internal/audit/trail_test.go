@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
@@ -47,7 +48,7 @@ func exportAll(t *testing.T, tr *Trail) []string {
 	return strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
 }
 
-func verifyLines(lines []string, pub ed25519.PublicKey) error {
+func verifyLines(lines []string, pub crypto.PublicKey) error {
 	_, err := Verify(strings.NewReader(strings.Join(lines, "\n")+"\n"), pub)
 	return err
 }

@@ -3,7 +3,7 @@ package audit
 import (
 	"bufio"
 	"bytes"
-	"crypto/ed25519"
+	"crypto"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -57,7 +57,7 @@ const MaxLine = 1 << 20
 // and none missing before To), and the inclusion proofs of the first and
 // last records. An edited, deleted, reordered or truncated record is a
 // *VerifyError naming the first bad sequence number.
-func Verify(r io.Reader, pub ed25519.PublicKey) (*Summary, error) {
+func Verify(r io.Reader, pub crypto.PublicKey) (*Summary, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), MaxLine)
 	if !sc.Scan() {

@@ -472,3 +472,72 @@ func readJSON(t *testing.T, path string, v any) {
 		t.Fatal(err)
 	}
 }
+
+// TestHSMAuditCheckpointKey: with auditLog.key naming a P-256 key made in
+// the token, checkpoints are signed there (alg ES256): `stepfort audit
+// verify` passes with the token's public key, live and on an export, the
+// CA serves that key, and no audit private key is on disk.
+func TestHSMAuditCheckpointKey(t *testing.T) {
+	c := initHSMCA(t)
+	pkcs11Tool(t, c.hsm, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "5306", "--label", "stepfort-audit")
+	path, query, _ := strings.Cut(c.hsm.KMSURI(), "?")
+	uri := path + ";id=5306;object=stepfort-audit?" + query
+	editConfig(t, c.Config, func(m map[string]any) {
+		al := m["stepfort"].(map[string]any)["plugins"].(map[string]any)["auditLog"].(map[string]any)
+		al["key"] = uri
+		al["checkpointEvery"] = 2
+	})
+	// init made a file key; with the key in the token it is unused.
+	fileKey := filepath.Join(c.Dir, "secrets", "audit_key")
+	for _, f := range []string{fileKey, fileKey + ".pub"} {
+		if err := os.Remove(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.serve(t, c.Config, c.Port)
+	step := newStepCLI(t)
+	step.bootstrap(c.ca, c.URL)
+	dir := t.TempDir()
+	step.must("ca", "certificate", "audit.example", filepath.Join(dir, "a.crt"), filepath.Join(dir, "a.key"),
+		"--provisioner", "admin", "--provisioner-password-file", c.Password)
+
+	pubFile := filepath.Join(dir, "token-audit.pub")
+	tokenPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: tokenPublicKey(t, c.hsm, "stepfort-audit")})
+	if err := os.WriteFile(pubFile, tokenPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := stepfortCmd(c.ca, "audit", "verify", "--key", pubFile)
+	if err != nil || !strings.Contains(out, "OK") {
+		t.Fatalf("live audit verify with the token's key: %v\n%s", err, out)
+	}
+	export, lines := auditExport(t, c.ca)
+	if !strings.Contains(lines[0], `"alg":"ES256"`) || !strings.Contains(export, "certificate.issue") {
+		t.Fatalf("export header %s; want an ES256 checkpoint and the issuance", lines[0])
+	}
+	f := filepath.Join(dir, "audit.jsonl")
+	if err := os.WriteFile(f, []byte(export), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(stepfortBin, "audit", "verify", f, "--key", pubFile).CombinedOutput(); err != nil {
+		t.Fatalf("offline audit verify: %v\n%s", err, out)
+	}
+	// The key the CA serves is the token's.
+	served, err := stepfortCmd(c.ca, "audit", "verify")
+	if err != nil || !strings.Contains(served, "OK") || !strings.Contains(out, served[strings.LastIndex(served, "(key "):]) {
+		t.Fatalf("verify with the served key: %v\n%s\nwith the token's: %s", err, served, out)
+	}
+	// Another key does not verify.
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.MarshalPKIXPublicKey(&other.PublicKey)
+	otherFile := filepath.Join(dir, "other.pub")
+	if err := os.WriteFile(otherFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(stepfortBin, "audit", "verify", f, "--key", otherFile).CombinedOutput(); err == nil {
+		t.Fatalf("verified with another key:\n%s", out)
+	}
+	if _, err := os.Stat(fileKey); !os.IsNotExist(err) {
+		t.Fatalf("an audit key file was created: %v", err)
+	}
+	assertNoCAKeyOnDisk(t, c.ca)
+}
