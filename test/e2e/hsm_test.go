@@ -541,3 +541,89 @@ func TestHSMAuditCheckpointKey(t *testing.T) {
 	}
 	assertNoCAKeyOnDisk(t, c.ca)
 }
+
+// TestHSMDeviceAttest: with the Attestation CA key in the token (init
+// --kms), a swtpm device enrols its AK with the Attestation CA and the
+// step CLI gets a device-attest-01 certificate; the AK certificate
+// verifies with the Attestation CA certificate whose key is the token's,
+// and no Attestation CA key file exists in the data directory.
+func TestHSMDeviceAttest(t *testing.T) {
+	sw := startSWTPM(t)
+	c := initHSMCA(t)
+	var cfg struct {
+		Stepfort struct {
+			Plugins struct {
+				AttestationCA struct{ Key string } `json:"attestationCA"`
+			} `json:"plugins"`
+		} `json:"stepfort"`
+	}
+	readJSON(t, c.Config, &cfg)
+	if key := cfg.Stepfort.Plugins.AttestationCA.Key; !strings.HasPrefix(key, "pkcs11:") || !strings.Contains(key, "object=stepfort-attestation") {
+		t.Fatalf("ca.json attestationCA.key %q, want the token's stepfort-attestation key", key)
+	}
+	c.serve(t, c.Config, c.Port)
+
+	withKMSPlugin(t)
+	tp := sw.open(t)
+	ek := preferredEK(t, tp)
+	urn := ekURN(t, ek)
+	if out, err := stepfortCLI(t, c.ca, "devices", "add", "--ek-pub", writeEKPub(t, ek, true), "--name", "laptop-1"); err != nil {
+		t.Fatalf("devices add: %v\n%s", err, out)
+	}
+	agent := newDeviceAgent(t, sw, c.ca, c.URL)
+	devCrt := filepath.Join(agent.dir, "device.crt")
+	if out, err := agent.deviceCert(urn, "devkey1", devCrt); err != nil {
+		t.Fatalf("device-attest-01 certificate: %v\n%s", err, out)
+	}
+	if leaf := readCert(t, devCrt); len(leaf.URIs) != 1 || leaf.URIs[0].String() != urn {
+		t.Fatalf("device certificate URI SANs %v, want %s", leaf.URIs, urn)
+	}
+
+	attCA := readCert(t, filepath.Join(c.Dir, "certs", "attestation_intermediate_ca.crt"))
+	if !bytes.Equal(tokenPublicKey(t, c.hsm, "stepfort-attestation"), attCA.RawSubjectPublicKeyInfo) {
+		t.Fatal("the Attestation CA certificate's key is not the token's stepfort-attestation key")
+	}
+	akCert := storedAKCert(t, agent.storage)
+	if err := akCert.CheckSignatureFrom(attCA); err != nil {
+		t.Fatalf("AK certificate %q does not verify with the Attestation CA certificate: %v", akCert.Subject, err)
+	}
+
+	for _, f := range []string{"attestation_root_ca_key", "attestation_intermediate_ca_key"} {
+		if _, err := os.Stat(filepath.Join(c.Dir, "secrets", f)); !os.IsNotExist(err) {
+			t.Errorf("secrets/%s: want no such file, stat says %v", f, err)
+		}
+	}
+	assertNoCAKeyOnDisk(t, c.ca)
+}
+
+// storedAKCert finds the AK certificate the step CLI saved in its TPM key
+// store (go.step.sm/crypto's dirstore: one JSON object per file).
+func storedAKCert(t *testing.T, storage string) *x509.Certificate {
+	t.Helper()
+	var found *x509.Certificate
+	err := filepath.WalkDir(storage, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		var obj struct {
+			Type  string   `json:"type"`
+			Chain [][]byte `json:"chain"`
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if json.Unmarshal(b, &obj) != nil || obj.Type != "AK" || len(obj.Chain) == 0 {
+			return nil
+		}
+		found, err = x509.ParseCertificate(obj.Chain[0])
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if found == nil {
+		t.Fatalf("no AK with a certificate in the TPM key store %s", storage)
+	}
+	return found
+}
