@@ -141,11 +141,20 @@ func (t *Trail) result(err error, wait bool) error {
 	return fmt.Errorf("%w: %v", ErrNotWritten, err)
 }
 
-// Healthy returns the last append error, nil while appends succeed.
+// Healthy returns the last append error, nil while appends succeed. The
+// error clears on the next successful append; when nothing is left to
+// append after an outage, a read of the head shows the database is back,
+// so /health recovers with the database instead of waiting for the next
+// audited action.
 func (t *Trail) Healthy() error {
-	if p := t.failing.Load(); p != nil {
+	p := t.failing.Load()
+	if p == nil {
+		return nil
+	}
+	if _, _, err := t.st.readHead(); err != nil {
 		return *p
 	}
+	t.failing.CompareAndSwap(p, nil)
 	return nil
 }
 
