@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
 
 	"github.com/stepfort/stepfort/internal/crlchanges"
@@ -256,15 +257,7 @@ func (p *Publisher) publishBase(s *series, sc *CRLScope) (err error) {
 	defer func() { p.auditCRLFailure(s, false, err) }()
 	t0 := time.Now()
 	slot := s.base
-	old, err := p.store.Get(slot.table, slot.key)
-	if err != nil && !database.IsErrNotFound(err) {
-		return err
-	}
-	oldFP, err := p.store.Get(crlStateTable, slot.fpKey)
-	if err != nil && !database.IsErrNotFound(err) {
-		return err
-	}
-	prevNumber, err := slot.storedNumber(old)
+	prev, err := slot.read(p.store)
 	if err != nil {
 		return err
 	}
@@ -285,7 +278,7 @@ func (p *Publisher) publishBase(s *series, sc *CRLScope) (err error) {
 	nextUpdate := now.Add(validity)
 	// The previous CRL's size (three quarters of its base64 row) is the
 	// best guess of this one's.
-	enc, err := newCRLEncoder(issuer, sig, now, nextUpdate, len(old)*3/4+len(old)/64)
+	enc, err := newCRLEncoder(issuer, sig, now, nextUpdate, len(prev.row)*3/4+len(prev.row)/64)
 	if err != nil {
 		return err
 	}
@@ -304,7 +297,7 @@ func (p *Publisher) publishBase(s *series, sc *CRLScope) (err error) {
 	if d := s.delta.peek(); d != nil {
 		deltaNumber = d.info.Number
 	}
-	number, err := p.nextNumber(s, prevNumber, deltaNumber)
+	number, err := p.nextNumber(s, prev.number, deltaNumber)
 	if err != nil {
 		return err
 	}
@@ -313,7 +306,7 @@ func (p *Publisher) publishBase(s *series, sc *CRLScope) (err error) {
 		return err
 	}
 	tSign := time.Since(t0)
-	if err := p.store1(slot, old, oldFP, &crlRecord{Number: number, ExpiresAt: nextUpdate, Duration: validity, DER: der, Version: version}); err != nil {
+	if err := p.store1(slot, prev, &crlRecord{Number: number, ExpiresAt: nextUpdate, Duration: validity, DER: der, Version: version}); err != nil {
 		return err
 	}
 	if err := crlchanges.Remove(p.store, listed); err != nil {
@@ -341,15 +334,7 @@ func (p *Publisher) publishDelta(s *series, sc *CRLScope) (err error) {
 		return errors.New("no confirmed base CRL to build a delta on")
 	}
 	slot := s.delta
-	old, err := p.store.Get(slot.table, slot.key)
-	if err != nil && !database.IsErrNotFound(err) {
-		return err
-	}
-	oldFP, err := p.store.Get(crlStateTable, slot.fpKey)
-	if err != nil && !database.IsErrNotFound(err) {
-		return err
-	}
-	prevNumber, err := slot.storedNumber(old)
+	prev, err := slot.read(p.store)
 	if err != nil {
 		return err
 	}
@@ -377,7 +362,7 @@ func (p *Publisher) publishDelta(s *series, sc *CRLScope) (err error) {
 			return err
 		}
 	}
-	number, err := p.nextNumber(s, b.info.Number, prevNumber)
+	number, err := p.nextNumber(s, b.info.Number, prev.number)
 	if err != nil {
 		return err
 	}
@@ -393,7 +378,7 @@ func (p *Publisher) publishDelta(s *series, sc *CRLScope) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := p.store1(slot, old, oldFP, &crlRecord{Number: number, ExpiresAt: nextUpdate, Duration: validity, DER: der}); err != nil {
+	if err := p.store1(slot, prev, &crlRecord{Number: number, ExpiresAt: nextUpdate, Duration: validity, DER: der}); err != nil {
 		return err
 	}
 	p.log.Info("delta CRL published", "series", s.name, "number", number, "base", b.info.Number, "entries", enc.entries,
@@ -402,14 +387,39 @@ func (p *Publisher) publishDelta(s *series, sc *CRLScope) (err error) {
 	return nil
 }
 
-// store1 stores rec in slot with a compare-and-swap against the row old,
-// then its fingerprint against oldFP, and caches it.
-func (p *Publisher) store1(slot *crlSlot, old, oldFP []byte, rec *crlRecord) error {
+// slotRow is a slot's stored row as a publisher read it before
+// replacing it: the row and fingerprint its compare-and-swaps start from,
+// and the row's CRL number.
+type slotRow struct {
+	row, fp []byte // nil when absent
+	number  int64  // 0 when there is no row
+}
+
+// read reads the slot's row, its fingerprint and its number from store.
+func (s *crlSlot) read(store nosql.DB) (slotRow, error) {
+	row, err := store.Get(s.table, s.key)
+	if err != nil && !database.IsErrNotFound(err) {
+		return slotRow{}, err
+	}
+	fp, err := store.Get(crlStateTable, s.fpKey)
+	if err != nil && !database.IsErrNotFound(err) {
+		return slotRow{}, err
+	}
+	number, err := s.storedNumber(row)
+	if err != nil {
+		return slotRow{}, err
+	}
+	return slotRow{row: row, fp: fp, number: number}, nil
+}
+
+// store1 stores rec in slot with a compare-and-swap against the row prev
+// read, then its fingerprint against prev's, and caches it.
+func (p *Publisher) store1(slot *crlSlot, prev slotRow, rec *crlRecord) error {
 	row, err := encodeCRLInfo(rec.Number, rec.ExpiresAt, rec.Duration, rec.DER, rec.Version)
 	if err != nil {
 		return err
 	}
-	_, swapped, err := storage.CmpAndSwap(p.store, slot.table, slot.key, old, row)
+	_, swapped, err := storage.CmpAndSwap(p.store, slot.table, slot.key, prev.row, row)
 	if err != nil {
 		return fmt.Errorf("store CRL: %w", err)
 	}
@@ -422,7 +432,7 @@ func (p *Publisher) store1(slot *crlSlot, old, oldFP []byte, rec *crlRecord) err
 	}
 	// Only from the fingerprint this publisher read: a late write of an
 	// older publisher must not replace a newer one's.
-	_, c.confirmed, err = storage.CmpAndSwap(p.store, crlStateTable, slot.fpKey, oldFP, []byte(c.etag))
+	_, c.confirmed, err = storage.CmpAndSwap(p.store, crlStateTable, slot.fpKey, prev.fp, []byte(c.etag))
 	if err != nil || !c.confirmed {
 		p.log.Warn("CRL fingerprint not updated; replicas read the whole CRL until the next one", "row", string(slot.key), "error", err)
 	}

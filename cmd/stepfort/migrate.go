@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -326,46 +327,69 @@ func readerOptions(c *cli.Context) (adcs.Options, error) {
 	return o, nil
 }
 
-func importADCS(c *cli.Context) error {
+// legacyTarget is what `migrate adcs import` and `check` work on: the
+// legacy issuer --issuer of the ca.json --config, its certificate, and the
+// database opened directly (openLegacyStore).
+type legacyTarget struct {
+	config, name string
+	cert         *x509.Certificate
+	store        *legacy.Store
+	close        func()
+}
+
+// openLegacyTarget reads --config and --issuer, requires at least one
+// argument (files names them in the error), then finds the issuer in
+// ca.json, reads its certificate and opens the database. The caller
+// closes it.
+func openLegacyTarget(c *cli.Context, files string) (*legacyTarget, error) {
 	cfg, err := requireFlag(c, "config")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	name, err := requireFlag(c, "issuer")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if c.NArg() == 0 {
-		return errors.New("expected one or more FILEs (certutil exports and CRLs)")
+		return nil, errors.New("expected one or more " + files)
 	}
+	ic, err := issuerOf(cfg, name)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := legacy.ReadCertificate(ic.Certificate)
+	if err != nil {
+		return nil, err
+	}
+	store, closeDB, err := openLegacyStore(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &legacyTarget{config: cfg, name: name, cert: cert, store: store, close: closeDB}, nil
+}
+
+func importADCS(c *cli.Context) error {
+	// The reader's flags first: a usage error before anything is opened.
 	ro, err := readerOptions(c)
 	if err != nil {
 		return err
 	}
-	ic, err := issuerOf(cfg, name)
+	lt, err := openLegacyTarget(c, "FILEs (certutil exports and CRLs)")
 	if err != nil {
 		return err
 	}
-	cert, err := legacy.ReadCertificate(ic.Certificate)
-	if err != nil {
-		return err
-	}
-	store, closeDB, err := openLegacyStore(cfg)
-	if err != nil {
-		return err
-	}
-	defer closeDB()
+	defer lt.close()
 	var auditor plugins.Auditor
 	if !c.Bool("dry-run") {
-		a, closeTrail, err := importAudit(cfg, store.DB())
+		a, closeTrail, err := importAudit(lt.config, lt.store.DB())
 		if err != nil {
 			return err
 		}
 		defer closeTrail()
 		auditor = a
 	}
-	rep, err := store.Import(c.Args(), legacy.ImportOptions{
-		Issuer: name, IssuerCert: cert, Reader: ro, DryRun: c.Bool("dry-run"),
+	rep, err := lt.store.Import(c.Args(), legacy.ImportOptions{
+		Issuer: lt.name, IssuerCert: lt.cert, Reader: ro, DryRun: c.Bool("dry-run"),
 		AllowPartial: c.Bool("allow-partial"), Verbose: c.Bool("verbose"), BatchSize: c.Int("batch-size"), Log: os.Stdout,
 		Audit: auditor, Actor: commandActor(),
 	})
@@ -400,31 +424,12 @@ func migrateCheckCommand() cli.Command {
 		UsageText: "stepfort migrate adcs check --config ca.json --issuer NAME CRLFILE...",
 		Flags:     []cli.Flag{configFlag, cli.StringFlag{Name: "issuer", Usage: "legacy issuer name"}},
 		Action: func(c *cli.Context) error {
-			cfg, err := requireFlag(c, "config")
+			lt, err := openLegacyTarget(c, "CRL files")
 			if err != nil {
 				return err
 			}
-			name, err := requireFlag(c, "issuer")
-			if err != nil {
-				return err
-			}
-			if c.NArg() == 0 {
-				return errors.New("expected one or more CRL files")
-			}
-			ic, err := issuerOf(cfg, name)
-			if err != nil {
-				return err
-			}
-			cert, err := legacy.ReadCertificate(ic.Certificate)
-			if err != nil {
-				return err
-			}
-			store, closeDB, err := openLegacyStore(cfg)
-			if err != nil {
-				return err
-			}
-			defer closeDB()
-			rep, err := store.Check(name, cert, c.Args())
+			defer lt.close()
+			rep, err := lt.store.Check(lt.name, lt.cert, c.Args())
 			if err != nil {
 				return err
 			}

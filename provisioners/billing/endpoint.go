@@ -1,14 +1,10 @@
 package billing
 
 import (
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base32"
-	"net"
-	"sort"
-	"strings"
 	"time"
 
+	"github.com/stepfort/stepfort/internal/endpoint"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -190,65 +186,22 @@ func (c *CertRecord) Status(now time.Time) string {
 	}
 }
 
-// SubjectKey normalises a certificate's subject for grouping: the common
-// name and every SAN (DNS, IP, email, URI), lower-cased, deduplicated and
-// sorted, joined by ",". Order and capitalization are ignored, and a name in
-// both the CN and a SAN counts once.
-func SubjectKey(c *x509.Certificate) string {
-	names := []string{c.Subject.CommonName}
-	names = append(names, c.DNSNames...)
-	names = append(names, c.EmailAddresses...)
-	for _, ip := range c.IPAddresses {
-		names = append(names, ip.String())
-	}
-	for _, u := range c.URIs {
-		names = append(names, u.String())
-	}
-	return normalizeNames(names)
-}
+// The Endpoint rule itself (subject key, Endpoint IDs) is internal/endpoint,
+// which the certificate index runs too, so both give a certificate the same
+// Endpoint. The names below are what billing's store, rebuild and report
+// call; they hold no logic.
 
-func normalizeNames(names []string) string {
-	set := map[string]bool{}
-	for _, n := range names {
-		n = strings.ToLower(strings.TrimSpace(n))
-		if n == "" {
-			continue
-		}
-		if ip := net.ParseIP(n); ip != nil {
-			n = ip.String()
-		}
-		set[n] = true
-	}
-	out := make([]string, 0, len(set))
-	for n := range set {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return strings.Join(out, ",")
-}
-
-var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
-
-// endpointID derives an Endpoint ID from what identifies it, so every
-// replica that handles the same event computes the same ID: that is what
-// makes redelivery and concurrent delivery converge on one Endpoint.
-func endpointID(parts ...string) string {
-	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
-	return "ep_" + strings.ToLower(idEncoding.EncodeToString(h[:15]))
-}
+// SubjectKey normalises a certificate's subject for grouping
+// (endpoint.SubjectKey): CN and SANs, order and case ignored.
+func SubjectKey(c *x509.Certificate) string { return endpoint.SubjectKey(c) }
 
 // lineageEndpointID is the Endpoint started by a /sign certificate.
-func lineageEndpointID(serial string) string { return endpointID("lineage", serial) }
+func lineageEndpointID(serial string) string { return endpoint.LineageID(serial) }
 
 // subjectEndpointID is the Endpoint of a subject under one provisioner.
 func subjectEndpointID(prov plugins.ProvisionerRef, subjectKey string) string {
-	return endpointID("subject", provisionerKey(prov), subjectKey)
+	return endpoint.SubjectID(prov, subjectKey)
 }
 
 // provisionerKey identifies a provisioner: its ID, else its type and name.
-func provisionerKey(p plugins.ProvisionerRef) string {
-	if p.ID != "" {
-		return p.ID
-	}
-	return strings.ToUpper(p.Type) + "/" + p.Name
-}
+func provisionerKey(p plugins.ProvisionerRef) string { return endpoint.ProvisionerKey(p) }

@@ -13,29 +13,7 @@ import (
 
 const day = 24 * time.Hour
 
-func TestSubjectKey(t *testing.T) {
-	tests := []struct {
-		name string
-		a, b []string
-		same bool
-	}{
-		{"SAN order and case", []string{"a.example", "a.example", "B.example"}, []string{"b.example", "b.example", "A.example"}, true},
-		{"CN repeated as SAN counts once", []string{"x.example", "x.example"}, []string{"X.EXAMPLE"}, true},
-		{"IP, email and URI", []string{"d", "10.0.0.1", "Me@Example.com", "spiffe://example/d"}, []string{"D", "spiffe://EXAMPLE/d", "me@example.com", "10.0.0.1"}, true},
-		{"different SAN", []string{"a.example", "b.example"}, []string{"a.example", "c.example"}, false},
-		{"subset is different", []string{"a.example", "b.example"}, []string{"a.example"}, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ca, _ := newCert(t, t0, day, tt.a...)
-			cb, _ := newCert(t, t0, day, tt.b...)
-			ka, kb := SubjectKey(ca), SubjectKey(cb)
-			if (ka == kb) != tt.same {
-				t.Fatalf("SubjectKey %q vs %q: same=%v, want %v", ka, kb, ka == kb, tt.same)
-			}
-		})
-	}
-}
+// The subject key and Endpoint IDs are tested in internal/endpoint.
 
 // TestGroupingRules covers which certificates share an Endpoint.
 func TestGroupingRules(t *testing.T) {

@@ -1,19 +1,16 @@
 package certindex
 
 import (
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base32"
 	"errors"
 	"fmt"
-	"net"
-	"sort"
 	"strings"
 
 	"github.com/smallstep/certificates/authority"
 	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
 
+	"github.com/stepfort/stepfort/internal/endpoint"
 	"github.com/stepfort/stepfort/internal/provfields"
 	"github.com/stepfort/stepfort/plugins"
 )
@@ -21,57 +18,12 @@ import (
 // The Endpoint of a certificate is computed with billing's published rule
 // (docs/billing.md, "The rules"), not read from the billing plugin: the
 // index does not depend on billing being enabled, and billing's tables stay
-// its own. The rule is deterministic by design (every billing replica must
-// compute the same ID), so the same inputs give billing's ID.
-// TestEndpointMatchesBilling holds the two implementations together.
+// its own. The subject key and the IDs are internal/endpoint, the code
+// billing runs, so the same certificate gets billing's ID.
+// TestEndpointMatchesBilling holds the two plugins' use of it together.
 
-var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
-
-func endpointID(parts ...string) string {
-	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
-	return "ep_" + strings.ToLower(idEncoding.EncodeToString(h[:15]))
-}
-
-func lineageEndpointID(serial string) string { return endpointID("lineage", serial) }
-
-func subjectEndpointID(prov plugins.ProvisionerRef, subjectKey string) string {
-	key := prov.ID
-	if key == "" {
-		key = strings.ToUpper(prov.Type) + "/" + prov.Name
-	}
-	return endpointID("subject", key, subjectKey)
-}
-
-// subjectKey is billing's normalised subject: CN and SANs, lower-cased,
-// trimmed, IPs canonical, deduplicated, sorted, joined by ",".
-func subjectKey(c *x509.Certificate) string {
-	names := []string{c.Subject.CommonName}
-	names = append(names, c.DNSNames...)
-	names = append(names, c.EmailAddresses...)
-	for _, ip := range c.IPAddresses {
-		names = append(names, ip.String())
-	}
-	for _, u := range c.URIs {
-		names = append(names, u.String())
-	}
-	set := map[string]bool{}
-	for _, n := range names {
-		n = strings.ToLower(strings.TrimSpace(n))
-		if n == "" {
-			continue
-		}
-		if ip := net.ParseIP(n); ip != nil {
-			n = ip.String()
-		}
-		set[n] = true
-	}
-	out := make([]string, 0, len(set))
-	for n := range set {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return strings.Join(out, ",")
-}
+// lineageEndpointID is the Endpoint started by a /sign certificate.
+func lineageEndpointID(serial string) string { return endpoint.LineageID(serial) }
 
 // neverRenews: flows that re-enrol instead of renewing are grouped by
 // subject whatever their claims.
@@ -138,8 +90,8 @@ func signEndpoint(g grouping, cert *x509.Certificate, ref plugins.ProvisionerRef
 	if err != nil {
 		return "", err
 	}
-	if key := subjectKey(cert); subject && key != "" {
-		return subjectEndpointID(ref, key), nil
+	if key := endpoint.SubjectKey(cert); subject && key != "" {
+		return endpoint.SubjectID(ref, key), nil
 	}
 	return lineageEndpointID(cert.SerialNumber.String()), nil
 }
