@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -99,39 +100,30 @@ func tokensCommand() cli.Command {
 			{
 				Name:      "list",
 				Usage:     "list tokens (never their secrets)",
-				UsageText: "stepfort tokens list",
-				Flags:     adminFlags(),
+				UsageText: "stepfort tokens list [--status active|expired|revoked]",
+				Flags: adminFlags(
+					cli.StringFlag{Name: "status", Usage: "only tokens of this status: active, expired or revoked"},
+				),
 				Action: func(c *cli.Context) error {
+					status := c.String("status")
+					if err := (admin.TokenQuery{Status: status}).Validate(); err != nil {
+						return fmt.Errorf("--%w", err)
+					}
 					cl, err := adminClient(c)
 					if err != nil {
 						return err
 					}
-					var out struct {
-						Tokens []*admin.Token `json:"tokens"`
-					}
-					if err := cl.Do("GET", "/tokens", nil, &out); err != nil {
+					// Every page, newest first: the output of the unpaged API.
+					tokens, err := cl.ListTokens(status)
+					if err != nil {
 						return err
 					}
 					if c.Bool("json") {
-						return printJSON(out)
+						return printJSON(struct {
+							Tokens []*admin.Token `json:"tokens"`
+						}{tokens})
 					}
-					w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(w, "ID\tNAME\tSCOPES\tCREATED\tEXPIRES\tSTATUS")
-					now := time.Now()
-					for _, t := range out.Tokens {
-						exp, status := "never", "active"
-						if t.ExpiresAt != nil {
-							exp = t.ExpiresAt.Format(time.RFC3339)
-						}
-						switch {
-						case t.RevokedAt != nil:
-							status = "revoked"
-						case !t.Active(now):
-							status = "expired"
-						}
-						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, strings.Join(t.Scopes, ","), t.CreatedAt.Format(time.RFC3339), exp, status)
-					}
-					return w.Flush()
+					return printTokens(os.Stdout, tokens, time.Now())
 				},
 			},
 			{
@@ -160,4 +152,18 @@ func tokensCommand() cli.Command {
 			},
 		},
 	}
+}
+
+// printTokens writes the table of stepfort tokens list.
+func printTokens(out io.Writer, tokens []*admin.Token, now time.Time) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "ID\tNAME\tSCOPES\tCREATED\tEXPIRES\tSTATUS")
+	for _, t := range tokens {
+		exp := "never"
+		if t.ExpiresAt != nil {
+			exp = t.ExpiresAt.Format(time.RFC3339)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, strings.Join(t.Scopes, ","), t.CreatedAt.Format(time.RFC3339), exp, t.Status(now))
+	}
+	return w.Flush()
 }

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -243,13 +245,42 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, call
 	WriteError(w, status, "%v", err)
 }
 
-func (s *Server) listTokens(w http.ResponseWriter, _ *http.Request) {
-	ts, err := s.Tokens.List()
+// TokenList is the answer of GET /api/v1/tokens: one page, and the cursor
+// of the next page when there is one.
+type TokenList struct {
+	Tokens     []*Token `json:"tokens"`
+	NextCursor string   `json:"nextCursor,omitempty"`
+}
+
+// listTokens answers one page (limit, cursor, status). Without a limit
+// it is the first DefaultPageSize tokens, not all: clients follow
+// nextCursor.
+func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) {
+	q, err := tokenQuery(r.URL.Query())
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	ts, next, err := s.Tokens.Page(q)
 	if err != nil {
 		WriteError(w, http.StatusServiceUnavailable, "list tokens: %v", err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, map[string]any{"tokens": ts})
+	WriteJSON(w, http.StatusOK, TokenList{Tokens: ts, NextCursor: next})
+}
+
+// tokenQuery reads and checks a token listing's query parameters.
+func tokenQuery(v url.Values) (TokenQuery, error) {
+	q := TokenQuery{Status: v.Get("status"), Cursor: v.Get("cursor")}
+	// An empty parameter is an absent one, as on the other listings.
+	if l := v.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > MaxPageSize {
+			return q, fmt.Errorf("limit: must be an integer from 1 to %d", MaxPageSize)
+		}
+		q.Limit = n
+	}
+	return q, q.Validate()
 }
 
 // revokeToken revokes a token whose every scope the caller holds: a

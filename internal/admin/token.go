@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 	"unicode"
@@ -247,22 +246,166 @@ func (s *TokenStore) Revoke(id string) (*Token, error) {
 	}
 }
 
-// List returns every token, newest first, without hashes.
-func (s *TokenStore) List() ([]*Token, error) {
-	entries, err := s.db.List(TokensTable)
-	if err != nil && !database.IsErrNotFound(err) {
-		return nil, err
+// Token statuses, as listings show and filter them.
+const (
+	StatusActive  = "active"
+	StatusExpired = "expired"
+	StatusRevoked = "revoked"
+)
+
+// Status is StatusRevoked, StatusExpired or StatusActive at time now.
+func (t *Token) Status(now time.Time) string {
+	switch {
+	case t.RevokedAt != nil:
+		return StatusRevoked
+	case !t.Active(now):
+		return StatusExpired
 	}
-	out := make([]*Token, 0, len(entries))
-	for _, e := range entries {
-		var t Token
-		if err := json.Unmarshal(e.Value, &t); err != nil {
-			continue
+	return StatusActive
+}
+
+// Page sizes of a token listing.
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+// TokenQuery selects one page of a token listing.
+type TokenQuery struct {
+	// Status keeps only tokens of this status ("": all).
+	Status string
+	// Cursor is the previous page's next cursor ("": the first page). It
+	// is opaque to clients; today it is the last token ID of that page.
+	Cursor string
+	// Limit is the page size, 1..MaxPageSize (0: DefaultPageSize).
+	Limit int
+}
+
+// Validate checks a query; errors start with the field's name.
+func (q TokenQuery) Validate() error {
+	switch q.Status {
+	case "", StatusActive, StatusExpired, StatusRevoked:
+	default:
+		return fmt.Errorf("status: must be %s, %s or %s", StatusActive, StatusExpired, StatusRevoked)
+	}
+	if q.Limit < 0 || q.Limit > MaxPageSize {
+		return fmt.Errorf("limit: must be from 1 to %d, got %d", MaxPageSize, q.Limit)
+	}
+	if q.Cursor != "" && !validID(q.Cursor) {
+		return errors.New("cursor: not a cursor of this listing (pass nextCursor of the previous page as is)")
+	}
+	return nil
+}
+
+// validID reports whether id has the form of a token ID: 16 lower-case
+// hex digits.
+func validID(id string) bool {
+	if len(id) != 16 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
 		}
-		out = append(out, t.public())
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.After(out[j].CreatedAt) })
-	return out, nil
+	return true
+}
+
+// errPageFull stops a listing's scan once a page and one more token are
+// found.
+var errPageFull = errors.New("page full")
+
+// Page returns one page of tokens, without hashes, in token ID order (the
+// table's key order), and the cursor of the next page ("" at the end).
+//
+// The key order lets a page read only its own rows: the scan starts after
+// the cursor (storage.ForEachPageMatch), so memory and work are bounded by
+// the page, not the table. Token IDs are random, so the order is stable but
+// unrelated to creation time. A token created while a client walks the
+// pages appears once if its ID sorts after the client's cursor, not at all
+// otherwise; no token appears twice and none that existed throughout is
+// skipped.
+func (s *TokenStore) Page(q TokenQuery) ([]*Token, string, error) {
+	if err := q.Validate(); err != nil {
+		return nil, "", err
+	}
+	if q.Limit == 0 {
+		q.Limit = DefaultPageSize
+	}
+	var after []byte
+	if q.Cursor != "" {
+		after = []byte(q.Cursor)
+	}
+	var m storage.Match
+	if q.Status == StatusRevoked {
+		// Only revoked tokens store a revokedAt (omitempty): the store
+		// skips the others without decoding them.
+		m.Contains = [][]byte{[]byte(`"revokedAt":`)}
+	}
+	now := s.now()
+	out := make([]*Token, 0, min(q.Limit, 64))
+	next := ""
+	// A page needs Limit tokens and one more to know there is a next page;
+	// a status filter that skips rows costs more rounds.
+	chunk := q.Limit + 1
+	for {
+		more, err := storage.ForEachPageMatch(s.db, TokensTable, after, chunk, m, func(k, v []byte) error {
+			var t Token
+			if err := json.Unmarshal(v, &t); err != nil {
+				return nil // an undecodable row is not listed, as before paging
+			}
+			if q.Status != "" && t.Status(now) != q.Status {
+				return nil
+			}
+			if len(out) == q.Limit {
+				next = out[len(out)-1].ID
+				return errPageFull
+			}
+			out = append(out, t.public())
+			return nil
+		})
+		switch {
+		case errors.Is(err, errPageFull):
+			return out, next, nil
+		case err != nil:
+			return nil, "", fmt.Errorf("list tokens: %w", err)
+		case more == nil:
+			return out, "", nil
+		}
+		after, chunk = more, min(4*chunk, 5000)
+	}
+}
+
+// List returns every token, newest first, without hashes. It holds them
+// all in memory: it is for in-process callers that need the whole set
+// (tests, bootstrap); the API pages with Page.
+func (s *TokenStore) List() ([]*Token, error) {
+	var all []*Token
+	q := TokenQuery{Limit: MaxPageSize}
+	for {
+		page, next, err := s.Page(q)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		if next == "" {
+			break
+		}
+		q.Cursor = next
+	}
+	SortNewestFirst(all)
+	return all, nil
+}
+
+// SortNewestFirst orders tokens by creation time, newest first, then by
+// ID: the order listings had before they were paged.
+func SortNewestFirst(ts []*Token) {
+	slices.SortStableFunc(ts, func(a, b *Token) int {
+		if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
 }
 
 func (s *TokenStore) get(id string) (*Token, error) {

@@ -3,6 +3,7 @@ package ui
 import (
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,14 +38,31 @@ type tokensPage struct {
 		Secret string    `json:"secret"`
 	}
 	Self string
+	// Status filters the list ("": all); NextCursor continues it ("" on
+	// the last page).
+	Status     string
+	NextCursor string
+	FirstPage  bool
 }
 
+// tokensData reads one page of tokens (pageSize, in the API's token ID
+// order) from the cursor and status in r's query.
 func (s *Server) tokensData(r *http.Request) (*tokensPage, result) {
-	var list struct {
-		Tokens []tokenView `json:"tokens"`
+	q := r.URL.Query()
+	d := &tokensPage{Now: s.opts.Now(), Self: sessionOf(r).tokenID, Status: q.Get("status"), FirstPage: q.Get("cursor") == ""}
+	v := url.Values{"limit": {strconv.Itoa(pageSize)}}
+	for k, val := range map[string]string{"status": d.Status, "cursor": q.Get("cursor")} {
+		if val != "" {
+			v.Set(k, val)
+		}
 	}
-	res := s.call(r, http.MethodGet, "/api/v1/tokens", nil, &list)
-	return &tokensPage{Tokens: list.Tokens, Now: s.opts.Now(), Self: sessionOf(r).tokenID}, res
+	var list struct {
+		Tokens     []tokenView `json:"tokens"`
+		NextCursor string      `json:"nextCursor"`
+	}
+	res := s.call(r, http.MethodGet, "/api/v1/tokens?"+v.Encode(), nil, &list)
+	d.Tokens, d.NextCursor = list.Tokens, list.NextCursor
+	return d, res
 }
 
 func (s *Server) tokens(w http.ResponseWriter, r *http.Request) {
