@@ -79,6 +79,7 @@ type Server struct {
 	pages    map[string]*template.Template
 	static   *staticFiles
 	handler  http.Handler
+	counts   countCache
 }
 
 // New builds the dashboard.
@@ -159,7 +160,7 @@ func (s *Server) routes() http.Handler {
 		s.opts.Log.Warn("ui: cross-origin request refused", "path", r.URL.Path, "origin", r.Header.Get("Origin"), "remote", r.RemoteAddr)
 		http.Error(w, "cross-origin request refused", http.StatusForbidden)
 	}))
-	return cop.Handler(bodyLimit(maxFormBody)(r))
+	return cop.Handler(bodyLimit(maxFormBody)(s.counts.forgetAfterPost(r)))
 }
 
 // securityHeaders are on every dashboard response.

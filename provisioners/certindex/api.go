@@ -27,6 +27,7 @@ func (p *Plugin) AdminRoutes() []plugins.AdminRoute {
 	return []plugins.AdminRoute{
 		{Method: http.MethodGet, Pattern: "/certificates", Scope: ScopeRead, Handler: p.list},
 		{Method: http.MethodGet, Pattern: "/certificates/export", Scope: ScopeRead, Handler: p.export},
+		{Method: http.MethodGet, Pattern: "/certificates/count", Scope: ScopeRead, Handler: p.count},
 		{Method: http.MethodGet, Pattern: "/certificates/{serial}", Scope: ScopeRead, Handler: p.show},
 		{Method: http.MethodPost, Pattern: "/certificates/revoke", Scope: ScopeWrite, Handler: p.revoke},
 		{Method: http.MethodPost, Pattern: "/certificates/reindex", Scope: ScopeWrite, Handler: p.reindex},
@@ -52,6 +53,37 @@ func (p *Plugin) list(w http.ResponseWriter, r *http.Request) {
 		page.NextCursor = next.Encode()
 	}
 	admin.WriteJSON(w, http.StatusOK, page)
+}
+
+// CountResult is the answer of GET /certificates/count.
+type CountResult struct {
+	Count int       `json:"count"`
+	At    time.Time `json:"at"` // the time the statuses were computed for
+}
+
+// count answers GET /certificates/count: the number of certificates the
+// same filter parameters as GET /certificates select (paging parameters
+// are refused, so a mistyped URL is not a silent count of everything).
+func (p *Plugin) count(w http.ResponseWriter, r *http.Request) {
+	v := r.URL.Query()
+	for _, k := range []string{"limit", "cursor", "sort", "order"} {
+		if v.Has(k) {
+			admin.WriteError(w, http.StatusBadRequest, "%s: not a parameter of /certificates/count", k)
+			return
+		}
+	}
+	f, err := ParseFilter(v)
+	if err != nil {
+		admin.WriteError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	now := p.host.Now()
+	n, err := p.store.Count(&f, now)
+	if err != nil {
+		p.fail(w, "count certificates", err)
+		return
+	}
+	admin.WriteJSON(w, http.StatusOK, CountResult{Count: n, At: now.UTC()})
 }
 
 func (p *Plugin) fail(w http.ResponseWriter, what string, err error) {

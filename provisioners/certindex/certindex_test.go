@@ -98,7 +98,7 @@ func (f *fixture) population(n int, rnd *rand.Rand) []*Record {
 		}
 		out = append(out, ev)
 		if i%10 == 0 {
-			out = append(out, f.revokeEvent(ev, 1, t0))
+			out = append(out, f.revokeEvent(ev, 1, t0.Add(time.Duration(i/10)*time.Hour)))
 		}
 	}
 	rnd.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
@@ -124,7 +124,10 @@ func oracle(recs []*Record, fl Filter, now time.Time) []string {
 		if len(fl.Serials) > 0 && !slices.Contains(fl.Serials, r.Serial) || fl.Provisioner != "" && r.Provisioner.Name != fl.Provisioner ||
 			fl.Status != "" && r.Status(now) != fl.Status || fl.Device != "" && r.Device != fl.Device ||
 			fl.Endpoint != "" && r.Endpoint != fl.Endpoint ||
-			fl.ExpiresBefore != nil && !r.NotAfter.Before(*fl.ExpiresBefore) || fl.ExpiresAfter != nil && !r.NotAfter.After(*fl.ExpiresAfter) {
+			fl.ExpiresBefore != nil && !r.NotAfter.Before(*fl.ExpiresBefore) || fl.ExpiresAfter != nil && !r.NotAfter.After(*fl.ExpiresAfter) ||
+			(fl.RevokedSince != nil || fl.RevokedBefore != nil) && r.Revocation == nil ||
+			fl.RevokedSince != nil && r.Revocation.RevokedAt.Unix() < fl.RevokedSince.Unix() ||
+			fl.RevokedBefore != nil && r.Revocation.RevokedAt.Unix() >= fl.RevokedBefore.Unix() {
 			continue
 		}
 		out = append(out, r.Serial)
@@ -148,15 +151,19 @@ func TestFiltersAgreeWithOracle(t *testing.T) {
 				{"provisioner": {"acme"}}, {"status": {"active"}}, {"status": {"expired"}}, {"status": {"revoked"}},
 				{"expiresBefore": {t0.Add(12 * time.Hour).Format(time.RFC3339)}}, {"expiresAfter": {t0.Format(time.RFC3339)}},
 				{"device": {"dev-6"}}, {"endpoint": {recs[7].Endpoint}},
+				{"revokedSince": {t0.Add(3 * time.Hour).Format(time.RFC3339)}}, {"revokedBefore": {t0.Add(5 * time.Hour).Format(time.RFC3339)}},
+				{"revokedSince": {t0.Add(2 * time.Hour).Format(time.RFC3339)}, "revokedBefore": {t0.Add(7 * time.Hour).Format(time.RFC3339)}, "q": {"dept"}},
 				{"q": {"example.net"}, "provisioner": {"admin"}, "status": {"active"}, "expiresAfter": {t0.Add(-time.Hour).Format(time.RFC3339)}},
 			}
-			for _, probe := range []int{20000, 3} { // the ordered walk, and the fallback scan
-				probeRows, sqlProbeRows = probe, probe
+			// The ordered walk, its sample step then the walk, and the
+			// fallback scan.
+			for _, walk := range []struct{ probe, sample int }{{20000, 20000}, {40, 8}, {3, 3}} {
+				probeRows, sqlProbeRows, sqlSampleRows = walk.probe, walk.probe, walk.sample
 				for _, v := range cases {
 					f.checkCase(recs, v)
 				}
 			}
-			probeRows, sqlProbeRows = 20000, 10000
+			probeRows, sqlProbeRows, sqlSampleRows = 20000, 10000, 1000
 		})
 	}
 }

@@ -46,6 +46,7 @@ type memStore struct {
 type entry struct {
 	serial, text, prov, device, endpoint string
 	notBefore, notAfter                  int64
+	revokedAt                            int64 // Unix seconds; set when revoked
 	revoked                              bool
 }
 
@@ -149,6 +150,9 @@ type indexed struct {
 func newIndexed(r *Record) indexed {
 	e := entry{serial: r.Serial, text: r.searchText(), prov: r.Provisioner.Name,
 		device: r.Device, endpoint: r.Endpoint, revoked: r.Revocation != nil}
+	if r.Revocation != nil {
+		e.revokedAt = r.Revocation.RevokedAt.Unix()
+	}
 	if r.HasCertificate() {
 		e.notBefore, e.notAfter = r.NotBefore.Unix(), r.NotAfter.Unix()
 	}
@@ -332,6 +336,10 @@ func (f *Filter) matches(e *entry, now int64) bool {
 		}
 	}
 	if f.ExpiresBefore != nil && e.notAfter >= f.ExpiresBefore.Unix() || f.ExpiresAfter != nil && e.notAfter <= f.ExpiresAfter.Unix() {
+		return false
+	}
+	if (f.RevokedSince != nil || f.RevokedBefore != nil) && !e.revoked ||
+		f.RevokedSince != nil && e.revokedAt < f.RevokedSince.Unix() || f.RevokedBefore != nil && e.revokedAt >= f.RevokedBefore.Unix() {
 		return false
 	}
 	if len(f.Serials) > 0 && !slices.Contains(f.Serials, e.serial) {

@@ -37,6 +37,10 @@ type Filter struct {
 	// ExpiresBefore keeps notAfter < t; ExpiresAfter keeps notAfter > t.
 	ExpiresBefore *time.Time `json:"expiresBefore,omitempty"`
 	ExpiresAfter  *time.Time `json:"expiresAfter,omitempty"`
+	// RevokedSince keeps certificates revoked at or after t; RevokedBefore
+	// those revoked before t. Either one keeps revoked certificates only.
+	RevokedSince  *time.Time `json:"revokedSince,omitempty"`
+	RevokedBefore *time.Time `json:"revokedBefore,omitempty"`
 	Device        string     `json:"device,omitempty"`
 	Endpoint      string     `json:"endpoint,omitempty"`
 	// notRevoked is set by revoke-by-filter: certificates already revoked
@@ -47,7 +51,8 @@ type Filter struct {
 // Empty reports whether the filter selects every certificate.
 func (f *Filter) Empty() bool {
 	return f.Q == "" && len(f.Serials) == 0 && f.Provisioner == "" && f.Status == "" &&
-		f.ExpiresBefore == nil && f.ExpiresAfter == nil && f.Device == "" && f.Endpoint == ""
+		f.ExpiresBefore == nil && f.ExpiresAfter == nil && f.RevokedSince == nil && f.RevokedBefore == nil &&
+		f.Device == "" && f.Endpoint == ""
 }
 
 // Query is one page request.
@@ -135,7 +140,9 @@ func ParseFilter(v url.Values) (Filter, error) {
 	default:
 		return f, fmt.Errorf("status: must be %s, %s or %s, got %q", StatusActive, StatusExpired, StatusRevoked, f.Status)
 	}
-	for name, dst := range map[string]**time.Time{"expiresBefore": &f.ExpiresBefore, "expiresAfter": &f.ExpiresAfter} {
+	times := map[string]**time.Time{"expiresBefore": &f.ExpiresBefore, "expiresAfter": &f.ExpiresAfter,
+		"revokedSince": &f.RevokedSince, "revokedBefore": &f.RevokedBefore}
+	for name, dst := range times {
 		s := v.Get(name)
 		if s == "" {
 			continue

@@ -40,6 +40,13 @@ var schema = []string{
 	`CREATE INDEX IF NOT EXISTS stepfort_certindex_status ON stepfort_certindex (status, not_after, serial)`,
 	`CREATE INDEX IF NOT EXISTS stepfort_certindex_device ON stepfort_certindex (device) WHERE device <> ''`,
 	`CREATE INDEX IF NOT EXISTS stepfort_certindex_endpoint ON stepfort_certindex (endpoint) WHERE endpoint <> ''`,
+	// revoked_at came later (the dashboard's "revoked this month"): added
+	// to older tables and filled from the stored record, once.
+	`ALTER TABLE stepfort_certindex ADD COLUMN IF NOT EXISTS revoked_at BIGINT NOT NULL DEFAULT 0`,
+	`UPDATE stepfort_certindex SET revoked_at = floor(extract(epoch FROM
+		(convert_from(doc, 'UTF8')::jsonb #>> '{revocation,revokedAt}')::timestamptz))::bigint
+		WHERE status = 'revoked' AND revoked_at = 0`,
+	`CREATE INDEX IF NOT EXISTS stepfort_certindex_revoked_at ON stepfort_certindex (revoked_at) WHERE status = 'revoked'`,
 }
 
 // trigram needs the pg_trgm extension (contrib, in Debian's
@@ -183,7 +190,7 @@ func (s *sqlStore) put(recs []*Record) ([]*Record, error) {
 // columns are the arrays of a batch, in the order of the table.
 type columns struct {
 	serial, hex, search, prov, status, device, endpoint []string
-	notBefore, notAfter                                 []int64
+	notBefore, notAfter, revokedAt                      []int64
 	doc                                                 [][]byte
 }
 
@@ -194,13 +201,13 @@ func toColumns(recs []*Record) (*columns, error) {
 		if err != nil {
 			return nil, err
 		}
-		var nb, na int64
+		var nb, na, ra int64
 		if r.HasCertificate() {
 			nb, na = r.NotBefore.Unix(), r.NotAfter.Unix()
 		}
 		status := "valid"
 		if r.Revocation != nil {
-			status = StatusRevoked
+			status, ra = StatusRevoked, r.Revocation.RevokedAt.Unix()
 		}
 		c.serial = append(c.serial, r.Serial)
 		c.hex = append(c.hex, r.SerialHex)
@@ -211,17 +218,18 @@ func toColumns(recs []*Record) (*columns, error) {
 		c.endpoint = append(c.endpoint, r.Endpoint)
 		c.notBefore = append(c.notBefore, nb)
 		c.notAfter = append(c.notAfter, na)
+		c.revokedAt = append(c.revokedAt, ra)
 		c.doc = append(c.doc, b)
 	}
 	return c, nil
 }
 
 func (c *columns) args() []any {
-	return []any{c.serial, c.hex, c.search, c.prov, c.notBefore, c.notAfter, c.status, c.device, c.endpoint, c.doc}
+	return []any{c.serial, c.hex, c.search, c.prov, c.notBefore, c.notAfter, c.status, c.device, c.endpoint, c.doc, c.revokedAt}
 }
 
-const unnest = `SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bytea[])
-	AS u(serial, serial_hex, search, provisioner, not_before, not_after, status, device, endpoint, doc)`
+const unnest = `SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bytea[], $11::bigint[])
+	AS u(serial, serial_hex, search, provisioner, not_before, not_after, status, device, endpoint, doc, revoked_at)`
 
 // write updates rows that exist (and are locked by this transaction).
 func (s *sqlStore) write(ctx context.Context, tx *sql.Tx, recs []*Record) error {
@@ -234,7 +242,7 @@ func (s *sqlStore) write(ctx context.Context, tx *sql.Tx, recs []*Record) error 
 	}
 	_, err = tx.ExecContext(ctx, `UPDATE stepfort_certindex t SET serial_hex = u.serial_hex, search = u.search,
 		provisioner = u.provisioner, not_before = u.not_before, not_after = u.not_after, status = u.status,
-		device = u.device, endpoint = u.endpoint, doc = u.doc FROM (`+unnest+`) u WHERE t.serial = u.serial`, c.args()...)
+		device = u.device, endpoint = u.endpoint, doc = u.doc, revoked_at = u.revoked_at FROM (`+unnest+`) u WHERE t.serial = u.serial`, c.args()...)
 	if err != nil {
 		return fmt.Errorf("update %s: %w", Table, err)
 	}
@@ -252,7 +260,7 @@ func (s *sqlStore) insert(ctx context.Context, tx *sql.Tx, recs []*Record) (map[
 		return nil, err
 	}
 	rows, err := tx.QueryContext(ctx, `INSERT INTO stepfort_certindex (serial, serial_hex, search, provisioner, not_before,
-		not_after, status, device, endpoint, doc) `+unnest+` ON CONFLICT (serial) DO NOTHING RETURNING serial`, c.args()...)
+		not_after, status, device, endpoint, doc, revoked_at) `+unnest+` ON CONFLICT (serial) DO NOTHING RETURNING serial`, c.args()...)
 	if err != nil {
 		return nil, fmt.Errorf("insert into %s: %w", Table, err)
 	}
@@ -360,6 +368,15 @@ func (b *clause) filter(f *Filter, now time.Time) {
 	if f.ExpiresAfter != nil {
 		b.conds = append(b.conds, "not_after > "+b.arg(f.ExpiresAfter.Unix()))
 	}
+	if f.RevokedSince != nil || f.RevokedBefore != nil {
+		b.conds = append(b.conds, "status = 'revoked'")
+	}
+	if f.RevokedSince != nil {
+		b.conds = append(b.conds, "revoked_at >= "+b.arg(f.RevokedSince.Unix()))
+	}
+	if f.RevokedBefore != nil {
+		b.conds = append(b.conds, "revoked_at < "+b.arg(f.RevokedBefore.Unix()))
+	}
 }
 
 // after adds the cursor condition and returns the ORDER BY of q; the
@@ -402,18 +419,28 @@ func likeEscape(s string) string {
 	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
 }
 
-// sqlProbeRows bounds the ordered walk of a name query.
-var sqlProbeRows = 10000 // a variable for tests
+// sqlProbeRows bounds the ordered walk of a name query, and
+// sqlSampleRows is its first step, which estimates how common the name
+// is.
+var sqlProbeRows, sqlSampleRows = 10000, 1000 // variables for tests
 
 // List answers a query. Without a name filter the B-tree of the sort
 // order serves it directly. With one, the planner's choice between the
 // trigram index and the ordered B-tree rests on a selectivity estimate
 // that pg_trgm gets badly wrong for some patterns (an IP prefix made of
 // one- and two-digit words), and a wrong choice walks a million rows. So
-// the plan is fixed here: first the B-tree in order for at most 10,000
-// rows (a name most certificates share fills the page there), then, if
-// the page is not full, the trigram index with sequential scans off and
-// the sort done after it. Both steps are bounded by what they read.
+// the plan is fixed here, on a sample of our own:
+//
+//   - walk the B-tree in order for sqlSampleRows rows: a name most
+//     certificates share fills the page there;
+//   - if the sample's matches say the page fills within sqlProbeRows
+//     rows, walk that far;
+//   - otherwise (a rare name, where the walk would read its whole bound
+//     for nothing) ask the trigram index with sequential scans off and
+//     sort what it finds: few rows, since the name is rare.
+//
+// Every step is bounded by what it reads, and each answers the same rows
+// (TestFiltersAgreeWithOracle runs every case through each step).
 func (s *sqlStore) List(q *Query) ([]*Record, *Cursor, error) {
 	n := q.Limit + 1
 	var out []*Record
@@ -431,23 +458,40 @@ func (s *sqlStore) List(q *Query) ([]*Record, *Cursor, error) {
 		}
 		return page(q, out)
 	}
-	order := b.after(q, "")
-	inner := `SELECT doc, search, serial, not_after, not_before FROM stepfort_certindex WHERE ` + b.String() + order + ` LIMIT ` + b.arg(sqlProbeRows)
-	outer := clause{args: b.args}
-	outer.name(q.Q)
-	stmt := `SELECT doc FROM (` + inner + `) probe WHERE ` + outer.String() + order + ` LIMIT ` + outer.arg(n)
-	if err := s.query(s.db, stmt, outer.args, collect); err != nil {
+	probe := func(rows int) error {
+		out = out[:0]
+		var b clause
+		b.filter(&q.Filter, q.Now)
+		order := b.after(q, "")
+		inner := `SELECT doc, search, serial, not_after, not_before FROM stepfort_certindex WHERE ` + b.String() + order + ` LIMIT ` + b.arg(rows)
+		outer := clause{args: b.args}
+		outer.name(q.Q)
+		stmt := `SELECT doc FROM (` + inner + `) probe WHERE ` + outer.String() + order + ` LIMIT ` + outer.arg(n)
+		return s.query(s.db, stmt, outer.args, collect)
+	}
+	sample := min(sqlSampleRows, sqlProbeRows)
+	if err := probe(sample); err != nil {
 		return nil, nil, err
 	}
 	if len(out) == n {
 		return page(q, out)
 	}
+	// The sample read every row it could when it found fewer than n;
+	// at its rate the page needs n*sample/len(out) rows.
+	if len(out) > 0 && n*sample <= len(out)*sqlProbeRows {
+		if err := probe(sqlProbeRows); err != nil {
+			return nil, nil, err
+		}
+		if len(out) == n {
+			return page(q, out)
+		}
+	}
 	out = out[:0]
 	b = clause{}
 	b.filter(&q.Filter, q.Now)
 	b.name(q.Q)
-	order = b.after(q, "+0")
-	stmt = `SELECT doc FROM stepfort_certindex WHERE ` + b.String() + order + ` LIMIT ` + b.arg(n)
+	order := b.after(q, "+0")
+	stmt := `SELECT doc FROM stepfort_certindex WHERE ` + b.String() + order + ` LIMIT ` + b.arg(n)
 	err := s.inTx(func(tx *sql.Tx) error {
 		if _, err := tx.Exec(`SET LOCAL enable_seqscan = off`); err != nil {
 			return err

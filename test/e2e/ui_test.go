@@ -250,6 +250,19 @@ func TestUIDashboard(t *testing.T) {
 	if txt := b.text("#replicas"); !strings.Contains(txt, "(this replica)") || !strings.Contains(txt, "ok") {
 		t.Fatalf("overview replicas:\n%s", txt)
 	}
+	// Exact certificate counts, as GET /api/v1/certificates/count says;
+	// this month's revocations include the two made above.
+	now := time.Now().UTC()
+	monthStart := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC).Format(time.RFC3339)
+	for sel, query := range map[string]string{"#active": "status=active", "#revokedmonth": "revokedSince=" + monthStart} {
+		code, m := call(t, hc, "GET", c.URL+"/api/v1/certificates/count?"+query, admin, nil)
+		if code != http.StatusOK {
+			t.Fatalf("count %s: %d %v", query, code, m)
+		}
+		if got, want := b.text(sel), fmt.Sprint(m["count"]); got != want || sel == "#revokedmonth" && m["count"].(float64) < 2 {
+			t.Fatalf("overview %s = %q, API count %s", sel, got, want)
+		}
+	}
 	b.screenshot("overview")
 
 	// Read-only token: no revoke button, and a forged POST is refused.
