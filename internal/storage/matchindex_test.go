@@ -77,9 +77,15 @@ func TestEnsureMatchIndex(t *testing.T) {
 					}
 				}
 				m.Indexed = true
-				if got := collect(m, 7); !slices.Equal(got, want) {
-					t.Errorf("%q %q: indexed %v, want %v", m.Contains, m.Folded, got, want)
+				// The sample's choice of plan, then each plan forced: a
+				// walk in key order, and the trigram index.
+				for _, walkRows := range []int{10000, 1 << 30, 0} {
+					matchWalkRows = walkRows
+					if got := collect(m, 7); !slices.Equal(got, want) {
+						t.Errorf("%q %q (walk rows %d): indexed %v, want %v", m.Contains, m.Folded, walkRows, got, want)
+					}
 				}
+				matchWalkRows = 10000
 				if len(plain) == 0 && !slices.Contains([]string{"absent", "bc_def", "a_b"}, string(m.Folded)) {
 					t.Errorf("%q %q: no rows", m.Contains, m.Folded)
 				}

@@ -185,18 +185,51 @@ func matchBolt(db *bbolt.DB, table, after []byte, max int, x *matcher, fn func(k
 // matchPostgres pushes m into the query. Folded needs values in UTF-8;
 // a table holding others is filtered in Go instead (matchPaged).
 func matchPostgres(db *sql.DB, quoted string, after []byte, max int, m *Match, fn func(key, value []byte) error) ([]byte, error) {
-	var where []string
 	var args []any
 	arg := func(v any) string {
 		args = append(args, v)
 		return "$" + strconv.Itoa(len(args))
 	}
+	where, indexed := matchConds(m, arg)
 	if after != nil {
 		where = append(where, "nkey > "+arg(after))
 	}
+	q := "SELECT nkey, nvalue FROM " + quoted
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY nkey LIMIT " + arg(max)
+	if !indexed {
+		return pageRows(db, quoted, q, args, max, fn)
+	}
+	walk, err := sampleSaysWalk(db, quoted, m, max)
+	if err != nil {
+		return nil, err
+	}
+	tx, err := db.Begin()
+	if err != nil {
+		return nil, fmt.Errorf("scan %s: %w", quoted, err)
+	}
+	defer tx.Rollback() //nolint:errcheck // read-only
+	plan := "SET LOCAL enable_indexscan = off" // the trigram index's bitmap, then sort
+	if walk {
+		plan = "SET LOCAL enable_bitmapscan = off" // the key order, filtering as it goes
+	}
+	for _, set := range []string{plan, "SET LOCAL enable_seqscan = off"} {
+		if _, err := tx.Exec(set); err != nil {
+			return nil, fmt.Errorf("scan %s: %w", quoted, err)
+		}
+	}
+	return pageRows(tx, quoted, q, args, max, fn)
+}
+
+// matchConds is m as SQL conditions; indexed reports whether one of them
+// can be answered from the trigram index.
+func matchConds(m *Match, arg func(any) string) (where []string, indexed bool) {
 	for _, c := range m.Contains {
 		if p, ok := indexedLike(c); ok && m.Indexed {
 			where = append(where, "stepfort_match_text(nvalue) LIKE "+arg(p))
+			indexed = true
 		}
 		where = append(where, "position("+arg(c)+"::bytea in nvalue) > 0")
 	}
@@ -205,6 +238,7 @@ func matchPostgres(db *sql.DB, quoted string, after []byte, max int, m *Match, f
 		// below tests it, with the characters foldIntoASCII lists
 		// folded: the same rows pass, found through the index.
 		where = append(where, "stepfort_match_text(nvalue) LIKE "+arg(p))
+		indexed = true
 	} else if m.Folded != nil {
 		// The needle's longest run without letters is in the value as it
 		// is: a cheap exact test first (PostgreSQL runs cheaper quals
@@ -219,12 +253,47 @@ func matchPostgres(db *sql.DB, quoted string, after []byte, max int, m *Match, f
 		}
 		where = append(where, "("+strings.Join(or, " OR ")+")")
 	}
-	q := "SELECT nkey, nvalue FROM " + quoted
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
+	return where, indexed
+}
+
+// matchSampleRows is about how many rows the plan's sample reads, and
+// matchWalkRows how many rows a walk in key order may expect to read to
+// fill its page (variables for tests).
+var matchSampleRows, matchWalkRows = 1000, 10000
+
+// sampleSaysWalk chooses the plan of an indexed match, which the planner
+// gets wrong for some needles (pg_trgm's estimates of digit-heavy
+// patterns): a sample of the table's pages (TABLESAMPLE SYSTEM,
+// REPEATABLE so a table keeps its plan) gives the share of rows that
+// match. A common needle fills the page within matchWalkRows rows walked
+// in key order; a rare one is cheaper found through the trigram index and
+// sorted (its matches are few). A sample that saw no row walks (the table
+// is empty or tiny).
+func sampleSaysWalk(db *sql.DB, quoted string, m *Match, page int) (bool, error) {
+	var rows float64
+	if err := db.QueryRow(`SELECT reltuples FROM pg_class WHERE oid = $1::regclass`, quoted).Scan(&rows); err != nil {
+		if missingTable(err) {
+			return true, nil
+		}
+		return false, fmt.Errorf("sample %s: %w", quoted, err)
 	}
-	q += " ORDER BY nkey LIMIT " + arg(max)
-	return pageRows(db, quoted, q, args, max, fn)
+	pct := 100.0
+	if rows > 0 {
+		pct = min(100, max(0.0001, 100*float64(matchSampleRows)/rows))
+	}
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return "$" + strconv.Itoa(len(args))
+	}
+	where, _ := matchConds(m, arg)
+	var hits, seen int
+	q := "SELECT count(*) FILTER (WHERE " + strings.Join(where, " AND ") + "), count(*) FROM " + quoted +
+		" TABLESAMPLE SYSTEM (" + arg(pct) + ") REPEATABLE (0)"
+	if err := db.QueryRow(q, args...).Scan(&hits, &seen); err != nil {
+		return false, fmt.Errorf("sample %s: %w", quoted, err)
+	}
+	return seen == 0 || page*seen <= hits*matchWalkRows, nil
 }
 
 // matchPaged filters ForEachPage's pages in Go (MySQL, badger).

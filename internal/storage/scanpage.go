@@ -99,7 +99,12 @@ func pageSQL(db *sql.DB, quoted string, isMySQL bool, after []byte, max int, fn 
 // pageRows runs query q (nkey, nvalue of table quoted, at most max rows)
 // and passes fn its rows; it returns the last key when max came (there may
 // be more), nil at the end. A missing table has no rows.
-func pageRows(db *sql.DB, quoted, q string, args []any, max int, fn func(key, value []byte) error) ([]byte, error) {
+// rowQuerier is *sql.DB or *sql.Tx.
+type rowQuerier interface {
+	Query(query string, args ...any) (*sql.Rows, error)
+}
+
+func pageRows(db rowQuerier, quoted, q string, args []any, max int, fn func(key, value []byte) error) ([]byte, error) {
 	rows, err := db.Query(q, args...)
 	if err != nil {
 		if missingTable(err) {

@@ -7,11 +7,9 @@ import (
 	"strings"
 
 	"github.com/smallstep/certificates/authority"
-	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
 
 	"github.com/stepfort/stepfort/internal/endpoint"
-	"github.com/stepfort/stepfort/internal/provfields"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -61,15 +59,7 @@ func bySubject(a *authority.Authority, ref plugins.ProvisionerRef) (bool, error)
 	if cfg := a.GetConfig(); cfg != nil && cfg.AuthorityConfig != nil {
 		global = cfg.AuthorityConfig.Claims
 	}
-	gc, err := provisioner.NewClaimer(global, config.GlobalProvisionerClaims)
-	if err != nil {
-		return false, fmt.Errorf("global claims: %w", err)
-	}
-	c, err := provisioner.NewClaimer(provfields.Claims(prov), gc.Claims())
-	if err != nil {
-		return false, fmt.Errorf("claims of provisioner %s: %w", prov.GetName(), err)
-	}
-	return c.IsDisableRenewal(), nil
+	return endpoint.DisableRenewal(prov, global)
 }
 
 // signEndpoint is the Endpoint of a certificate that starts its own

@@ -420,8 +420,7 @@ func likeEscape(s string) string {
 }
 
 // sqlProbeRows bounds the ordered walk of a name query, and
-// sqlSampleRows is its first step, which estimates how common the name
-// is.
+// sqlSampleRows is about how many rows the page sample before it reads.
 var sqlProbeRows, sqlSampleRows = 10000, 1000 // variables for tests
 
 // List answers a query. Without a name filter the B-tree of the sort
@@ -429,18 +428,22 @@ var sqlProbeRows, sqlSampleRows = 10000, 1000 // variables for tests
 // trigram index and the ordered B-tree rests on a selectivity estimate
 // that pg_trgm gets badly wrong for some patterns (an IP prefix made of
 // one- and two-digit words), and a wrong choice walks a million rows. So
-// the plan is fixed here, on a sample of our own:
+// the plan is fixed here, on an estimate of our own:
 //
-//   - walk the B-tree in order for sqlSampleRows rows: a name most
-//     certificates share fills the page there;
-//   - if the sample's matches say the page fills within sqlProbeRows
-//     rows, walk that far;
-//   - otherwise (a rare name, where the walk would read its whole bound
-//     for nothing) ask the trigram index with sequential scans off and
-//     sort what it finds: few rows, since the name is rare.
+//   - a sample of the table's pages (TABLESAMPLE SYSTEM, about
+//     sqlSampleRows rows, a few milliseconds) gives the share of the
+//     filter's rows that hold the name;
+//   - a common name (the page fills within sqlProbeRows rows at that
+//     share) walks the B-tree in order, at most sqlProbeRows rows;
+//   - a rare one (or a walk that did not fill the page) asks the trigram
+//     index with sequential scans off and sorts what it finds: few rows,
+//     since the name is rare.
 //
-// Every step is bounded by what it reads, and each answers the same rows
-// (TestFiltersAgreeWithOracle runs every case through each step).
+// The sample is of pages, not of the sort order's head: certificates
+// issued together expire together, so the first rows in expiry order
+// can all miss a name that one in fifty certificates holds. Every path
+// answers the same rows (TestFiltersAgreeWithOracle runs every case
+// through each).
 func (s *sqlStore) List(q *Query) ([]*Record, *Cursor, error) {
 	n := q.Limit + 1
 	var out []*Record
@@ -458,28 +461,19 @@ func (s *sqlStore) List(q *Query) ([]*Record, *Cursor, error) {
 		}
 		return page(q, out)
 	}
-	probe := func(rows int) error {
-		out = out[:0]
+	common, err := s.commonName(q, n)
+	if err != nil {
+		return nil, nil, err
+	}
+	if common {
 		var b clause
 		b.filter(&q.Filter, q.Now)
 		order := b.after(q, "")
-		inner := `SELECT doc, search, serial, not_after, not_before FROM stepfort_certindex WHERE ` + b.String() + order + ` LIMIT ` + b.arg(rows)
+		inner := `SELECT doc, search, serial, not_after, not_before FROM stepfort_certindex WHERE ` + b.String() + order + ` LIMIT ` + b.arg(sqlProbeRows)
 		outer := clause{args: b.args}
 		outer.name(q.Q)
 		stmt := `SELECT doc FROM (` + inner + `) probe WHERE ` + outer.String() + order + ` LIMIT ` + outer.arg(n)
-		return s.query(s.db, stmt, outer.args, collect)
-	}
-	sample := min(sqlSampleRows, sqlProbeRows)
-	if err := probe(sample); err != nil {
-		return nil, nil, err
-	}
-	if len(out) == n {
-		return page(q, out)
-	}
-	// The sample read every row it could when it found fewer than n;
-	// at its rate the page needs n*sample/len(out) rows.
-	if len(out) > 0 && n*sample <= len(out)*sqlProbeRows {
-		if err := probe(sqlProbeRows); err != nil {
+		if err := s.query(s.db, stmt, outer.args, collect); err != nil {
 			return nil, nil, err
 		}
 		if len(out) == n {
@@ -492,7 +486,7 @@ func (s *sqlStore) List(q *Query) ([]*Record, *Cursor, error) {
 	b.name(q.Q)
 	order := b.after(q, "+0")
 	stmt := `SELECT doc FROM stepfort_certindex WHERE ` + b.String() + order + ` LIMIT ` + b.arg(n)
-	err := s.inTx(func(tx *sql.Tx) error {
+	err = s.inTx(func(tx *sql.Tx) error {
 		if _, err := tx.Exec(`SET LOCAL enable_seqscan = off`); err != nil {
 			return err
 		}
@@ -502,6 +496,34 @@ func (s *sqlStore) List(q *Query) ([]*Record, *Cursor, error) {
 		return nil, nil, err
 	}
 	return page(q, out)
+}
+
+// commonName estimates from a sample of the table's pages whether the
+// ordered walk fills a page of n rows within sqlProbeRows rows: true when
+// the sampled rows that pass the filter hold the name at least at that
+// rate, or when the sample saw no row that passes the filter (nothing to
+// go on: the walk is bounded either way). REPEATABLE makes the sample,
+// and so the plan, the same for the same table.
+func (s *sqlStore) commonName(q *Query, n int) (bool, error) {
+	var rows float64
+	if err := s.db.QueryRow(`SELECT reltuples FROM pg_class WHERE oid = 'stepfort_certindex'::regclass`).Scan(&rows); err != nil {
+		return false, fmt.Errorf("query %s: %w", Table, err)
+	}
+	pct := 100.0
+	if rows > 0 {
+		pct = min(100, max(0.0001, 100*float64(sqlSampleRows)/rows))
+	}
+	var b clause
+	b.filter(&q.Filter, q.Now)
+	named := clause{args: b.args}
+	named.name(q.Q)
+	var hits, seen int
+	stmt := `SELECT count(*) FILTER (WHERE ` + named.String() + `), count(*) FROM stepfort_certindex TABLESAMPLE SYSTEM (` +
+		named.arg(pct) + `) REPEATABLE (0) WHERE ` + b.String()
+	if err := s.db.QueryRow(stmt, named.args...).Scan(&hits, &seen); err != nil {
+		return false, fmt.Errorf("sample %s: %w", Table, err)
+	}
+	return seen == 0 || n*seen <= hits*sqlProbeRows, nil
 }
 
 // page cuts the extra row and makes the next cursor.
