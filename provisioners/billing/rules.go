@@ -11,7 +11,7 @@ import (
 	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
 
-	"github.com/stepfort/stepfort/internal/provfields"
+	"github.com/stepfort/stepfort/internal/endpoint"
 	"github.com/stepfort/stepfort/plugins"
 )
 
@@ -235,17 +235,8 @@ func errOr(err error, msg string) error {
 	return errors.New(msg)
 }
 
-// DisableRenewal computes a provisioner's effective disableRenewal claim the
-// way upstream does: the provisioner's own claim, else the global
-// authority.claims, else upstream's default (false).
+// DisableRenewal is the provisioner's effective disableRenewal claim
+// (internal/endpoint.DisableRenewal, shared with the certificate index).
 func DisableRenewal(prov provisioner.Interface, global *provisioner.Claims) (bool, error) {
-	gc, err := provisioner.NewClaimer(global, config.GlobalProvisionerClaims)
-	if err != nil {
-		return false, fmt.Errorf("global claims: %w", err)
-	}
-	c, err := provisioner.NewClaimer(provfields.Claims(prov), gc.Claims())
-	if err != nil {
-		return false, fmt.Errorf("claims of provisioner %s: %w", prov.GetName(), err)
-	}
-	return c.IsDisableRenewal(), nil
+	return endpoint.DisableRenewal(prov, global)
 }
