@@ -210,7 +210,7 @@ func matchPostgres(db *sql.DB, quoted string, after []byte, max int, m *Match, f
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", quoted, err)
 	}
-	defer tx.Rollback() //nolint:errcheck // read-only
+	defer tx.Rollback()                        //nolint:errcheck // read-only
 	plan := "SET LOCAL enable_indexscan = off" // the trigram index's bitmap, then sort
 	if walk {
 		plan = "SET LOCAL enable_bitmapscan = off" // the key order, filtering as it goes
