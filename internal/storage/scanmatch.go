@@ -210,10 +210,12 @@ func matchPostgres(db *sql.DB, quoted string, after []byte, max int, m *Match, f
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", quoted, err)
 	}
-	defer tx.Rollback()                        //nolint:errcheck // read-only
-	plan := "SET LOCAL enable_indexscan = off" // the trigram index's bitmap, then sort
+	defer tx.Rollback() //nolint:errcheck // read-only
+	// A rare needle: the trigram index's bitmap, then a sort; a common
+	// one: the key order, filtering as it goes.
+	plan := "SET LOCAL enable_indexscan = off"
 	if walk {
-		plan = "SET LOCAL enable_bitmapscan = off" // the key order, filtering as it goes
+		plan = "SET LOCAL enable_bitmapscan = off"
 	}
 	for _, set := range []string{plan, "SET LOCAL enable_seqscan = off"} {
 		if _, err := tx.Exec(set); err != nil {
