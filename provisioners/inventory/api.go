@@ -63,6 +63,7 @@ func (a *API) record(r *http.Request, action string, obj plugins.AuditObject, er
 func (a *API) Routes() []plugins.AdminRoute {
 	return []plugins.AdminRoute{
 		{Method: http.MethodGet, Pattern: "/devices", Scope: ScopeRead, Handler: a.listDevices},
+		{Method: http.MethodGet, Pattern: "/devices/count", Scope: ScopeRead, Handler: a.countDevices},
 		{Method: http.MethodPost, Pattern: "/devices", Scope: ScopeWrite, Handler: a.createDevice()},
 		{Method: http.MethodPost, Pattern: "/devices/import", Scope: ScopeWrite, Handler: a.importDevices, MaxBody: a.MaxImportBytes},
 		{Method: http.MethodGet, Pattern: "/devices/{id}", Scope: ScopeRead, Handler: a.getDevice()},
@@ -144,6 +145,31 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) {
 		devs = []*Device{}
 	}
 	admin.WriteJSON(w, http.StatusOK, DeviceList{Devices: devs, NextCursor: next})
+}
+
+// countDevices answers GET /devices/count: {"count": N} for the filters
+// of GET /devices (q, status, collection, owner, type, source); paging
+// parameters are refused.
+func (a *API) countDevices(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	for _, k := range []string{"limit", "cursor", "identifier"} {
+		if q.Has(k) {
+			admin.WriteError(w, http.StatusBadRequest, "%s: not a parameter of /devices/count", k)
+			return
+		}
+	}
+	o := ListOptions{Collection: q.Get("collection"), Status: Status(q.Get("status")), Owner: q.Get("owner"),
+		Type: q.Get("type"), Source: q.Get("source"), Query: q.Get("q")}
+	if o.Status != "" && !o.Status.Valid() {
+		admin.WriteError(w, http.StatusBadRequest, "status: must be active or disabled")
+		return
+	}
+	n, err := a.Store.Count(o)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	admin.WriteJSON(w, http.StatusOK, map[string]int{"count": n})
 }
 
 // lookup accepts a device ID or a permanent identifier in {id}.

@@ -46,20 +46,30 @@ func TestAPIHandlers(t *testing.T) {
 		{"POST", "/devices", `{"identifiers":["SERIAL-1"]}`, http.StatusConflict, ""},
 		{"POST", "/devices", `{"identifiers":["SERIAL-2"],"unknown":1}`, http.StatusBadRequest, "unknown field"},
 		{"GET", "/devices/SERIAL-1", "", http.StatusOK, ""},
+		{"GET", "/devices/count?status=active&collection=laptops", "", http.StatusOK, ""},
+		{"GET", "/devices/count?limit=5", "", http.StatusBadRequest, "limit: not a parameter"},
+		{"GET", "/devices/count?status=asleep", "", http.StatusBadRequest, "status: must be active or disabled"},
 		{"PATCH", "/devices/SERIAL-1", `{"status":"sleeping"}`, http.StatusBadRequest, "status: must be active or disabled"},
 		{"PATCH", "/devices/SERIAL-1", `{"status":"disabled"}`, http.StatusOK, ""},
 		{"DELETE", "/devices/SERIAL-1", "", http.StatusOK, ""},
 		{"GET", "/devices/SERIAL-1", "", http.StatusNotFound, ""},
 		{"DELETE", "/collections/laptops", "", http.StatusOK, ""},
 	}
+	counts := map[string]float64{}
 	for _, tt := range tests {
 		code, body := do(tt.method, tt.path, tt.body)
+		if strings.HasPrefix(tt.path, "/devices/count?status=active") && code == http.StatusOK {
+			counts[tt.path], _ = body["count"].(float64)
+		}
 		if code != tt.want {
 			t.Fatalf("%s %s %s: %d %v, want %d", tt.method, tt.path, tt.body, code, body, tt.want)
 		}
 		if tt.message != "" && !strings.Contains(body["message"].(string), tt.message) {
 			t.Fatalf("%s %s: message %q lacks %q", tt.method, tt.path, body["message"], tt.message)
 		}
+	}
+	if got := counts["/devices/count?status=active&collection=laptops"]; got != 1 {
+		t.Fatalf("count of active laptops: %v, want 1", got)
 	}
 }
 

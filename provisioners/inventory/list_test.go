@@ -59,6 +59,9 @@ func TestListMatchesFullScan(t *testing.T) {
 						want = append(want, d.ID)
 					}
 				}
+				if n, err := s.Count(o); err != nil || n != len(want) {
+					t.Fatalf("%+v: count %d %v, want %d", o, n, err, len(want))
+				}
 				for _, limit := range []int{1, 4, 100} {
 					o := o
 					o.Limit = limit
