@@ -12,8 +12,9 @@ import (
 	"github.com/stepfort/stepfort/internal/admin"
 )
 
-// The overview's certificate figures are the exact counts of
-// GET /api/v1/certificates/count, with the filters each figure means;
+// The overview's figures are the exact counts of
+// GET /api/v1/certificates/count and /devices/count, with the filters each
+// figure means;
 // they are kept for countTTL, dropped by any dashboard POST, and a cached
 // answer still ends the session of a token that stopped working.
 func TestOverviewCountsExact(t *testing.T) {
@@ -24,6 +25,10 @@ func TestOverviewCountsExact(t *testing.T) {
 	api := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if revoked.Load() && r.URL.Path != "/health" && r.URL.Path != "/crl" {
 			admin.WriteError(w, http.StatusUnauthorized, "invalid admin token")
+			return
+		}
+		if r.URL.Path == "/api/v1/devices/count" {
+			admin.WriteJSON(w, http.StatusOK, map[string]any{"count": map[string]int{"active": 98312, "disabled": 17}[r.URL.Query().Get("status")]})
 			return
 		}
 		if r.URL.Path != "/api/v1/certificates/count" {
@@ -51,13 +56,14 @@ func TestOverviewCountsExact(t *testing.T) {
 	overview := func(wantActive int64) {
 		t.Helper()
 		page := body(t, h.do("GET", "/ui/", cookie, nil, nil))
-		for _, want := range []string{`id="active">` + strconv.FormatInt(wantActive, 10) + `<`, `id="exp7">12<`, `id="exp30">345<`, `id="revokedmonth">7<`, `id="countedat"`} {
+		for _, want := range []string{`id="active">` + strconv.FormatInt(wantActive, 10) + `<`, `id="exp7">12<`, `id="exp30">345<`, `id="revokedmonth">7<`, `id="countedat"`,
+			`id="devactive">98312<`, `id="devdisabled">17<`} {
 			if !strings.Contains(page, want) {
 				t.Errorf("overview lacks %s", want)
 			}
 		}
-		if strings.Contains(page, "Counts stop at") {
-			t.Error("the overview still says certificate counts are capped")
+		if strings.Contains(page, "stop at") || strings.Contains(page, "+<") {
+			t.Error("the overview still says counts are capped")
 		}
 	}
 	overview(123456)

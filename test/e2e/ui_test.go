@@ -216,6 +216,14 @@ func TestUIDashboard(t *testing.T) {
 		if (!window.__r) { window.__r = 1; setTimeout(() => location.reload(), 300); } return false; })()`)
 	b.open("/ui/devices")
 	b.screenshot("devices")
+	// A collection added in the UI, listed with a link to its devices.
+	b.open("/ui/devices/collections")
+	b.do("add collection", chromedp.SendKeys(chromedp.ID("c-name"), "ui-lab"), chromedp.SendKeys(chromedp.ID("c-desc"), "test benches"),
+		chromedp.Click(chromedp.CSS("#addcollection button")), chromedp.WaitVisible(chromedp.CSS(".flash")))
+	if txt := b.text("#collections"); !strings.Contains(txt, "ui-lab") || !strings.Contains(txt, "test benches") {
+		t.Fatalf("collections page:\n%s", txt)
+	}
+	b.screenshot("collections")
 
 	// Billing: the chart's last bar and the table are this month's report.
 	month := time.Now().UTC().Format("2006-01")
@@ -250,17 +258,19 @@ func TestUIDashboard(t *testing.T) {
 	if txt := b.text("#replicas"); !strings.Contains(txt, "(this replica)") || !strings.Contains(txt, "ok") {
 		t.Fatalf("overview replicas:\n%s", txt)
 	}
-	// Exact certificate counts, as GET /api/v1/certificates/count says;
-	// this month's revocations include the two made above.
+	// Exact counts, as the count endpoints say; this month's revocations
+	// include the two made above, and the disabled device is counted.
 	now := time.Now().UTC()
 	monthStart := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC).Format(time.RFC3339)
-	for sel, query := range map[string]string{"#active": "status=active", "#revokedmonth": "revokedSince=" + monthStart} {
-		code, m := call(t, hc, "GET", c.URL+"/api/v1/certificates/count?"+query, admin, nil)
+	for sel, path := range map[string]string{"#active": "certificates/count?status=active", "#revokedmonth": "certificates/count?revokedSince=" + monthStart,
+		"#devactive": "devices/count?status=active", "#devdisabled": "devices/count?status=disabled"} {
+		code, m := call(t, hc, "GET", c.URL+"/api/v1/"+path, admin, nil)
 		if code != http.StatusOK {
-			t.Fatalf("count %s: %d %v", query, code, m)
+			t.Fatalf("count %s: %d %v", path, code, m)
 		}
-		if got, want := b.text(sel), fmt.Sprint(m["count"]); got != want || sel == "#revokedmonth" && m["count"].(float64) < 2 {
-			t.Fatalf("overview %s = %q, API count %s", sel, got, want)
+		least := map[string]float64{"#revokedmonth": 2, "#devdisabled": 1}[sel]
+		if got, want := b.text(sel), fmt.Sprint(m["count"]); got != want || m["count"].(float64) < least {
+			t.Fatalf("overview %s = %q, API count %s (at least %v)", sel, got, want, least)
 		}
 	}
 	b.screenshot("overview")
@@ -327,7 +337,7 @@ func uiHeadersAndCrossOrigin(t *testing.T, c *ca, token, serial string) {
 		t.Fatalf("login: %d", res.StatusCode)
 	}
 	var csrf string
-	for _, p := range []string{"/ui/login", "/ui/", "/ui/certificates", "/ui/certificates/" + serial, "/ui/devices", "/ui/devices/import",
+	for _, p := range []string{"/ui/login", "/ui/", "/ui/certificates", "/ui/certificates/" + serial, "/ui/devices", "/ui/devices/collections", "/ui/devices/import",
 		"/ui/scep", "/ui/billing", "/ui/audit", "/ui/tokens"} {
 		res, body := do("GET", p, nil, nil)
 		if res.StatusCode != 200 || res.Header.Get("Content-Security-Policy") != uiCSP || res.Header.Get("X-Frame-Options") != "DENY" ||
