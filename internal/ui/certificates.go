@@ -90,6 +90,8 @@ type certPage struct {
 // certFilter is the search form; it maps onto GET /api/v1/certificates.
 type certFilter struct {
 	Q, Serial, Status, Provisioner, Expiring, Sort, Cursor string
+	// Revoked is "month": revoked since the first of this month (UTC).
+	Revoked string
 }
 
 func (f certFilter) api(now time.Time, withPage bool) url.Values {
@@ -103,6 +105,10 @@ func (f certFilter) api(now time.Time, withPage bool) url.Values {
 	set("serial", f.Serial)
 	set("status", f.Status)
 	set("provisioner", f.Provisioner)
+	if f.Revoked == "month" {
+		u := now.UTC()
+		v.Set("revokedSince", time.Date(u.Year(), u.Month(), 1, 0, 0, 0, 0, time.UTC).Format(time.RFC3339))
+	}
 	if days, err := strconv.Atoi(f.Expiring); err == nil && days > 0 {
 		v.Set("status", "active")
 		v.Set("expiresBefore", now.Add(time.Duration(days)*24*time.Hour).UTC().Format(time.RFC3339))
@@ -124,7 +130,10 @@ func (f certFilter) api(now time.Time, withPage bool) url.Values {
 func filterOf(r *http.Request) certFilter {
 	q := r.URL.Query()
 	f := certFilter{Q: q.Get("q"), Serial: q.Get("serial"), Status: q.Get("status"), Provisioner: q.Get("provisioner"),
-		Expiring: q.Get("expiring"), Sort: q.Get("sort"), Cursor: q.Get("cursor")}
+		Expiring: q.Get("expiring"), Sort: q.Get("sort"), Cursor: q.Get("cursor"), Revoked: q.Get("revoked")}
+	if f.Revoked != "month" {
+		f.Revoked = ""
+	}
 	if f.Expiring != "" && f.Expiring != "7" && f.Expiring != "30" && f.Expiring != "90" {
 		f.Expiring = ""
 	}

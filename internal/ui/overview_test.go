@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -84,5 +85,45 @@ func TestOverviewCountsExact(t *testing.T) {
 	revoked.Store(true)
 	if res := h.do("GET", "/ui/", cookie, nil, nil); res.StatusCode != http.StatusSeeOther || !strings.HasSuffix(res.Header.Get("Location"), "/ui/login") {
 		t.Fatalf("cached overview for a revoked token: %d %s", res.StatusCode, res.Header.Get("Location"))
+	}
+}
+
+// The overview's "revoked this month" card opens the list of exactly
+// those certificates: revoked=month asks the API for revokedSince the
+// first of the month (UTC), and the form keeps the choice.
+func TestCertificatesRevokedThisMonth(t *testing.T) {
+	h := newHarness(t)
+	var mu sync.Mutex
+	var asked url.Values
+	api := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/v1/certificates" {
+			mu.Lock()
+			asked = r.URL.Query()
+			mu.Unlock()
+		}
+		h.api.ServeHTTP(w, r)
+	})
+	srv, err := New(Options{API: api, Audit: h.audit, Now: h.clock, MaxSessions: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.srv = srv
+	cookie, _ := h.login("sft_rw")
+	if page := body(t, h.do("GET", "/ui/", cookie, nil, nil)); !strings.Contains(page, `href="/ui/certificates?revoked=month"`) {
+		t.Error("the revoked-this-month card does not open that list")
+	}
+	page := body(t, h.do("GET", "/ui/certificates?revoked=month", cookie, nil, nil))
+	mu.Lock()
+	got := asked.Get("revokedSince")
+	mu.Unlock()
+	if got != "2026-11-01T00:00:00Z" || !strings.Contains(page, `<option value="month" selected>`) {
+		t.Fatalf("revokedSince %q; form keeps the choice: %v", got, strings.Contains(page, `value="month" selected`))
+	}
+	body(t, h.do("GET", "/ui/certificates?revoked=year", cookie, nil, nil))
+	mu.Lock()
+	got = asked.Get("revokedSince")
+	mu.Unlock()
+	if got != "" {
+		t.Fatalf("an unknown revoked value asked for revokedSince %q", got)
 	}
 }
