@@ -17,6 +17,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"math/rand/v2"
 	"net/http"
@@ -160,7 +161,9 @@ func run(ctx context.Context, o *options, backend string) error {
 	}
 	api := chi.NewRouter()
 	(&admin.Server{Tokens: tokens}).Mount(api, append(ci.AdminRoutes(), inv.AdminRoutes()...))
-	dash, err := ui.New(ui.Options{API: api})
+	// The bench's refused POSTs (dropCounts) would log a warning each.
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dash, err := ui.New(ui.Options{API: api, Log: quiet})
 	if err != nil {
 		return err
 	}
