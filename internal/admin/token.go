@@ -311,10 +311,6 @@ func validID(id string) bool {
 	return true
 }
 
-// errPageFull stops a listing's scan once a page and one more token are
-// found.
-var errPageFull = errors.New("page full")
-
 // Page returns one page of tokens, without hashes, in token ID order (the
 // table's key order), and the cursor of the next page ("" at the end).
 //
@@ -343,37 +339,17 @@ func (s *TokenStore) Page(q TokenQuery) ([]*Token, string, error) {
 		m.Contains = [][]byte{[]byte(`"revokedAt":`)}
 	}
 	now := s.now()
-	out := make([]*Token, 0, min(q.Limit, 64))
-	next := ""
-	// A page needs Limit tokens and one more to know there is a next page;
-	// a status filter that skips rows costs more rounds.
-	chunk := q.Limit + 1
-	for {
-		more, err := storage.ForEachPageMatch(s.db, TokensTable, after, chunk, m, func(k, v []byte) error {
-			var t Token
-			if err := json.Unmarshal(v, &t); err != nil {
-				return nil // an undecodable row is not listed, as before paging
-			}
-			if q.Status != "" && t.Status(now) != q.Status {
-				return nil
-			}
-			if len(out) == q.Limit {
-				next = out[len(out)-1].ID
-				return errPageFull
-			}
-			out = append(out, t.public())
-			return nil
-		})
-		switch {
-		case errors.Is(err, errPageFull):
-			return out, next, nil
-		case err != nil:
-			return nil, "", fmt.Errorf("list tokens: %w", err)
-		case more == nil:
-			return out, "", nil
+	out, next, err := storage.CollectPage(s.db, TokensTable, after, q.Limit, m, func(_, v []byte) (*Token, bool, error) {
+		var t Token
+		if err := json.Unmarshal(v, &t); err != nil {
+			return nil, false, nil // an undecodable row is not listed, as before paging
 		}
-		after, chunk = more, min(4*chunk, 5000)
+		return t.public(), q.Status == "" || t.Status(now) == q.Status, nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("list tokens: %w", err)
 	}
+	return out, string(next), nil
 }
 
 // List returns every token, newest first, without hashes. It holds them

@@ -538,37 +538,17 @@ func (s *Store) List(o ListOptions) ([]*Device, string, error) {
 	}
 	m := o.prefilter()
 	m.Indexed = s.indexed
-	out := make([]*Device, 0, min(o.Limit, 64))
-	next := ""
-	// A page needs Limit matches and one more to know there is a next
-	// page; prefilter false positives (rare) cost more rounds.
-	chunk := o.Limit + 1
-	for {
-		more, err := storage.ForEachPageMatch(s.db, DevicesTable, after, chunk, m, func(k, v []byte) error {
-			var d Device
-			if err := json.Unmarshal(v, &d); err != nil {
-				return fmt.Errorf("decode device %q: %w", k, err)
-			}
-			if !o.match(&d) {
-				return nil
-			}
-			if len(out) == o.Limit {
-				next = out[len(out)-1].ID
-				return errPageFull
-			}
-			out = append(out, &d)
-			return nil
-		})
-		switch {
-		case errors.Is(err, errPageFull):
-			return out, next, nil
-		case err != nil:
-			return nil, "", fmt.Errorf("list devices: %w", err)
-		case more == nil:
-			return out, "", nil
+	out, next, err := storage.CollectPage(s.db, DevicesTable, after, o.Limit, m, func(k, v []byte) (*Device, bool, error) {
+		var d Device
+		if err := json.Unmarshal(v, &d); err != nil {
+			return nil, false, fmt.Errorf("decode device %q: %w", k, err)
 		}
-		after, chunk = more, min(4*chunk, 5000)
+		return &d, o.match(&d), nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("list devices: %w", err)
 	}
+	return out, string(next), nil
 }
 
 // countFields are the fields ListOptions.match reads: a count decodes
@@ -658,10 +638,6 @@ func (o *ListOptions) prefilterExact() bool {
 	}
 	return true
 }
-
-// errPageFull stops a listing's scan once the page and one more match
-// are found.
-var errPageFull = errors.New("page full")
 
 // prefilter is what the store can test on a device's stored JSON
 // (json.Marshal output) before decoding it: a superset of what match
