@@ -30,6 +30,8 @@ var certFilterFlags = []struct{ flag, param, usage string }{
 	{"status", "status", "active, expired or revoked"},
 	{"expires-before", "expiresBefore", "notAfter before this RFC 3339 time"},
 	{"expires-after", "expiresAfter", "notAfter after this RFC 3339 time"},
+	{"revoked-since", "revokedSince", "revoked at or after this RFC 3339 time"},
+	{"revoked-before", "revokedBefore", "revoked before this RFC 3339 time"},
 	{"device", "device", "device identity (permanent identifier)"},
 	{"endpoint", "endpoint", "billing Endpoint ID"},
 }
@@ -62,7 +64,7 @@ func certificatesCommand() cli.Command {
 		Name:  "certificates",
 		Usage: "query, export and revoke the certificates this CA issued (the certificate index)",
 		Subcommands: []cli.Command{
-			certListCommand(), certShowCommand(), certExportCommand(), certRevokeCommand(), certReindexCommand(),
+			certListCommand(), certCountCommand(), certShowCommand(), certExportCommand(), certRevokeCommand(), certReindexCommand(),
 		},
 	}
 }
@@ -119,6 +121,30 @@ func certListCommand() cli.Command {
 			if all.NextCursor != "" {
 				fmt.Fprintf(os.Stderr, "More certificates: --cursor %s (or --all)\n", all.NextCursor)
 			}
+			return nil
+		},
+	}
+}
+
+func certCountCommand() cli.Command {
+	return cli.Command{
+		Name:      "count",
+		Usage:     "count the certificates a filter selects",
+		UsageText: "stepfort certificates count [--status active|expired|revoked] [--q TEXT] [--revoked-since TIME] [...]",
+		Flags:     certFlags(),
+		Action: func(c *cli.Context) error {
+			cl, err := adminClient(c)
+			if err != nil {
+				return err
+			}
+			var res certindex.CountResult
+			if err := cl.Do("GET", "/certificates/count?"+certFilter(c).Encode(), nil, &res); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(res)
+			}
+			fmt.Println(res.Count)
 			return nil
 		},
 	}

@@ -226,6 +226,19 @@ func TestCertIndexEveryClient(t *testing.T) {
 	if len(page.Certificates) != 2 {
 		t.Fatalf("revoked ACME certificates: %d", len(page.Certificates))
 	}
+	var count certindex.CountResult
+	cliJSON(t, c, c.URL, &count, "certificates", "count", "--status", "revoked", "--provisioner", "acme")
+	if count.Count != 2 {
+		t.Fatalf("count of revoked ACME certificates: %+v", count)
+	}
+	since := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+	cliJSON(t, c, c.URL, &count, "certificates", "count", "--revoked-since", since, "--provisioner", "acme")
+	if count.Count != 2 {
+		t.Fatalf("count revoked in the last hour: %+v", count)
+	}
+	if out, err := stepfortCLI(t, c, "certificates", "count", "--revoked-since", "yesterday"); err == nil || !strings.Contains(string(out), "revokedSince") {
+		t.Fatalf("count with a bad time: %v\n%s", err, out)
+	}
 	csvFile := file("all.csv")
 	if out, err := stepfortCLI(t, c, "certificates", "export", "--format", "csv", "--out", csvFile); err != nil {
 		t.Fatalf("export: %v\n%s", err, out)
