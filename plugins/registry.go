@@ -44,6 +44,20 @@ func Register(f Factory) {
 	registry[f.Name] = f
 }
 
+// Constructor adapts a plugin package's typed constructor (its own config
+// type, its own plugin type) to Factory.New: it asserts the config's type
+// and, when construction fails, returns a nil Plugin rather than a typed
+// nil pointer inside the interface.
+func Constructor[C Config, P Plugin](newPlugin func(C, Host) (P, error)) func(Config, Host) (Plugin, error) {
+	return func(c Config, h Host) (Plugin, error) {
+		p, err := newPlugin(c.(C), h)
+		if err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+}
+
 // Lookup returns the factory registered under name.
 func Lookup(name string) (Factory, bool) {
 	registryMu.RLock()

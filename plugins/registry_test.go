@@ -1,6 +1,7 @@
 package plugins
 
 import (
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -90,5 +91,24 @@ func TestRegisterPanics(t *testing.T) {
 				t.Errorf("after the panic Names() = %v, want only the first registration", got)
 			}
 		})
+	}
+}
+
+// Constructor hands the typed config to the plugin's constructor, and a
+// failed construction is a nil Plugin, not a typed nil inside it.
+func TestConstructor(t *testing.T) {
+	cfg := &testConfig{}
+	newPlugin := Constructor(func(c *testConfig, _ Host) (*testPlugin, error) {
+		if c != cfg {
+			t.Error("the config was not passed through")
+		}
+		return nil, errors.New("boom")
+	})
+	if p, err := newPlugin(cfg, nil); p != nil || err == nil {
+		t.Fatalf("failed construction: %#v, %v", p, err)
+	}
+	ok := Constructor(func(*testConfig, Host) (*testPlugin, error) { return &testPlugin{name: "x"}, nil })
+	if p, err := ok(cfg, nil); err != nil || p.Name() != "x" {
+		t.Fatalf("construction: %v, %v", p, err)
 	}
 }

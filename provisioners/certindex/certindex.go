@@ -32,13 +32,7 @@ func init() {
 	plugins.Register(plugins.Factory{
 		Name:      Name,
 		NewConfig: func() plugins.Config { return DefaultConfig() },
-		New: func(c plugins.Config, h plugins.Host) (plugins.Plugin, error) {
-			p, err := New(c.(*Config), h)
-			if err != nil {
-				return nil, err // not a typed nil *Plugin in the interface
-			}
-			return p, nil
-		},
+		New:       plugins.Constructor(New),
 	})
 }
 

@@ -29,7 +29,7 @@ func init() {
 	plugins.Register(plugins.Factory{
 		Name:      Name,
 		NewConfig: func() plugins.Config { return defaultConfig() },
-		New:       func(c plugins.Config, h plugins.Host) (plugins.Plugin, error) { return New(c.(*Config), h) },
+		New:       plugins.Constructor(New),
 	})
 }
 

@@ -14,7 +14,7 @@ func init() {
 	plugins.Register(plugins.Factory{
 		Name:      Name,
 		NewConfig: func() plugins.Config { return &Config{MaxImportBytes: DefaultMaxImportBytes, MaxImportRows: 200_000} },
-		New:       func(c plugins.Config, h plugins.Host) (plugins.Plugin, error) { return New(c.(*Config), h) },
+		New:       plugins.Constructor(New),
 	})
 }
 
