@@ -5,36 +5,18 @@ import (
 	"crypto/x509/pkix"
 	"net"
 	"net/url"
-	"strings"
 	"testing"
 
+	"github.com/stepfort/stepfort/internal/testenv"
 	"github.com/stepfort/stepfort/plugins"
 )
 
 // cert is a certificate naming names: the first is the CN, the others are
-// SANs of the type they parse as (IP, email, URI, else DNS).
+// SANs of the type they parse as (testenv.SetNames).
 func cert(t *testing.T, names ...string) *x509.Certificate {
 	t.Helper()
 	c := &x509.Certificate{}
-	if len(names) > 0 {
-		c.Subject = pkix.Name{CommonName: names[0]}
-	}
-	for _, n := range names[min(1, len(names)):] {
-		switch ip := net.ParseIP(n); {
-		case ip != nil:
-			c.IPAddresses = append(c.IPAddresses, ip)
-		case strings.Contains(n, "@"):
-			c.EmailAddresses = append(c.EmailAddresses, n)
-		case strings.Contains(n, "://"):
-			u, err := url.Parse(n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c.URIs = append(c.URIs, u)
-		default:
-			c.DNSNames = append(c.DNSNames, n)
-		}
-	}
+	testenv.SetNames(c, names...)
 	return c
 }
 

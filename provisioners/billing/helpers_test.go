@@ -5,13 +5,10 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
-	"net"
-	"net/url"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -46,22 +43,7 @@ func newCert(t testing.TB, notBefore time.Time, life time.Duration, names ...str
 		SerialNumber: big.NewInt(1_000_000 + nextSerial.Add(1)),
 		NotBefore:    notBefore, NotAfter: notBefore.Add(life),
 	}
-	if len(names) > 0 {
-		tpl.Subject = pkix.Name{CommonName: names[0]}
-	}
-	for _, n := range names[min(1, len(names)):] {
-		switch {
-		case net.ParseIP(n) != nil:
-			tpl.IPAddresses = append(tpl.IPAddresses, net.ParseIP(n))
-		case strings.Contains(n, "://"):
-			u, _ := url.Parse(n)
-			tpl.URIs = append(tpl.URIs, u)
-		case strings.Contains(n, "@"):
-			tpl.EmailAddresses = append(tpl.EmailAddresses, n)
-		default:
-			tpl.DNSNames = append(tpl.DNSNames, n)
-		}
-	}
+	testenv.SetNames(tpl, names...)
 	der, err := x509.CreateCertificate(rand.Reader, tpl, tpl, &testKey.PublicKey, testKey)
 	if err != nil {
 		t.Fatal(err)

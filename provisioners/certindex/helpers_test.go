@@ -9,9 +9,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"math/big"
-	"net"
-	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -59,22 +56,7 @@ func newCert(t testing.TB, notBefore time.Time, life time.Duration, names ...str
 	})
 	tpl := &x509.Certificate{SerialNumber: new(big.Int).Lsh(big.NewInt(1_000_000+nextSerial.Add(1)), 64),
 		NotBefore: notBefore, NotAfter: notBefore.Add(life)}
-	if len(names) > 0 {
-		tpl.Subject = pkix.Name{CommonName: names[0]}
-	}
-	for _, n := range names[min(1, len(names)):] {
-		switch {
-		case net.ParseIP(n) != nil:
-			tpl.IPAddresses = append(tpl.IPAddresses, net.ParseIP(n))
-		case strings.Contains(n, "://"):
-			u, _ := url.Parse(n)
-			tpl.URIs = append(tpl.URIs, u)
-		case strings.Contains(n, "@"):
-			tpl.EmailAddresses = append(tpl.EmailAddresses, n)
-		default:
-			tpl.DNSNames = append(tpl.DNSNames, n)
-		}
-	}
+	testenv.SetNames(tpl, names...)
 	der, err := x509.CreateCertificate(rand.Reader, tpl, caCert, &caKey.PublicKey, caKey)
 	if err != nil {
 		t.Fatal(err)
