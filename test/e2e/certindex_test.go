@@ -175,7 +175,7 @@ func TestCertIndexEveryClient(t *testing.T) {
 	}
 
 	// lego and certbot: ACME http-01, then revoked through ACME.
-	api.expect(legoRun(t, c, acmePort), "acme", certindex.StatusRevoked)
+	api.expect(legoRun(t, c, acmePort, nil), "acme", certindex.StatusRevoked)
 	cb := certbotFlow(t, c, "certbot.example", acmePort)
 	if v := api.expect(cb, "acme", certindex.StatusRevoked); v.Revocation.ReasonCode != 1 {
 		t.Fatalf("certbot revocation %+v", v.Revocation)
@@ -275,9 +275,10 @@ func TestCertIndexEveryClient(t *testing.T) {
 	}
 }
 
-// legoRun is fips_test's legoFlow; it returns a copy of the certificate
-// (lego revoke moves it away).
-func legoRun(t *testing.T, c *ca, acmePort int) string {
+// legoRun gets an ACME certificate (http-01) with lego, hands a copy of
+// it to onIssued (if set), then revokes it with lego; it returns the copy
+// (lego revoke moves its own away).
+func legoRun(t *testing.T, c *ca, acmePort int, onIssued func(crt string)) string {
 	t.Helper()
 	dir := t.TempDir()
 	lego := func(args ...string) string {
@@ -285,7 +286,7 @@ func legoRun(t *testing.T, c *ca, acmePort int) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, testenv.MustTool(t, "lego"), append([]string{
-			"--server", c.URL + "/acme/acme/directory", "--email", "idx@example.com", "--accept-tos",
+			"--server", c.URL + "/acme/acme/directory", "--email", "lego@example.com", "--accept-tos",
 			"--domains", "localhost", "--path", dir}, args...)...)
 		cmd.Env = append(os.Environ(), "LEGO_CA_CERTIFICATES="+c.Root)
 		out, err := cmd.CombinedOutput()
@@ -297,6 +298,9 @@ func legoRun(t *testing.T, c *ca, acmePort int) string {
 	lego("--http", "--http.port", fmt.Sprintf("127.0.0.1:%d", acmePort), "--key-type", "ec256", "run")
 	crt := filepath.Join(t.TempDir(), "lego.crt")
 	copyFile(t, filepath.Join(dir, "certificates", "localhost.crt"), crt)
+	if onIssued != nil {
+		onIssued(crt)
+	}
 	if out := lego("revoke"); !strings.Contains(out, "Certificate was revoked") {
 		t.Fatalf("lego revoke:\n%s", out)
 	}

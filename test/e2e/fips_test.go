@@ -220,33 +220,16 @@ func fipsOnFlows(t *testing.T, c *ca) {
 	fipsDeviceAttest(t, c)
 }
 
-// legoFlow gets an ACME certificate (http-01) with lego, then revokes it.
+// legoFlow gets an ACME certificate (http-01) with lego, checks it, then
+// revokes it.
 func legoFlow(t *testing.T, c *ca, acmePort int) {
 	t.Helper()
-	dir := t.TempDir()
-	lego := func(args ...string) string {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, testenv.MustTool(t, "lego"), append([]string{
-			"--server", c.URL + "/acme/acme/directory", "--email", "fips@example.com", "--accept-tos",
-			"--domains", "localhost", "--path", dir}, args...)...)
-		cmd.Env = append(os.Environ(), "LEGO_CA_CERTIFICATES="+c.Root)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("lego %v: %v\n%s", args, err, out)
+	legoRun(t, c, acmePort, func(crt string) {
+		if cert := readCert(t, crt); len(cert.DNSNames) != 1 || cert.DNSNames[0] != "localhost" {
+			t.Fatalf("lego certificate SANs %v", cert.DNSNames)
 		}
-		return string(out)
-	}
-	lego("--http", "--http.port", fmt.Sprintf("127.0.0.1:%d", acmePort), "--key-type", "ec256", "run")
-	crt := filepath.Join(dir, "certificates", "localhost.crt")
-	if cert := readCert(t, crt); len(cert.DNSNames) != 1 || cert.DNSNames[0] != "localhost" {
-		t.Fatalf("lego certificate SANs %v", cert.DNSNames)
-	}
-	checkIssued(t, c, crt, "localhost")
-	if out := lego("revoke"); !strings.Contains(out, "Certificate was revoked") {
-		t.Fatalf("lego revoke:\n%s", out)
-	}
+		checkIssued(t, c, crt, "localhost")
+	})
 }
 
 // fipsDeviceAttest: a registered swtpm gets a device certificate through
