@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/smallstep/certificates/api/render"
@@ -23,30 +22,12 @@ import (
 	"github.com/smallstep/certificates/webhook"
 
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/plugins/plugintest"
 )
 
-// memAuditor keeps records for tests.
-type memAuditor struct {
-	mu   sync.Mutex
-	recs []plugins.AuditRecord
-}
-
-func (m *memAuditor) Record(_ context.Context, r plugins.AuditRecord) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.recs = append(m.recs, r)
-	return nil
-}
-
-func (m *memAuditor) all() []plugins.AuditRecord {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return append([]plugins.AuditRecord(nil), m.recs...)
-}
-
-func testDaemonAudit(t *testing.T) (*Daemon, *memAuditor) {
+func testDaemonAudit(t *testing.T) (*Daemon, *plugintest.Auditor) {
 	t.Helper()
-	m := &memAuditor{}
+	m := &plugintest.Auditor{}
 	d := &Daemon{log: slog.New(slog.DiscardHandler), audit: &daemonAuditor{fallback: m}}
 	return d, m
 }
@@ -108,7 +89,7 @@ func TestRefusalAuditSign(t *testing.T) {
 	if rw.Code != http.StatusUnauthorized {
 		t.Fatalf("status %d", rw.Code)
 	}
-	recs := m.all()
+	recs := m.Records()
 	if len(recs) != 1 {
 		t.Fatalf("%d records: %+v", len(recs), recs)
 	}
@@ -139,8 +120,8 @@ func TestRefusalAuditSuccessNotRecorded(t *testing.T) {
 		_, _ = w.Write(bytes.Repeat([]byte("x"), 1<<20))
 	}))
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/sign", bytes.NewReader(bytes.Repeat([]byte("y"), 1<<20))))
-	if len(m.all()) != 0 {
-		t.Errorf("records for a success: %+v", m.all())
+	if len(m.Records()) != 0 {
+		t.Errorf("records for a success: %+v", m.Records())
 	}
 	if rw.body.Len() != 0 {
 		t.Errorf("a success answer was buffered: %d bytes", rw.body.Len())
@@ -165,7 +146,7 @@ func TestRefusalAuditBounded(t *testing.T) {
 	if rw.body.Len() > refusalErrorMax {
 		t.Errorf("error buffer %d bytes", rw.body.Len())
 	}
-	if recs := m.all(); len(recs) != 1 || recs[0].Details["stage"] != "request" || recs[0].Actor.Kind != "anonymous" {
+	if recs := m.Records(); len(recs) != 1 || recs[0].Details["stage"] != "request" || recs[0].Actor.Kind != "anonymous" {
 		t.Errorf("records %+v", recs)
 	}
 }
@@ -182,7 +163,7 @@ func TestRefusalAuditACME(t *testing.T) {
 		_, _ = w.Write([]byte(`{"type":"urn:ietf:params:acme:error:orderNotReady","detail":"order is not ready"}`))
 	}))
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/acme/acme/order/o1/finalize", bytes.NewReader(body)))
-	recs := m.all()
+	recs := m.Records()
 	if len(recs) != 1 || recs[0].Actor.Kind != "acmeAccount" || recs[0].Actor.ID != "ACC123" || recs[0].Reason != "order is not ready" ||
 		recs[0].Object.Provisioner != "acme" || recs[0].Details["endpoint"] != "acmeFinalize" {
 		t.Errorf("records %+v", recs)
@@ -220,14 +201,14 @@ func TestPluginDenialNotedOnRequest(t *testing.T) {
 		render.Error(w, r, errs.Forbidden("authority.Sign: webhook denied"))
 	}))
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/sign", strings.NewReader(`{}`)))
-	recs := m.all()
+	recs := m.Records()
 	if len(recs) != 1 || recs[0].Details["stage"] != "plugin:policyX" || recs[0].Reason != "not on the allow list" || recs[0].Details["plugin"] != "policyX" {
 		t.Fatalf("records %+v", recs)
 	}
 
 	hooks.authorizers = []plugins.SignAuthorizer{denyAuthorizer{inventoryDenial{}}}
 	callHook(context.Background())
-	recs = m.all()
+	recs = m.Records()
 	if len(recs) != 2 {
 		t.Fatalf("records %+v", recs)
 	}
@@ -269,7 +250,7 @@ func TestRenewRefusalAudited(t *testing.T) {
 		render.Error(w, r, err)
 	}))
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/1.0/renew", nil))
-	recs := m.all()
+	recs := m.Records()
 	if len(recs) != 1 {
 		t.Fatalf("records %+v", recs)
 	}

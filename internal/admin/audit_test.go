@@ -1,40 +1,21 @@
 package admin
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/plugins/plugintest"
 )
-
-type memAuditor struct {
-	mu   sync.Mutex
-	recs []plugins.AuditRecord
-}
-
-func (m *memAuditor) Record(_ context.Context, r plugins.AuditRecord) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.recs = append(m.recs, r)
-	return nil
-}
-
-func (m *memAuditor) all() []plugins.AuditRecord {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return append([]plugins.AuditRecord(nil), m.recs...)
-}
 
 // TestEveryCallIsAudited: successes, a bad token, a missing token, a
 // wrong scope, token creation and revocation each leave records with the
 // token's id and name or the remote address, and no record holds a secret.
 func TestEveryCallIsAudited(t *testing.T) {
 	f := newAPI(t, 0)
-	a := &memAuditor{}
+	a := &plugintest.Auditor{}
 	f.store.Audit = a
 	root := f.token("root", "*")
 	reader := f.token("reader", "widgets:read")
@@ -49,7 +30,7 @@ func TestEveryCallIsAudited(t *testing.T) {
 	f.call(http.MethodDelete, "/tokens/"+created.Token.ID, root, "", nil)
 	f.call(http.MethodGet, "/nope", root, "", nil)
 
-	recs := a.all()
+	recs := a.Records()
 	find := func(action string, outcome plugins.AuditOutcome, status string) *plugins.AuditRecord {
 		for i := range recs {
 			r := &recs[i]

@@ -1,7 +1,6 @@
 package legacy
 
 import (
-	"context"
 	"errors"
 	"path/filepath"
 	"testing"
@@ -9,14 +8,8 @@ import (
 
 	"github.com/stepfort/stepfort/internal/adcs"
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/plugins/plugintest"
 )
-
-type auditList []plugins.AuditRecord
-
-func (l *auditList) Record(_ context.Context, r plugins.AuditRecord) error {
-	*l = append(*l, r)
-	return nil
-}
 
 // TestImportAuditRecord: a refused and a partial import each leave one
 // legacy.import record with the issuer, the file's base name and counts.
@@ -27,14 +20,15 @@ func TestImportAuditRecord(t *testing.T) {
 	foreign := row(3, -1, time.Time{})
 	foreign.Certificate = other.leaf(t, foreign.Serial)
 	f := export(t, dir, "db.txt", row(2, -1, time.Time{}), foreign, adcs.Row{RequestID: 4, Disposition: 9, Reason: -1})
-	var recs auditList
-	if _, err := s.Import([]string{f}, ImportOptions{Issuer: "corp", IssuerCert: ca.cert, Audit: &recs}); !errors.Is(err, ErrRefused) {
+	var audit plugintest.Auditor
+	if _, err := s.Import([]string{f}, ImportOptions{Issuer: "corp", IssuerCert: ca.cert, Audit: &audit}); !errors.Is(err, ErrRefused) {
 		t.Fatalf("err = %v", err)
 	}
-	if _, err := s.Import([]string{f}, ImportOptions{Issuer: "corp", IssuerCert: ca.cert, AllowPartial: true, Audit: &recs,
+	if _, err := s.Import([]string{f}, ImportOptions{Issuer: "corp", IssuerCert: ca.cert, AllowPartial: true, Audit: &audit,
 		Actor: plugins.AuditActor{Kind: "system", Name: "test"}}); err != nil {
 		t.Fatal(err)
 	}
+	recs := audit.Records()
 	if len(recs) != 2 {
 		t.Fatalf("records %+v", recs)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stepfort/stepfort/internal/admin"
+	"github.com/stepfort/stepfort/plugins/plugintest"
 )
 
 // tokensAPI answers /api/v1/tokens with two pages (two tokens, then one)
@@ -55,7 +56,7 @@ func (a *tokensAPI) last() url.Values {
 
 func newTokensHarness(t *testing.T) (*harness, *tokensAPI) {
 	t.Helper()
-	h := &harness{t: t, api: &fakeAPI{}, audit: &memAudit{}, now: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
+	h := &harness{t: t, api: &fakeAPI{}, audit: &plugintest.Auditor{}, now: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
 	api := &tokensAPI{fakeAPI: h.api}
 	srv, err := New(Options{API: api, Audit: h.audit, Now: h.clock, MaxSessions: 3})
 	if err != nil {

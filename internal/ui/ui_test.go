@@ -1,7 +1,6 @@
 package ui
 
 import (
-	"context"
 	"io"
 	"mime/multipart"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/stepfort/stepfort/internal/admin"
 	"github.com/stepfort/stepfort/plugins"
+	"github.com/stepfort/stepfort/plugins/plugintest"
 )
 
 // fakeAPI answers the admin API routes the tests use, with two tokens:
@@ -75,29 +75,17 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-type memAudit struct {
-	mu   sync.Mutex
-	recs []plugins.AuditRecord
-}
-
-func (m *memAudit) Record(_ context.Context, r plugins.AuditRecord) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.recs = append(m.recs, r)
-	return nil
-}
-
 type harness struct {
 	t     *testing.T
 	srv   *Server
 	api   *fakeAPI
-	audit *memAudit
+	audit *plugintest.Auditor
 	now   time.Time
 	mu    sync.Mutex
 }
 
 func newHarness(t *testing.T) *harness {
-	h := &harness{t: t, api: &fakeAPI{}, audit: &memAudit{}, now: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
+	h := &harness{t: t, api: &fakeAPI{}, audit: &plugintest.Auditor{}, now: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
 	srv, err := New(Options{API: h.api, Audit: h.audit, Now: h.clock, MaxSessions: 3})
 	if err != nil {
 		t.Fatal(err)
@@ -174,11 +162,12 @@ func TestLoginAuditedAndSessionCookie(t *testing.T) {
 		t.Fatalf("bad token: %d, cookies %v", res.StatusCode, res.Cookies())
 	}
 	h.login("sft_rw")
-	if len(h.audit.recs) != 2 || h.audit.recs[0].Outcome != plugins.AuditDenied || h.audit.recs[0].Actor.ID != "0123456789abcdef" ||
-		h.audit.recs[1].Outcome != plugins.AuditSuccess || h.audit.recs[1].Action != "ui.login" {
-		t.Fatalf("audit records: %+v", h.audit.recs)
+	recs := h.audit.Records()
+	if len(recs) != 2 || recs[0].Outcome != plugins.AuditDenied || recs[0].Actor.ID != "0123456789abcdef" ||
+		recs[1].Outcome != plugins.AuditSuccess || recs[1].Action != "ui.login" {
+		t.Fatalf("audit records: %+v", recs)
 	}
-	for _, r := range h.audit.recs {
+	for _, r := range recs {
 		if strings.Contains(r.Reason+r.Actor.ID+r.Actor.Name, "wrong") {
 			t.Fatalf("the secret reached the audit trail: %+v", r)
 		}

@@ -49,7 +49,7 @@ type Host struct {
 	wg     sync.WaitGroup
 
 	revoked []plugins.RevokeRequest
-	audit   []plugins.AuditRecord
+	audit   Auditor
 }
 
 // NewHost returns a host on a fresh bbolt database; the clock starts at
@@ -92,23 +92,10 @@ func (h *Host) Close() {
 }
 
 // Audit implements plugins.Host: records are kept for AuditRecords.
-func (h *Host) Audit() plugins.Auditor { return hostAuditor{h} }
-
-type hostAuditor struct{ h *Host }
-
-func (a hostAuditor) Record(_ context.Context, r plugins.AuditRecord) error {
-	a.h.mu.Lock()
-	defer a.h.mu.Unlock()
-	a.h.audit = append(a.h.audit, r)
-	return nil
-}
+func (h *Host) Audit() plugins.Auditor { return &h.audit }
 
 // AuditRecords returns the audit records plugins wrote, oldest first.
-func (h *Host) AuditRecords() []plugins.AuditRecord {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return append([]plugins.AuditRecord(nil), h.audit...)
-}
+func (h *Host) AuditRecords() []plugins.AuditRecord { return h.audit.Records() }
 
 // Authority implements plugins.Host.
 func (h *Host) Authority() *authority.Authority { return h.Auth }
