@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 )
@@ -81,16 +82,32 @@ func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
 			"disabled": "/api/v1/devices/count?status=disabled",
 		}},
 	}
-	for _, set := range sets {
+	// The sets are counted at once; a set answered from the cache made no
+	// call with the session's token, so the token is checked once
+	// (GET /api/v1/whoami) and a revoked one ends the session here as on
+	// every other page.
+	results := make([]result, len(sets))
+	cached := make([]bool, len(sets))
+	var wg sync.WaitGroup
+	for i, set := range sets {
 		if !pp.Can(set.scope) {
 			continue
 		}
-		f, res := s.cachedCounts(r, set.kind, set.paths, now)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			*set.dst, cached[i], results[i] = s.cachedCounts(r, set.kind, set.paths, now)
+		}()
+	}
+	wg.Wait()
+	if slices.Contains(cached, true) {
+		results = append(results, s.call(r, http.MethodGet, "/api/v1/whoami", nil, nil))
+	}
+	for _, res := range results {
 		if !res.ok() {
 			s.apiFailed(w, r, res, "overview", p)
 			return
 		}
-		*set.dst = f
 	}
 	if pp.Can("billing:read") {
 		var rep report
@@ -143,27 +160,22 @@ func (c *countCache) forgetAfterPost(next http.Handler) http.Handler {
 	})
 }
 
-// cachedCounts returns the figures of kind from the cache, or counts them
-// (each path a count endpoint answering {"count": N}, all at once) and
-// caches them if every count succeeded. A cached answer still checks the
-// session's token (GET /api/v1/whoami), so a revoked token ends the
-// session here as on every other page. The result is a failure that ends
+// cachedCounts returns the figures of kind from the cache (cached: the
+// caller checks the session's token, which no call here used), or counts
+// them (each path a count endpoint answering {"count": N}, all at once)
+// and caches them if every count succeeded. failed is a failure that ends
 // the page (a token that stopped working); a count that failed otherwise
 // is shown in its place.
-func (s *Server) cachedCounts(r *http.Request, kind string, paths map[string]string, now time.Time) (figures, result) {
+func (s *Server) cachedCounts(r *http.Request, kind string, paths map[string]string, now time.Time) (f figures, cached bool, failed result) {
 	s.counts.mu.Lock()
 	last, gen := s.counts.last[kind], s.counts.gen
 	s.counts.mu.Unlock()
 	if last != nil && now.Sub(last.At) < countTTL && !now.Before(last.At) {
-		if res := s.call(r, http.MethodGet, "/api/v1/whoami", nil, nil); !res.ok() {
-			return figures{}, res
-		}
-		return *last, result{}
+		return *last, true, result{}
 	}
-	f := figures{Counts: make(map[string]count, len(paths)), At: now}
+	f = figures{Counts: make(map[string]count, len(paths)), At: now}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	var failed result
 	complete := true
 	for name, path := range paths {
 		wg.Add(1)
@@ -188,7 +200,7 @@ func (s *Server) cachedCounts(r *http.Request, kind string, paths map[string]str
 	}
 	wg.Wait()
 	if !failed.ok() {
-		return figures{}, failed
+		return figures{}, false, failed
 	}
 	if complete {
 		s.counts.mu.Lock()
@@ -200,7 +212,7 @@ func (s *Server) cachedCounts(r *http.Request, kind string, paths map[string]str
 		}
 		s.counts.mu.Unlock()
 	}
-	return f, result{}
+	return f, false, result{}
 }
 
 // crl reads the CRL this replica serves (GET /crl, in process).
