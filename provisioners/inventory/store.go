@@ -564,9 +564,6 @@ type countFields struct {
 	Status      Status   `json:"status"`
 }
 
-// countChunk is how many rows one read of a count covers.
-const countChunk = 5000
-
 // Count counts the devices o's filters select (Cursor and Limit are
 // ignored): the same prefilter and exact match as List, over the whole
 // table. When the prefilter is exact for devices without metadata
@@ -574,46 +571,30 @@ const countChunk = 5000
 // PostgreSQL (storage.CountMatch); the rest are decoded and matched.
 func (s *Store) Count(o ListOptions) (int, error) {
 	m := o.prefilter()
-	decide := func(v []byte) (bool, error) {
+	decide := func(k, v []byte) (bool, error) {
 		var f countFields
 		if err := json.Unmarshal(v, &f); err != nil {
-			return false, fmt.Errorf("decode device: %w", err)
+			return false, fmt.Errorf("decode device %q: %w", k, err)
 		}
 		d := Device{Identifiers: f.Identifiers, Name: f.Name, Type: f.Type, Serial: f.Serial,
 			Collection: f.Collection, Owner: f.Owner, Source: f.Source, Status: f.Status}
 		return o.match(&d), nil
 	}
+	var unsure []byte
 	if o.prefilterExact() {
-		n, err := storage.CountMatch(s.db, DevicesTable, m.Contains, metadataKey, decide)
-		if err != nil {
-			return 0, fmt.Errorf("count devices: %w", err)
-		}
-		return n, nil
+		// Devices without metadata are counted by the prefilter alone,
+		// in the database on PostgreSQL; those with metadata are decoded.
+		unsure = metadataKey
+	} else {
+		// A search needle: every device the prefilter keeps is decoded
+		// (the trigram index narrows them on PostgreSQL).
+		m.Indexed = s.indexed
 	}
-	// A search needle: every device the prefilter keeps is decoded (the
-	// trigram index narrows them on PostgreSQL).
-	m.Indexed = s.indexed
-	n := 0
-	var after []byte
-	for {
-		more, err := storage.ForEachPageMatch(s.db, DevicesTable, after, countChunk, m, func(k, v []byte) error {
-			ok, err := decide(v)
-			if err != nil {
-				return fmt.Errorf("device %q: %w", k, err)
-			}
-			if ok {
-				n++
-			}
-			return nil
-		})
-		if err != nil {
-			return 0, fmt.Errorf("count devices: %w", err)
-		}
-		if more == nil {
-			return n, nil
-		}
-		after = more
+	n, err := storage.CountMatch(s.db, DevicesTable, m, unsure, decide)
+	if err != nil {
+		return 0, fmt.Errorf("count devices: %w", err)
 	}
+	return n, nil
 }
 
 // metadataKey starts the only object in a stored device whose keys are
