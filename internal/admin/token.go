@@ -353,8 +353,8 @@ func (s *TokenStore) Page(q TokenQuery) ([]*Token, string, error) {
 }
 
 // List returns every token, newest first, without hashes. It holds them
-// all in memory: it is for in-process callers that need the whole set
-// (tests, bootstrap); the API pages with Page.
+// all in memory: it is for tests that need the whole set; the API pages
+// with Page.
 func (s *TokenStore) List() ([]*Token, error) {
 	var all []*Token
 	q := TokenQuery{Limit: MaxPageSize}

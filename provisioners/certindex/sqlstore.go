@@ -472,8 +472,6 @@ func (s *sqlStore) List(q *Query) ([]*Record, *Cursor, error) {
 		return nil, nil, err
 	}
 	if common {
-		var b clause
-		b.filter(&q.Filter, q.Now)
 		order := b.after(q, "")
 		inner := `SELECT doc, search, serial, not_after, not_before FROM stepfort_certindex WHERE ` + b.String() + order + ` LIMIT ` + b.arg(sqlProbeRows)
 		outer := clause{args: b.args}
