@@ -236,16 +236,9 @@ func (d dialect) writeGroup(ctx context.Context, tx *sql.Tx, g []Write) error {
 // key). table may name nested buckets ("a/b"), as nosql allows.
 func getManyBolt(db *bbolt.DB, table []byte, keys [][]byte, values [][]byte) error {
 	return db.View(func(tx *bbolt.Tx) error {
-		var b *bbolt.Bucket
-		for i, name := range bytes.Split(table, []byte("/")) {
-			if i == 0 {
-				b = tx.Bucket(name)
-			} else {
-				b = b.Bucket(name)
-			}
-			if b == nil {
-				return nil
-			}
+		b := boltBucket(tx, table)
+		if b == nil {
+			return nil
 		}
 		for i, k := range keys {
 			if v := b.Get(k); v != nil {

@@ -128,18 +128,28 @@ func sqlHandle(store nosql.DB) (*sql.DB, func(string) string) {
 // of the mapped pages it touched.
 const dropEvery = 4 << 20
 
+// boltBucket is table's bucket in tx, nil if it does not exist. table may
+// name nested buckets ("a/b"), as nosql allows.
+func boltBucket(tx *bbolt.Tx, table []byte) *bbolt.Bucket {
+	var b *bbolt.Bucket
+	for i, name := range bytes.Split(table, []byte("/")) {
+		if i == 0 {
+			b = tx.Bucket(name)
+		} else {
+			b = b.Bucket(name)
+		}
+		if b == nil {
+			return nil
+		}
+	}
+	return b
+}
+
 func forEachBolt(db *bbolt.DB, table []byte, fn func(key, value []byte) error) error {
 	return db.View(func(tx *bbolt.Tx) error {
-		var b *bbolt.Bucket
-		for i, name := range bytes.Split(table, []byte("/")) { // nosql's nested buckets
-			if i == 0 {
-				b = tx.Bucket(name)
-			} else {
-				b = b.Bucket(name)
-			}
-			if b == nil {
-				return nil
-			}
+		b := boltBucket(tx, table)
+		if b == nil {
+			return nil
 		}
 		// The pages of the memory map count in the process's RSS once read;
 		// a table scan would otherwise keep the whole file resident.

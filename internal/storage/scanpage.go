@@ -49,16 +49,9 @@ func pageBolt(db *bbolt.DB, table, after []byte, max int, fn func(key, value []b
 func walkBolt(db *bbolt.DB, table, after []byte, max int, keep func(value []byte) bool, fn func(key, value []byte) error) ([]byte, error) {
 	var next []byte
 	err := db.View(func(tx *bbolt.Tx) error {
-		var b *bbolt.Bucket
-		for i, name := range bytes.Split(table, []byte("/")) { // nosql's nested buckets
-			if i == 0 {
-				b = tx.Bucket(name)
-			} else {
-				b = b.Bucket(name)
-			}
-			if b == nil {
-				return nil
-			}
+		b := boltBucket(tx, table)
+		if b == nil {
+			return nil
 		}
 		c := b.Cursor()
 		k, v := c.First()
