@@ -1,7 +1,6 @@
 package ha
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -16,10 +15,10 @@ import (
 	"hash"
 	"strings"
 
-	"go.step.sm/crypto/kms"
 	"go.step.sm/crypto/kms/apiv1"
 
 	"github.com/stepfort/stepfort/config"
+	"github.com/stepfort/stepfort/internal/kmskey"
 )
 
 type pkixExtension = pkix.Extension
@@ -58,20 +57,10 @@ func validResponderKey(c OCSPConfig) error {
 // internal/hsm bounds every PKCS#11 signature and reopens a lost token, so
 // the signer is kept across rotations.
 func openResponderKey(uri string) (signer crypto.Signer, close func() error, err error) {
-	typ, err := apiv1.TypeOf(uri)
-	if err != nil {
+	if signer, close, err = kmskey.Open(uri); err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", responderKeyPath, err)
 	}
-	km, err := kms.New(context.Background(), apiv1.Options{Type: typ, URI: uri})
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: open KMS: %w", responderKeyPath, err)
-	}
-	s, err := km.CreateSigner(&apiv1.CreateSignerRequest{SigningKey: uri})
-	if err != nil {
-		_ = km.Close()
-		return nil, nil, fmt.Errorf("%s: %w", responderKeyPath, err)
-	}
-	return s, km.Close, nil
+	return signer, close, nil
 }
 
 // hashIssuer precomputes the issuer name and key hashes a request may use.

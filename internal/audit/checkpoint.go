@@ -1,7 +1,6 @@
 package audit
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -19,9 +18,7 @@ import (
 	"strconv"
 	"strings"
 
-	"go.step.sm/crypto/kms"
-	"go.step.sm/crypto/kms/apiv1"
-
+	"github.com/stepfort/stepfort/internal/kmskey"
 	"golang.org/x/mod/sumdb/tlog"
 )
 
@@ -157,7 +154,7 @@ func LoadSigner(key string) (crypto.Signer, error) {
 		}
 		return k, nil
 	}
-	s, err := kmsSigner(key)
+	s, _, err := kmskey.Open(key) // kept for the life of the process
 	if err != nil {
 		return nil, fmt.Errorf("audit key %s: %w", redactURI(key), err)
 	}
@@ -172,23 +169,6 @@ func LoadSigner(key string) (crypto.Signer, error) {
 func IsKMSURI(key string) bool {
 	i := strings.Index(key, ":")
 	return i > 1 && !strings.ContainsAny(key[:i], `/\`)
-}
-
-func kmsSigner(uri string) (crypto.Signer, error) {
-	typ, err := apiv1.TypeOf(uri)
-	if err != nil {
-		return nil, err
-	}
-	km, err := kms.New(context.Background(), apiv1.Options{Type: typ, URI: uri})
-	if err != nil {
-		return nil, fmt.Errorf("open KMS: %w", err)
-	}
-	s, err := km.CreateSigner(&apiv1.CreateSignerRequest{SigningKey: uri})
-	if err != nil {
-		_ = km.Close()
-		return nil, err
-	}
-	return s, nil
 }
 
 // redactURI drops the query (pin-value may be there) for messages.

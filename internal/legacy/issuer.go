@@ -2,7 +2,6 @@ package legacy
 
 import (
 	"bytes"
-	"context"
 	"crypto"
 	"crypto/x509"
 	"encoding/pem"
@@ -10,9 +9,8 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/stepfort/stepfort/internal/kmskey"
 	"go.step.sm/crypto/keyutil"
-	"go.step.sm/crypto/kms"
-	"go.step.sm/crypto/kms/apiv1"
 	"go.step.sm/crypto/pemutil"
 )
 
@@ -88,7 +86,8 @@ func CheckCA(cert *x509.Certificate) error {
 
 func loadSigner(c IssuerConfig) (crypto.Signer, error) {
 	if isKMSURI(c.Key) {
-		return kmsSigner(c.Key)
+		s, _, err := kmskey.Open(c.Key) // kept for the life of the process
+		return s, err
 	}
 	b, err := os.ReadFile(c.Key)
 	if err != nil {
@@ -119,21 +118,4 @@ func encryptedPEM(b []byte) bool {
 	}
 	//nolint:staticcheck // legacy PEM encryption is what we detect
 	return blk.Type == "ENCRYPTED PRIVATE KEY" || x509.IsEncryptedPEMBlock(blk) || bytes.Contains(b, []byte("Proc-Type: 4,ENCRYPTED"))
-}
-
-func kmsSigner(uri string) (crypto.Signer, error) {
-	typ, err := apiv1.TypeOf(uri)
-	if err != nil {
-		return nil, err
-	}
-	km, err := kms.New(context.Background(), apiv1.Options{Type: typ, URI: uri})
-	if err != nil {
-		return nil, fmt.Errorf("open KMS: %w", err)
-	}
-	s, err := km.CreateSigner(&apiv1.CreateSignerRequest{SigningKey: uri})
-	if err != nil {
-		_ = km.Close()
-		return nil, err
-	}
-	return s, nil
 }

@@ -1,12 +1,11 @@
 package attestationca
 
 import (
-	"context"
 	"crypto"
 	"fmt"
 	"strings"
 
-	"go.step.sm/crypto/kms"
+	"github.com/stepfort/stepfort/internal/kmskey"
 	"go.step.sm/crypto/kms/apiv1"
 	"go.step.sm/crypto/pemutil"
 )
@@ -28,17 +27,8 @@ func kmsKey(key string) bool {
 // (docs/hsm.md). The KMS stays open for the life of the process.
 func loadKey(cfg *Config) (crypto.Signer, error) {
 	if kmsKey(cfg.Key) {
-		typ, err := apiv1.TypeOf(cfg.Key)
+		s, _, err := kmskey.Open(cfg.Key)
 		if err != nil {
-			return nil, fmt.Errorf("key: %w", err)
-		}
-		km, err := kms.New(context.Background(), apiv1.Options{Type: typ, URI: cfg.Key})
-		if err != nil {
-			return nil, fmt.Errorf("key: %w", err)
-		}
-		s, err := km.CreateSigner(&apiv1.CreateSignerRequest{SigningKey: cfg.Key})
-		if err != nil {
-			_ = km.Close()
 			return nil, fmt.Errorf("key: %w", err)
 		}
 		return s, nil
