@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/smallstep/certificates/db"
 	"github.com/urfave/cli"
 
 	"github.com/stepfort/stepfort/config"
@@ -60,18 +59,11 @@ func bootstrapTokenCommand() cli.Command {
 					return fmt.Errorf("--ttl: invalid duration %q", s)
 				}
 			}
-			d, err := db.New(f.CA.DB)
+			nosqlDB, closeDB, err := openCADatabase(f.CA.DB, "it is locked, probably by a running stepfort; stop it or create the token through the admin API")
 			if err != nil {
-				if strings.Contains(err.Error(), "timeout") {
-					return fmt.Errorf("open database %s: it is locked, probably by a running stepfort; stop it or create the token through the admin API", f.CA.DB.DataSource)
-				}
-				return fmt.Errorf("open database: %w", err)
+				return err
 			}
-			defer d.Shutdown()
-			nosqlDB, ok := d.(*db.DB)
-			if !ok {
-				return fmt.Errorf("database type %q is not supported", f.CA.DB.Type)
-			}
+			defer closeDB()
 			store, err := admin.NewTokenStore(nosqlDB, nil)
 			if err != nil {
 				return err

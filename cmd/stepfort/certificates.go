@@ -15,7 +15,6 @@ import (
 	"time"
 
 	upconfig "github.com/smallstep/certificates/authority/config"
-	"github.com/smallstep/certificates/db"
 	"github.com/urfave/cli"
 
 	"github.com/stepfort/stepfort/provisioners/certindex"
@@ -372,18 +371,12 @@ func certReindexCommand() cli.Command {
 			if up.DB == nil {
 				return fmt.Errorf("%s: no \"db\" configured", path)
 			}
-			d, err := db.New(up.DB)
+			nosqlDB, closeDB, err := openCADatabase(up.DB,
+				"it is locked by a running stepfort; stop the daemon first (bbolt allows one process) or use POST /api/v1/certificates/reindex")
 			if err != nil {
-				if strings.Contains(err.Error(), "timeout") {
-					return fmt.Errorf("open database %s: it is locked by a running stepfort; stop the daemon first (bbolt allows one process) or use POST /api/v1/certificates/reindex", up.DB.DataSource)
-				}
-				return fmt.Errorf("open database: %w", err)
+				return err
 			}
-			defer d.Shutdown() //nolint:errcheck // best effort at exit
-			nosqlDB, ok := d.(*db.DB)
-			if !ok {
-				return fmt.Errorf("database type %q is not supported", up.DB.Type)
-			}
+			defer closeDB()
 			store, err := certindex.Open(nosqlDB, up.DB.Type)
 			if err != nil {
 				return err

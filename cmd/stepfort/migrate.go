@@ -266,24 +266,36 @@ func openLegacyStore(cfg string) (*legacy.Store, func(), error) {
 	if up.DB == nil {
 		return nil, nil, fmt.Errorf("%s: no \"db\" configured", cfg)
 	}
-	d, err := db.New(up.DB)
+	nosqlDB, closeDB, err := openCADatabase(up.DB, "it is locked by a running stepfort; stop the daemon first: bbolt allows one process")
 	if err != nil {
-		if strings.Contains(err.Error(), "timeout") {
-			return nil, nil, fmt.Errorf("open database %s: it is locked by a running stepfort; stop the daemon first: bbolt allows one process", up.DB.DataSource)
-		}
-		return nil, nil, fmt.Errorf("open database: %w", err)
-	}
-	nosqlDB, ok := d.(*db.DB)
-	if !ok {
-		_ = d.Shutdown()
-		return nil, nil, fmt.Errorf("database type %q is not supported", up.DB.Type)
+		return nil, nil, err
 	}
 	store, err := legacy.OpenStore(nosqlDB)
 	if err != nil {
-		_ = d.Shutdown()
+		closeDB()
 		return nil, nil, err
 	}
-	return store, func() { _ = d.Shutdown() }, nil
+	return store, closeDB, nil
+}
+
+// openCADatabase opens the database of a ca.json directly, as upstream's
+// tooling does. On bbolt a running daemon holds the file's lock, and
+// opening times out: the error is then "open database <file>: " and
+// locked, which says what to do instead. close shuts the database.
+func openCADatabase(cfg *db.Config, locked string) (d *db.DB, close func(), err error) {
+	opened, err := db.New(cfg)
+	if err != nil {
+		if strings.Contains(err.Error(), "timeout") {
+			return nil, nil, fmt.Errorf("open database %s: %s", cfg.DataSource, locked)
+		}
+		return nil, nil, fmt.Errorf("open database: %w", err)
+	}
+	nosqlDB, ok := opened.(*db.DB)
+	if !ok {
+		_ = opened.Shutdown()
+		return nil, nil, fmt.Errorf("database type %q is not supported", cfg.Type)
+	}
+	return nosqlDB, func() { _ = opened.Shutdown() }, nil
 }
 
 func migrateImportCommand() cli.Command {
