@@ -20,6 +20,7 @@ var errPageFull = errors.New("page full")
 // and each further read, needed when keep skips rows the prefilter let
 // through, asks for four times as many, up to 5,000.
 func CollectPage[T any](store nosql.DB, table, after []byte, limit int, m Match, keep func(key, value []byte) (T, bool, error)) (items []T, next []byte, err error) {
+	m.sample = new(planSample) // sampled once for the whole walk
 	items = make([]T, 0, min(limit, 64))
 	var lastKey []byte
 	chunk := limit + 1

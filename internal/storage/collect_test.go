@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 	"strconv"
@@ -57,5 +58,38 @@ func TestCollectPage(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A walk over an indexed table samples the table for its plan once, not
+// once per chunk: here keep drops nine matches in ten, so the page takes
+// several reads.
+func TestCollectPageSamplesOnce(t *testing.T) {
+	db := testenv.OpenStore(t, "postgresql")
+	table := []byte("stepfort_collectsample")
+	if err := db.CreateTable(table); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3000 {
+		if err := db.Set(table, []byte(fmt.Sprintf("k%05d", i)), []byte(fmt.Sprintf(`{"name":"laptop-%05d","n":%d}`, i, i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ok, err := EnsureMatchIndex(db, table); err != nil || !ok {
+		t.Fatalf("EnsureMatchIndex = %v, %v", ok, err)
+	}
+	if err := AnalyzeTable(db, table); err != nil {
+		t.Fatal(err)
+	}
+	keep := func(_, v []byte) (string, bool, error) {
+		return string(v), bytes.Contains(v, []byte(`0","n"`)), nil
+	}
+	before := sampleQueries.Load()
+	items, _, err := CollectPage(db, table, nil, 50, Match{Folded: []byte("laptop"), Indexed: true}, keep)
+	if err != nil || len(items) != 50 {
+		t.Fatalf("%d items, %v", len(items), err)
+	}
+	if n := sampleQueries.Load() - before; n != 1 {
+		t.Fatalf("%d samples for one walk, want 1", n)
 	}
 }

@@ -60,6 +60,7 @@ func CountMatch(store nosql.DB, table []byte, m Match, unsure []byte, check func
 // walkCount walks the rows passing m, counting those isUnsure rejects and
 // those check accepts.
 func walkCount(store nosql.DB, table []byte, m Match, isUnsure func([]byte) bool, check func(key, value []byte) (bool, error)) (int, error) {
+	m.sample = new(planSample) // sampled once for the whole walk
 	n := 0
 	var after []byte
 	for {

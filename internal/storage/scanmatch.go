@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/postgresql"
@@ -31,7 +32,21 @@ type Match struct {
 	// expression, so a search that matches few rows reads few. Other
 	// stores ignore it.
 	Indexed bool
+	// sample, when set, carries the plan sample of a walk's first call to
+	// its later calls (CollectPage, CountMatch): the table is sampled once
+	// per walk, not once per chunk.
+	sample *planSample
 }
+
+// planSample is what sampleSaysWalk read: of seen sampled rows, hits
+// passed the match.
+type planSample struct {
+	done       bool
+	hits, seen int
+}
+
+// sampleQueries counts the sample queries made (tests).
+var sampleQueries atomic.Int64
 
 // Unicode characters strings.ToLower maps into ASCII: a row holding one
 // always passes a Folded match.
@@ -272,12 +287,31 @@ var matchSampleRows, matchWalkRows = 1000, 10000
 // sorted (its matches are few). A sample that saw no row walks (the table
 // is empty or tiny).
 func sampleSaysWalk(db *sql.DB, quoted string, m *Match, page int) (bool, error) {
+	var ps planSample
+	if m.sample != nil && m.sample.done {
+		ps = *m.sample
+	} else {
+		var err error
+		if ps, err = samplePlan(db, quoted, m); err != nil {
+			return false, err
+		}
+		if m.sample != nil {
+			*m.sample = ps
+		}
+	}
+	return ps.seen == 0 || page*ps.seen <= ps.hits*matchWalkRows, nil
+}
+
+// samplePlan samples about matchSampleRows of the table's rows and counts
+// those passing m.
+func samplePlan(db *sql.DB, quoted string, m *Match) (planSample, error) {
+	sampleQueries.Add(1)
 	var rows float64
 	if err := db.QueryRow(`SELECT reltuples FROM pg_class WHERE oid = $1::regclass`, quoted).Scan(&rows); err != nil {
 		if missingTable(err) {
-			return true, nil
+			return planSample{done: true}, nil
 		}
-		return false, fmt.Errorf("sample %s: %w", quoted, err)
+		return planSample{}, fmt.Errorf("sample %s: %w", quoted, err)
 	}
 	pct := 100.0
 	if rows > 0 {
@@ -289,13 +323,13 @@ func sampleSaysWalk(db *sql.DB, quoted string, m *Match, page int) (bool, error)
 		return "$" + strconv.Itoa(len(args))
 	}
 	where, _ := matchConds(m, arg)
-	var hits, seen int
+	ps := planSample{done: true}
 	q := "SELECT count(*) FILTER (WHERE " + strings.Join(where, " AND ") + "), count(*) FROM " + quoted +
 		" TABLESAMPLE SYSTEM (" + arg(pct) + ") REPEATABLE (0)"
-	if err := db.QueryRow(q, args...).Scan(&hits, &seen); err != nil {
-		return false, fmt.Errorf("sample %s: %w", quoted, err)
+	if err := db.QueryRow(q, args...).Scan(&ps.hits, &ps.seen); err != nil {
+		return planSample{}, fmt.Errorf("sample %s: %w", quoted, err)
 	}
-	return seen == 0 || page*seen <= hits*matchWalkRows, nil
+	return ps, nil
 }
 
 // matchPaged filters ForEachPage's pages in Go (MySQL, badger).
